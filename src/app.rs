@@ -1,0 +1,152 @@
+//! Startup and shutdown: build the application from settings and a pool, bind, run the
+//! watcher beside the HTTP server, and stop both promptly.
+//!
+//! Shutdown cancels one token. The watcher stops, every open stream returns (without an
+//! `end` event, so browsers reconnect, to another instance if there is one), axum stops
+//! accepting and waits for in-flight responses; a hard deadline stops the wait regardless.
+
+use crate::access::Tokens;
+use crate::config::Settings;
+use crate::http::{self, AppState, Inner};
+use crate::metrics::Metrics;
+use crate::stream::limits::StreamLimiter;
+use crate::watch::hub::Hub;
+use crate::watch::{ListenerStatus, Watcher};
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for connections to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Opens the query pool. Acquiring a connection gives up after a few seconds so requests
+/// made while the database is down answer 503 instead of hanging.
+pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .context("DATABASE_URL is not a valid Postgres URL")?
+        .application_name("runwire");
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .context("cannot connect to Postgres")?;
+    Ok(pool)
+}
+
+/// A built, bound server that is not yet running.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    watcher: Watcher,
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    serve: JoinHandle<std::io::Result<()>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Server {
+    /// Builds the application and binds `settings.bind`; migrations are the caller's.
+    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Server> {
+        let secret = settings
+            .jwt_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .context(
+            "set RUNWIRE_JWT_SECRET (or --jwt-secret): the HS256 secret shared with the host app",
+        )?;
+        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::default());
+        let status = Arc::new(ListenerStatus::default());
+        let watcher = Watcher::new(
+            pool.clone(),
+            Arc::clone(&hub),
+            Arc::clone(&metrics),
+            Arc::clone(&status),
+            Duration::from_secs(settings.heartbeat_secs.max(1)),
+        );
+        let listener = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let state = AppState::new(Inner {
+            pool,
+            hub,
+            metrics,
+            tokens: Tokens::new(secret.as_bytes()),
+            listener: status,
+            limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
+            settings,
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Server {
+            listener,
+            state,
+            watcher,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    /// Starts the watcher and the HTTP server in the background.
+    pub fn start(self) -> Running {
+        let addr = self.local_addr();
+        let shutdown = self.state.shutdown.clone();
+        let watcher = tokio::spawn(self.watcher.run(shutdown.clone()));
+        let app = http::router(self.state.clone());
+        let serve = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(%addr, "runwire listening");
+        Running {
+            addr,
+            state: self.state,
+            serve,
+            watcher,
+        }
+    }
+}
+
+impl Running {
+    /// Waits until the listener's first connection is up (streams opened before that would
+    /// miss nothing, but readiness is clearer for callers and tests).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.state.listener.is_connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Stops everything: open streams end, connections close, within the grace period.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let _ = self.serve.await;
+            let _ = self.watcher.await;
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("connections still open after the grace period; exiting anyway");
+        }
+    }
+}

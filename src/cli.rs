@@ -1,0 +1,84 @@
+//! What each subcommand does.
+
+use crate::access::Tokens;
+use crate::config::{Command, DatabaseArgs, LogFormat, Settings};
+use crate::{connect_database, telemetry, Server, MIGRATOR};
+use anyhow::Context;
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(settings) => {
+            telemetry::init(settings.log_format);
+            serve(settings).await
+        }
+        Command::Migrate(db) => {
+            telemetry::init(LogFormat::Text);
+            let url = db
+                .database_url
+                .context("set DATABASE_URL (or --database-url) to the database to migrate")?;
+            let pool = connect_database(&url, 1).await?;
+            MIGRATOR.run(&pool).await.context("migrations failed")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token(args) => {
+            println!(
+                "{}",
+                Tokens::new(args.jwt_secret.as_bytes()).issue(args.user, args.ttl)
+            );
+            Ok(())
+        }
+        Command::Demo(settings) => {
+            telemetry::init(settings.log_format);
+            crate::demo::run(settings).await
+        }
+    }
+}
+
+/// The database to use: `DATABASE_URL`, or else a private PostgreSQL started for this
+/// process (stopped again when the returned guard drops).
+pub async fn database(
+    args: &DatabaseArgs,
+) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPostgres>)> {
+    match &args.database_url {
+        Some(url) if !url.is_empty() => Ok((url.clone(), None)),
+        _ => {
+            let pg = crate::embedded_pg::EmbeddedPostgres::start().await?;
+            Ok((pg.url(), Some(pg)))
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (url, embedded) = database(&settings.database).await?;
+    let pool = connect_database(&url, settings.db_pool_size).await?;
+    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    let running = Server::build(settings, pool).await?.start();
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    drop(embedded);
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,102 @@
+//! Command-line and environment configuration. Every flag is also an environment variable so
+//! the service can be configured the twelve-factor way beside the host application.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runwire",
+    version,
+    about = "Postgres → Server-Sent Events for operation runs and review packs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, start the listener and serve HTTP.
+    Serve(Settings),
+    /// Apply migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Print a signed access token for a user (for testing and for hosts without a JWT library).
+    Token(TokenArgs),
+    /// Seed a demo workspace, start the service and a simulator, and print the dashboard URL.
+    Demo(Settings),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL. Without it, runwire starts a private PostgreSQL under
+    /// ./.runwire/pg (needs PostgreSQL's binaries installed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// User id to put into `sub`.
+    #[arg(long)]
+    pub user: i64,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `serve` (and `demo`) needs.
+#[derive(Debug, Clone, Parser)]
+pub struct Settings {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "RUNWIRE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// HS256 secret shared with the host app, which mints the tokens.
+    #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Seconds between SSE keep-alive comments.
+    #[arg(long, env = "RUNWIRE_KEEPALIVE_SECS", default_value_t = 15)]
+    pub keepalive_secs: u64,
+    /// A listener connection that shows no sign of life for this long is replaced.
+    #[arg(long, env = "RUNWIRE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub heartbeat_secs: u64,
+    /// Open streams allowed per user (429 beyond).
+    #[arg(long, env = "RUNWIRE_MAX_STREAMS_PER_USER", default_value_t = 64)]
+    pub max_streams_per_user: usize,
+    /// Open streams allowed per process (503 beyond).
+    #[arg(long, env = "RUNWIRE_MAX_STREAMS", default_value_t = 19_000)]
+    pub max_streams: usize,
+    /// Close streams (without `end`) after about this many seconds, ±10 %, so clients
+    /// reconnect and load rebalances across instances. 0 = never.
+    #[arg(long, env = "RUNWIRE_MAX_STREAM_LIFETIME_SECS", default_value_t = 0)]
+    pub max_stream_lifetime_secs: u64,
+    /// Origins allowed to call runwire from a browser (comma separated); credentials are
+    /// allowed only for these.
+    #[arg(long, env = "RUNWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Mark the session cookie `Secure` (serve over HTTPS).
+    #[arg(long, env = "RUNWIRE_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+    /// Maximum database connections in the query pool (the listener has its own).
+    #[arg(long, env = "RUNWIRE_DB_POOL_SIZE", default_value_t = 10)]
+    pub db_pool_size: u32,
+    #[arg(long, env = "RUNWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Settings with every default, for tests and embedding.
+    pub fn defaults() -> Self {
+        Settings::parse_from(["runwire"])
+    }
+}

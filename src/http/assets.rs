@@ -1,0 +1,40 @@
+//! The browser side, embedded in the binary so runwire runs from anywhere without a build
+//! step: the dashboard at `/` and the client library at `/runwire.js`.
+
+use super::AppState;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+macro_rules! asset {
+    ($path:literal, $mime:literal) => {
+        get(|| async {
+            (
+                [
+                    (header::CONTENT_TYPE, $mime),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                include_str!(concat!("../../static/", $path)),
+            )
+                .into_response()
+        })
+    };
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", asset!("index.html", "text/html; charset=utf-8"))
+        .route(
+            "/runwire.js",
+            asset!("runwire.js", "text/javascript; charset=utf-8"),
+        )
+        .route(
+            "/dashboard.js",
+            asset!("dashboard.js", "text/javascript; charset=utf-8"),
+        )
+        .route(
+            "/dashboard.css",
+            asset!("dashboard.css", "text/css; charset=utf-8"),
+        )
+}

@@ -1,0 +1,218 @@
+//! Request handlers. Order of checks everywhere: the id (400), the token (401), the stream
+//! limits (429/503), then access (404/403) — the last in [`crate::access`].
+
+use super::params::{parse_id, parse_item_lists};
+use super::{ApiError, AppState};
+use crate::access::{self, token::now_secs, AuthUser, COOKIE_NAME};
+use crate::metrics::StreamKind;
+use crate::model::{PackState, RunState};
+use crate::stream::{items, workspace};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::time::Duration;
+
+type Auth = Result<AuthUser, ApiError>;
+
+fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("last-event-id").and_then(|v| v.to_str().ok())
+}
+
+/// The permit is taken before any database work, so an over-limit client costs nothing.
+fn permit(app: &AppState, user_id: i64) -> Result<crate::stream::limits::StreamPermit, ApiError> {
+    app.limiter.acquire(user_id).inspect_err(|_| {
+        app.metrics.streams_rejected.inc();
+    })
+}
+
+pub async fn run_events(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    auth: Auth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let run_id = parse_id(&raw, "run id")?;
+    let AuthUser(claims) = auth?;
+    let permit = permit(&app, claims.user_id)?;
+    let items = items::subscribe(&app, claims.user_id, &[run_id], &[]).await?;
+    Ok(items::respond(
+        &app,
+        claims,
+        StreamKind::run,
+        format!("run:{run_id}"),
+        items,
+        last_event_id(&headers),
+        permit,
+    ))
+}
+
+pub async fn pack_events(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    auth: Auth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant_id = parse_id(&raw, "tenant id")?;
+    let AuthUser(claims) = auth?;
+    let permit = permit(&app, claims.user_id)?;
+    let items = items::subscribe(&app, claims.user_id, &[], &[tenant_id]).await?;
+    Ok(items::respond(
+        &app,
+        claims,
+        StreamKind::review_pack,
+        format!("review_pack:{tenant_id}"),
+        items,
+        last_event_id(&headers),
+        permit,
+    ))
+}
+
+pub async fn multi_events(
+    State(app): State<AppState>,
+    uri: Uri,
+    auth: Auth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let lists = parse_item_lists(uri.query())?;
+    let AuthUser(claims) = auth?;
+    let permit = permit(&app, claims.user_id)?;
+    let items = items::subscribe(&app, claims.user_id, &lists.runs, &lists.tenants).await?;
+    Ok(items::respond(
+        &app,
+        claims,
+        StreamKind::multi,
+        format!("runs:{:?} packs:{:?}", lists.runs, lists.tenants),
+        items,
+        last_event_id(&headers),
+        permit,
+    ))
+}
+
+pub async fn workspace_events(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    auth: Auth,
+) -> Result<Response, ApiError> {
+    let workspace_id = parse_id(&raw, "workspace id")?;
+    let AuthUser(claims) = auth?;
+    let permit = permit(&app, claims.user_id)?;
+    workspace::open(&app, claims, workspace_id, permit).await
+}
+
+fn json_body(raw: &str) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], raw.to_owned()).into_response()
+}
+
+pub async fn run_snapshot(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    auth: Auth,
+) -> Result<Response, ApiError> {
+    let run_id = parse_id(&raw, "run id")?;
+    let AuthUser(claims) = auth?;
+    let rows = access::authorize_runs(&app.pool, claims.user_id, &[run_id]).await?;
+    let state = RunState::from_row(&rows[0]);
+    Ok(json_body(state.json.get()))
+}
+
+pub async fn pack_snapshot(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    auth: Auth,
+) -> Result<Response, ApiError> {
+    let tenant_id = parse_id(&raw, "tenant id")?;
+    let AuthUser(claims) = auth?;
+    let packs = access::authorize_packs(&app.pool, claims.user_id, &[tenant_id]).await?;
+    let (tenant_id, pack) = &packs[0];
+    Ok(json_body(
+        PackState::new(*tenant_id, pack.as_ref()).json.get(),
+    ))
+}
+
+/// Trades a bearer token for an HttpOnly cookie, so pages need not put tokens in URLs.
+pub async fn create_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = access::bearer(&headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
+    let claims = app.tokens.verify(token)?;
+    let max_age = claims.exp.saturating_sub(now_secs());
+    let cookie = format!(
+        "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
+        if app.settings.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    let value =
+        HeaderValue::from_str(&cookie).map_err(|_| ApiError::Unauthorized("token is malformed"))?;
+    let body = Json(json!({ "user_id": claims.user_id, "expires_at": claims.exp }));
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, value);
+    Ok(response)
+}
+
+pub async fn delete_session(State(app): State<AppState>) -> Response {
+    let secure = if app.settings.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&app.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let listener = app.listener.is_connected();
+    let body = Json(json!({
+        "status": if db && listener { "ready" } else { "not_ready" },
+        "database": db,
+        "listener": listener,
+    }));
+    let status = if db && listener {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    app.metrics.db_pool_connections.set(app.pool.size() as i64);
+    app.metrics.db_pool_idle.set(app.pool.num_idle() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+pub async fn method_not_allowed() -> Response {
+    let body =
+        json!({ "error": { "code": "method_not_allowed", "message": "method not allowed" } });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}

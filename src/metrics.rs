@@ -1,0 +1,167 @@
+//! Prometheus metrics. Counters are atomics bumped on the hot path; everything derived (pool
+//! usage) is read at scrape time.
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum StreamKind {
+    run,
+    review_pack,
+    multi,
+    workspace,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CloseReason {
+    terminal,
+    forbidden,
+    token_expired,
+    lifetime,
+    shutdown,
+    client_gone,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: StreamKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: CloseReason,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub streams_open: Family<KindLabel, Gauge>,
+    pub streams_opened: Family<KindLabel, Counter>,
+    pub streams_closed: Family<ReasonLabel, Counter>,
+    pub streams_rejected: Counter,
+    pub events_sent: Counter,
+    pub notifications: Counter,
+    pub notifications_ignored: Counter,
+    pub listener_reconnects: Counter,
+    pub reread_batch_size: Histogram,
+    pub reread_seconds: Histogram,
+    pub commit_to_publish_seconds: Histogram,
+    pub db_pool_connections: Gauge,
+    pub db_pool_idle: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("runwire");
+        let m = Metrics {
+            streams_open: Family::default(),
+            streams_opened: Family::default(),
+            streams_closed: Family::default(),
+            streams_rejected: Counter::default(),
+            events_sent: Counter::default(),
+            notifications: Counter::default(),
+            notifications_ignored: Counter::default(),
+            listener_reconnects: Counter::default(),
+            reread_batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            reread_seconds: Histogram::new(exponential_buckets(0.0001, 3.0, 12)),
+            commit_to_publish_seconds: Histogram::new(exponential_buckets(0.0005, 2.5, 12)),
+            db_pool_connections: Gauge::default(),
+            db_pool_idle: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("streams_open", "Open SSE streams", m.streams_open.clone());
+        r.register(
+            "streams_opened",
+            "SSE streams opened",
+            m.streams_opened.clone(),
+        );
+        r.register(
+            "streams_closed",
+            "SSE streams closed, by reason",
+            m.streams_closed.clone(),
+        );
+        r.register(
+            "streams_rejected",
+            "Streams refused by a stream limit",
+            m.streams_rejected.clone(),
+        );
+        r.register(
+            "events_sent",
+            "SSE events written to clients",
+            m.events_sent.clone(),
+        );
+        r.register(
+            "notifications",
+            "NOTIFY messages received",
+            m.notifications.clone(),
+        );
+        r.register(
+            "notifications_ignored",
+            "NOTIFY messages whose payload was not understood",
+            m.notifications_ignored.clone(),
+        );
+        r.register(
+            "listener_reconnects",
+            "Listener reconnections",
+            m.listener_reconnects.clone(),
+        );
+        r.register(
+            "reread_batch_size",
+            "Items per re-read query",
+            m.reread_batch_size.clone(),
+        );
+        r.register(
+            "reread_seconds",
+            "Duration of re-read queries",
+            m.reread_seconds.clone(),
+        );
+        r.register(
+            "commit_to_publish_seconds",
+            "From the row's updated_at to the state reaching its subscribers",
+            m.commit_to_publish_seconds.clone(),
+        );
+        r.register(
+            "db_pool_connections",
+            "Query pool connections",
+            m.db_pool_connections.clone(),
+        );
+        r.register(
+            "db_pool_idle",
+            "Idle query pool connections",
+            m.db_pool_idle.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn observe_reread(&self, items: usize, took: Duration) {
+        self.reread_batch_size.observe(items as f64);
+        self.reread_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_commit_lag(&self, updated_at: Option<DateTime<Utc>>) {
+        if let Some(t) = updated_at {
+            let lag = (Utc::now() - t).num_microseconds().unwrap_or(i64::MAX);
+            // Host clocks and `updated_at` values set by hand can lie; only record sane lags.
+            if (0..3_600_000_000).contains(&lag) {
+                self.commit_to_publish_seconds.observe(lag as f64 / 1e6);
+            }
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

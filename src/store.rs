@@ -1,0 +1,189 @@
+//! Every SQL statement runwire runs. Reads only: the host application owns the data.
+//!
+//! Each function takes a slice of ids and answers with one round trip, so a burst of
+//! notifications or a multiplexed stream costs one query however many items it covers.
+
+use crate::model::{PackRow, RunRow, ACTIVE_RUN_STATUSES};
+use sqlx::{FromRow, PgExecutor};
+
+const RUN_COLUMNS: &str = "r.id, r.workspace_id, r.tenant_id, r.type AS run_type, r.status, \
+     r.outcome, r.summary_counts, r.created_at, r.started_at, r.completed_at, r.updated_at, \
+     r.version";
+
+/// Current rows of these runs (missing ids are simply absent).
+pub async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<RunRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
+/// A run together with what `user` may do with it.
+#[derive(Debug, FromRow)]
+pub struct RunForUser {
+    #[sqlx(flatten)]
+    pub run: RunRow,
+    pub workspace_member: bool,
+    pub tenant_member: bool,
+}
+
+pub async fn runs_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    ids: &[i64],
+) -> sqlx::Result<Vec<RunForUser>> {
+    sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS},
+            EXISTS (SELECT 1 FROM workspace_memberships m
+                    WHERE m.workspace_id = r.workspace_id AND m.user_id = $2) AS workspace_member,
+            (r.tenant_id IS NULL OR EXISTS (SELECT 1 FROM tenant_memberships tm
+                    WHERE tm.tenant_id = r.tenant_id AND tm.user_id = $2)) AS tenant_member
+         FROM operation_runs r WHERE r.id = ANY($1)"
+    ))
+    .bind(ids)
+    .bind(user_id)
+    .fetch_all(db)
+    .await
+}
+
+/// A tenant's latest pack, flattened from a LEFT JOIN (all pack columns NULL when none).
+#[derive(Debug, FromRow)]
+struct LatestPackRow {
+    tenant_id: i64,
+    pack_id: Option<i64>,
+    status: Option<String>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    generated_at: Option<chrono::DateTime<chrono::Utc>>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    version: Option<i64>,
+}
+
+impl LatestPackRow {
+    fn pack(&self) -> Option<PackRow> {
+        Some(PackRow {
+            id: self.pack_id?,
+            status: self.status.clone()?,
+            created_at: self.created_at,
+            generated_at: self.generated_at,
+            expires_at: self.expires_at,
+            updated_at: self.updated_at,
+            version: self.version?,
+        })
+    }
+}
+
+// "Latest" is the newest created_at, then the highest id (an index in runwire's migration
+// matches this order).
+const LATEST_PACK_JOIN: &str = "LEFT JOIN LATERAL (
+        SELECT p.id AS pack_id, p.status, p.created_at, p.generated_at, p.expires_at,
+               p.updated_at, p.version
+        FROM review_packs p WHERE p.tenant_id = t.id
+        ORDER BY p.created_at DESC NULLS LAST, p.id DESC LIMIT 1) lp ON true";
+
+/// The latest pack of each tenant (None: the tenant has no pack).
+pub async fn latest_packs(
+    db: impl PgExecutor<'_>,
+    tenant_ids: &[i64],
+) -> sqlx::Result<Vec<(i64, Option<PackRow>)>> {
+    let rows: Vec<LatestPackRow> = sqlx::query_as(&format!(
+        "SELECT t.id AS tenant_id, lp.* FROM unnest($1::bigint[]) AS t(id) {LATEST_PACK_JOIN}"
+    ))
+    .bind(tenant_ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(|r| (r.tenant_id, r.pack())).collect())
+}
+
+/// A tenant's latest pack together with what `user` may do with it.
+#[derive(Debug)]
+pub struct PackForUser {
+    pub tenant_id: i64,
+    pub workspace_member: bool,
+    pub tenant_role: Option<String>,
+    pub pack: Option<PackRow>,
+}
+
+#[derive(Debug, FromRow)]
+struct PackForUserRow {
+    workspace_member: bool,
+    tenant_role: Option<String>,
+    #[sqlx(flatten)]
+    latest: LatestPackRow,
+}
+
+pub async fn packs_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    tenant_ids: &[i64],
+) -> sqlx::Result<Vec<PackForUser>> {
+    let rows: Vec<PackForUserRow> = sqlx::query_as(&format!(
+        "SELECT t.id AS tenant_id,
+            EXISTS (SELECT 1 FROM workspace_memberships m
+                    WHERE m.workspace_id = t.workspace_id AND m.user_id = $2) AS workspace_member,
+            (SELECT tm.role FROM tenant_memberships tm
+                    WHERE tm.tenant_id = t.id AND tm.user_id = $2) AS tenant_role,
+            lp.*
+         FROM tenants t {LATEST_PACK_JOIN} WHERE t.id = ANY($1)"
+    ))
+    .bind(tenant_ids)
+    .bind(user_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| PackForUser {
+            tenant_id: r.latest.tenant_id,
+            workspace_member: r.workspace_member,
+            tenant_role: r.tenant_role.clone(),
+            pack: r.latest.pack(),
+        })
+        .collect())
+}
+
+/// What a user may see of a workspace: membership, and the tenants they belong to there.
+#[derive(Debug, FromRow)]
+pub struct WorkspaceView {
+    pub workspace_member: bool,
+    pub tenant_ids: Vec<i64>,
+}
+
+pub async fn workspace_view(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    workspace_id: i64,
+) -> sqlx::Result<WorkspaceView> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM workspace_memberships m
+                        WHERE m.workspace_id = $1 AND m.user_id = $2) AS workspace_member,
+                ARRAY(SELECT tm.tenant_id FROM tenant_memberships tm
+                      JOIN tenants t ON t.id = tm.tenant_id
+                      WHERE t.workspace_id = $1 AND tm.user_id = $2
+                      ORDER BY tm.tenant_id) AS tenant_ids",
+    )
+    .bind(workspace_id)
+    .bind(user_id)
+    .fetch_one(db)
+    .await
+}
+
+/// Active runs of a workspace that are tenantless or belong to one of `tenant_ids`.
+pub async fn active_runs(
+    db: impl PgExecutor<'_>,
+    workspace_id: i64,
+    tenant_ids: &[i64],
+) -> sqlx::Result<Vec<RunRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM operation_runs r
+         WHERE r.workspace_id = $1 AND r.status = ANY($3)
+           AND (r.tenant_id IS NULL OR r.tenant_id = ANY($2))
+         ORDER BY r.created_at DESC NULLS LAST, r.id DESC"
+    ))
+    .bind(workspace_id)
+    .bind(tenant_ids)
+    .bind(&ACTIVE_RUN_STATUSES[..])
+    .fetch_all(db)
+    .await
+}

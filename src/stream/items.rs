@@ -1,0 +1,276 @@
+//! Streams of individual items: one run, one tenant's review pack, or a set of both on one
+//! connection (`/v1/streams`). They end once every item is terminal.
+//!
+//! Opening one: subscribe to each item's cell *first*, then read access and state in one
+//! query per kind and seed the cells that are still empty. A change that commits between the
+//! subscription and the read reaches the cell through the watcher; versions make the overlap
+//! harmless.
+
+use super::{sse, Deadlines, StreamGuard};
+use crate::access::{self, Claims};
+use crate::http::{ApiError, AppState};
+use crate::metrics::{CloseReason, StreamKind};
+use crate::model::{retry_ms, PackState, RunState};
+use crate::watch::hub::{PackSubscription, RunSubscription};
+use crate::watch::publish_initial;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures_util::future::select_all;
+use futures_util::FutureExt;
+use std::sync::Arc;
+
+/// One watched item of a stream.
+pub enum Item {
+    Run(RunSubscription),
+    Pack(PackSubscription),
+}
+
+/// An item's current state.
+enum View {
+    Run(Arc<RunState>),
+    Pack(Arc<PackState>),
+}
+
+impl View {
+    fn id(&self) -> String {
+        match self {
+            View::Run(s) => s.event_id(),
+            View::Pack(s) => s.event_id(),
+        }
+    }
+    fn terminal(&self) -> bool {
+        match self {
+            View::Run(s) => s.terminal,
+            View::Pack(s) => s.terminal,
+        }
+    }
+    fn created_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            View::Run(s) => s.created_at,
+            View::Pack(s) => s.created_at,
+        }
+    }
+    fn json(&self) -> &str {
+        match self {
+            View::Run(s) => s.json.get(),
+            View::Pack(s) => s.json.get(),
+        }
+    }
+}
+
+impl Item {
+    /// The newest state, marking it seen. Cells are seeded before a stream starts, so the
+    /// value is always there.
+    fn current(&mut self) -> View {
+        const SEEDED: &str = "cell seeded before streaming";
+        match self {
+            Item::Run(rx) => View::Run(rx.borrow_and_update().clone().expect(SEEDED)),
+            Item::Pack(rx) => View::Pack(rx.borrow_and_update().clone().expect(SEEDED)),
+        }
+    }
+
+    fn tag(&self) -> (char, i64) {
+        match self {
+            Item::Run(s) => ('r', s.key()),
+            Item::Pack(s) => ('p', s.key()),
+        }
+    }
+
+    /// Resolves when the cell holds a state this subscriber has not seen.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Item::Run(rx) => rx.changed().await.is_ok(),
+            Item::Pack(rx) => rx.changed().await.is_ok(),
+        }
+    }
+}
+
+/// Waits for any item to change; returns its index (None if a cell closed, which only
+/// happens if the hub itself is gone).
+async fn next_change(items: &mut [Item]) -> Option<usize> {
+    if let [only] = items {
+        return only.changed().await.then_some(0);
+    }
+    let (ok, index, _) = select_all(items.iter_mut().map(|i| i.changed().boxed())).await;
+    ok.then_some(index)
+}
+
+/// The SSE `id:` of the stream's current position: the item's own id for a single item (a
+/// run's version), a digest of every item's id for a set.
+fn position(items: &[Item], views: &[View]) -> String {
+    if let [view] = views {
+        return view.id();
+    }
+    // FNV-1a: stable across processes and instances, so any instance can answer 204.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for (item, view) in items.iter().zip(views) {
+        let (kind, key) = item.tag();
+        for b in format!("{kind}{key}:{};", view.id()).bytes() {
+            hash ^= b as u64;
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// Subscribes to the cells of these runs and tenants' packs, checks access (404/403 before
+/// anything streams) and seeds the cells.
+pub async fn subscribe(
+    app: &AppState,
+    user_id: i64,
+    run_ids: &[i64],
+    tenant_ids: &[i64],
+) -> Result<Vec<Item>, ApiError> {
+    let mut items = Vec::with_capacity(run_ids.len() + tenant_ids.len());
+    items.extend(
+        run_ids
+            .iter()
+            .map(|id| Item::Run(app.hub.runs.subscribe(*id))),
+    );
+    items.extend(
+        tenant_ids
+            .iter()
+            .map(|id| Item::Pack(app.hub.packs.subscribe(*id))),
+    );
+    if !run_ids.is_empty() {
+        for row in access::authorize_runs(&app.pool, user_id, run_ids).await? {
+            let state = Arc::new(RunState::from_row(&row));
+            app.hub
+                .runs
+                .with(&row.id, |cell| publish_initial(cell, state));
+        }
+    }
+    if !tenant_ids.is_empty() {
+        for (tenant_id, pack) in access::authorize_packs(&app.pool, user_id, tenant_ids).await? {
+            let state = Arc::new(PackState::new(tenant_id, pack.as_ref()));
+            app.hub
+                .packs
+                .with(&tenant_id, |cell| publish_initial(cell, state));
+        }
+    }
+    Ok(items)
+}
+
+/// Re-checks access to every item (after the user's memberships changed).
+async fn still_allowed(app: &AppState, user_id: i64, items: &[Item]) -> Result<(), ApiError> {
+    let (mut runs, mut tenants) = (Vec::new(), Vec::new());
+    for item in items {
+        match item {
+            Item::Run(s) => runs.push(s.key()),
+            Item::Pack(s) => tenants.push(s.key()),
+        }
+    }
+    if !runs.is_empty() {
+        access::authorize_runs(&app.pool, user_id, &runs).await?;
+    }
+    if !tenants.is_empty() {
+        access::authorize_packs(&app.pool, user_id, &tenants).await?;
+    }
+    Ok(())
+}
+
+enum Wake {
+    Changed(usize),
+    AccessChanged,
+    TokenExpired,
+    Lifetime,
+    Shutdown,
+    Gone,
+}
+
+/// Answers a stream request for already subscribed and authorised `items`: `204 No Content`
+/// when the client already saw the final state (`Last-Event-ID`), the SSE stream otherwise.
+pub fn respond(
+    app: &AppState,
+    claims: Claims,
+    kind: StreamKind,
+    topic: String,
+    mut items: Vec<Item>,
+    last_event_id: Option<&str>,
+    guard_permit: super::limits::StreamPermit,
+) -> Response {
+    let views: Vec<View> = items.iter_mut().map(Item::current).collect();
+    let at = position(&items, &views);
+    let all_terminal = views.iter().all(View::terminal);
+    if all_terminal && last_event_id.is_some_and(|seen| seen.trim() == at) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    // The youngest item sets the pace: fresh work changes fast.
+    let now = Utc::now();
+    let retry = views
+        .iter()
+        .map(|v| retry_ms(v.created_at(), now))
+        .min()
+        .unwrap_or(10_000);
+
+    let app = app.clone();
+    let mut guard = StreamGuard::new(
+        Arc::clone(&app.metrics),
+        kind,
+        claims.user_id,
+        topic,
+        guard_permit,
+    );
+    let deadlines = Deadlines::new(claims.exp, app.settings.max_stream_lifetime_secs);
+    let mut access_epoch = app.hub.access.subscribe(claims.user_id);
+    let shutdown = app.shutdown.clone();
+    let keepalive = app.keepalive();
+
+    let events = async_stream::stream! {
+        yield Ok(sse::retry(retry));
+        let mut views = views;
+        for (i, view) in views.iter().enumerate() {
+            // Only the last snapshot carries the position: a client cut off halfway through
+            // a set must not claim to have seen all of it.
+            let id = (i + 1 == views.len()).then_some(at.as_str());
+            yield Ok(sse::snapshot(id, view.json()));
+        }
+        guard.sent(views.len() as u64);
+        let mut done = all_terminal;
+        while !done {
+            let wake = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Wake::Shutdown,
+                _ = tokio::time::sleep_until(deadlines.token_expires) => Wake::TokenExpired,
+                _ = deadlines.lifetime() => Wake::Lifetime,
+                r = access_epoch.changed() => if r.is_ok() { Wake::AccessChanged } else { Wake::Gone },
+                i = next_change(&mut items) => i.map_or(Wake::Gone, Wake::Changed),
+            };
+            match wake {
+                Wake::Changed(i) => {
+                    views[i] = items[i].current();
+                    let at = position(&items, &views);
+                    yield Ok(sse::update(Some(&at), views[i].json()));
+                    guard.sent(1);
+                    done = views.iter().all(View::terminal);
+                }
+                Wake::AccessChanged => {
+                    if let Err(ApiError::Forbidden | ApiError::NotFound) =
+                        still_allowed(&app, claims.user_id, &items).await
+                    {
+                        yield Ok(sse::end("forbidden"));
+                        guard.close(CloseReason::forbidden);
+                        return;
+                    }
+                }
+                Wake::TokenExpired => {
+                    yield Ok(sse::end("token_expired"));
+                    guard.close(CloseReason::token_expired);
+                    return;
+                }
+                Wake::Lifetime => {
+                    guard.close(CloseReason::lifetime);
+                    return;
+                }
+                Wake::Shutdown | Wake::Gone => {
+                    guard.close(CloseReason::shutdown);
+                    return;
+                }
+            }
+        }
+        yield Ok(sse::end("terminal"));
+        guard.close(CloseReason::terminal);
+    };
+    sse::response(events, keepalive)
+}
