@@ -138,6 +138,26 @@ impl Default for Metrics {
             "Idle query pool connections",
             m.db_pool_idle.clone(),
         );
+        // Create every labelled series up front so dashboards see zeros, not gaps.
+        for kind in [
+            StreamKind::run,
+            StreamKind::review_pack,
+            StreamKind::multi,
+            StreamKind::workspace,
+        ] {
+            let _ = m.streams_open.get_or_create(&KindLabel { kind });
+            let _ = m.streams_opened.get_or_create(&KindLabel { kind });
+        }
+        for reason in [
+            CloseReason::terminal,
+            CloseReason::forbidden,
+            CloseReason::token_expired,
+            CloseReason::lifetime,
+            CloseReason::shutdown,
+            CloseReason::client_gone,
+        ] {
+            let _ = m.streams_closed.get_or_create(&ReasonLabel { reason });
+        }
         Metrics { registry, ..m }
     }
 }

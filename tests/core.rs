@@ -1,0 +1,569 @@
+//! The core contract (issue: runwire core) against a real Postgres and the real server.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn run_streams_its_lifecycle_then_ends() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "queued").await;
+    let mut s = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
+        .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["cache-control"], "no-cache");
+    assert_eq!(s.headers["x-accel-buffering"], "no");
+
+    let snap = s.expect("snapshot").await;
+    assert_eq!(snap.data["type"], "operation_run");
+    assert_eq!(snap.data["id"], run);
+    assert_eq!(snap.data["status"], "queued");
+    assert_eq!(snap.data["terminal"], false);
+    assert_eq!(snap.data["run_type"], "sync");
+    assert_eq!(snap.data["tenant_id"], w.tenant);
+    assert_eq!(snap.id, snap.data["version"].to_string());
+    for key in [
+        "workspace_id",
+        "outcome",
+        "summary_counts",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "updated_at",
+    ] {
+        assert!(snap.data.get(key).is_some(), "missing {key}");
+    }
+
+    set_run(app.pool(), run, "status = 'running', started_at = now()").await;
+    let u = s.expect("update").await;
+    assert_eq!(u.data["status"], "running");
+    assert!(u.data["started_at"].is_string());
+
+    set_run(
+        app.pool(),
+        run,
+        r#"summary_counts = '{"total": 10, "processed": 4}'"#,
+    )
+    .await;
+    let u2 = s.expect("update").await;
+    assert_eq!(u2.data["summary_counts"]["processed"], 4);
+    assert!(u2.id.parse::<i64>().unwrap() > u.id.parse::<i64>().unwrap());
+
+    set_run(
+        app.pool(),
+        run,
+        "status = 'completed', outcome = 'succeeded', completed_at = now()",
+    )
+    .await;
+    let done = s.expect("update").await;
+    assert_eq!(done.data["status"], "completed");
+    assert_eq!(done.data["outcome"], "succeeded");
+    assert_eq!(done.data["terminal"], true);
+    s.expect_end("terminal").await;
+    app.stop().await;
+}
+
+/// The raw start of a stream, before any SSE parsing: `retry:` must come first.
+async fn first_bytes(app: &TestApp, path: &str, t: &str) -> String {
+    use futures_util::StreamExt;
+    let resp = app.get(path, Some(t)).await;
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: snapshot") {
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
+}
+
+#[tokio::test]
+async fn retry_hint_comes_first_and_follows_age() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    for (age_secs, want) in [(0, 1000), (30, 5000), (3600, 10000)] {
+        let run = create_run(app.pool(), w.workspace, None, "running").await;
+        set_run(
+            app.pool(),
+            run,
+            &format!("created_at = now() - interval '{age_secs} seconds'"),
+        )
+        .await;
+        let text = first_bytes(&app, &format!("/v1/runs/{run}/events"), &t).await;
+        assert!(
+            text.starts_with(&format!("retry: {want}\n\n")),
+            "{age_secs}s: {text}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn review_pack_goes_generating_to_ready() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
+    let mut s = app
+        .sse(
+            &format!("/v1/tenants/{}/review-pack/events", w.tenant),
+            &token(w.owner),
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let snap = s.expect("snapshot").await;
+    assert_eq!(snap.data["type"], "review_pack");
+    assert_eq!(snap.data["tenant_id"], w.tenant);
+    assert_eq!(snap.data["terminal"], false);
+    assert_eq!(snap.data["pack"]["id"], pack);
+    assert_eq!(snap.data["pack"]["status"], "queued");
+
+    set_pack(app.pool(), pack, "status = 'generating'").await;
+    let u = s.expect("update").await;
+    assert_eq!(u.data["pack"]["status"], "generating");
+    assert_ne!(u.id, snap.id);
+
+    set_pack(
+        app.pool(),
+        pack,
+        "status = 'ready', generated_at = now(), expires_at = now() + interval '30 days'",
+    )
+    .await;
+    let r = s.expect("update").await;
+    assert_eq!(r.data["pack"]["status"], "ready");
+    assert_eq!(r.data["terminal"], true);
+    assert!(r.data["pack"]["generated_at"].is_string());
+    s.expect_end("terminal").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pack_stream_follows_a_newer_pack() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let old = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut s = app
+        .sse(
+            &format!("/v1/tenants/{}/review-pack/events", w.tenant),
+            &token(w.owner),
+        )
+        .await;
+    assert_eq!(s.expect("snapshot").await.data["pack"]["id"], old);
+    let newer = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
+    let u = s.expect("update").await;
+    assert_eq!(u.data["pack"]["id"], newer);
+    set_pack(app.pool(), old, "status = 'failed'").await; // not the latest any more: no event
+    set_pack(app.pool(), newer, "status = 'ready'").await;
+    let r = s.expect("update").await;
+    assert_eq!(r.data["pack"]["id"], newer);
+    assert_eq!(r.data["pack"]["status"], "ready");
+    s.expect_end("terminal").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn terminal_on_connect_no_pack_and_unknown_status() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+
+    let done = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
+    let mut s = app.sse(&format!("/v1/runs/{done}/events"), &t).await;
+    assert_eq!(s.expect("snapshot").await.data["terminal"], true);
+    s.expect_end("terminal").await;
+
+    let mut s = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    let snap = s.expect("snapshot").await;
+    assert_eq!(snap.data["pack"], serde_json::Value::Null);
+    assert_eq!(snap.data["terminal"], true);
+    s.expect_end("terminal").await;
+
+    let weird = create_run(app.pool(), w.workspace, None, "paused_by_host").await;
+    let mut s = app.sse(&format!("/v1/runs/{weird}/events"), &t).await;
+    assert_eq!(s.expect("snapshot").await.data["terminal"], true);
+    s.expect_end("terminal").await;
+
+    // An active run that moves to a status runwire does not know ends too.
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    s.expect("snapshot").await;
+    set_run(app.pool(), run, "status = 'cancelled_by_magic'").await;
+    assert_eq!(s.expect("update").await.data["terminal"], true);
+    s.expect_end("terminal").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reconnect_after_terminal_gets_204_like_eventsource() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let url = app.url(&format!("/v1/runs/{run}/events"));
+    let mut s = Sse::open(&app.http, &url, Some(&t), None).await;
+    s.expect("snapshot").await;
+    set_run(app.pool(), run, "status = 'completed', outcome = 'failed'").await;
+    s.expect("update").await;
+    s.expect_end("terminal").await;
+    // What EventSource does next: reconnect with the last id it saw.
+    let last = s.last_id.clone().expect("an id was sent");
+    let again = Sse::open(&app.http, &url, Some(&t), Some(&last)).await;
+    assert_eq!(again.status, 204);
+    // A stale or malformed Last-Event-ID is ignored: the client gets the state again.
+    for stale in ["1", "garbage", "", "99999999999999999999999"] {
+        let mut s = Sse::open(&app.http, &url, Some(&t), Some(stale)).await;
+        assert_eq!(s.status, 200, "{stale}");
+        assert_eq!(s.expect("snapshot").await.data["terminal"], true);
+        s.expect_end("terminal").await;
+    }
+    // Packs: the same, with their own ids.
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "ready").await;
+    let purl = app.url(&format!("/v1/tenants/{}/review-pack/events", w.tenant));
+    let mut s = Sse::open(&app.http, &purl, Some(&t), None).await;
+    assert_eq!(s.expect("snapshot").await.data["pack"]["id"], pack);
+    s.expect_end("terminal").await;
+    let again = Sse::open(&app.http, &purl, Some(&t), s.last_id.as_deref()).await;
+    assert_eq!(again.status, 204);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn access_table_for_streams_and_json() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let tenant_run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let tenantless = create_run(app.pool(), w.workspace, None, "running").await;
+    let other_run = create_run(app.pool(), w.other_workspace, None, "running").await;
+    create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+
+    let cases: Vec<(String, Option<String>, u16)> = vec![
+        // runs
+        (format!("/v1/runs/{tenant_run}"), Some(token(w.owner)), 200),
+        (
+            format!("/v1/runs/{tenant_run}"),
+            Some(token(w.readonly)),
+            200,
+        ),
+        (format!("/v1/runs/{tenant_run}"), Some(token(w.member)), 403),
+        (
+            format!("/v1/runs/{tenant_run}"),
+            Some(token(w.outsider)),
+            404,
+        ),
+        (format!("/v1/runs/{tenantless}"), Some(token(w.member)), 200),
+        (format!("/v1/runs/{other_run}"), Some(token(w.owner)), 404),
+        ("/v1/runs/999999".into(), Some(token(w.owner)), 404),
+        (format!("/v1/runs/{tenant_run}"), None, 401),
+        (
+            format!("/v1/runs/{tenant_run}"),
+            Some("garbage".into()),
+            401,
+        ),
+        (
+            format!("/v1/runs/{tenant_run}"),
+            Some(Tokens::new(b"wrong").issue(w.owner, 60)),
+            401,
+        ),
+        (
+            format!("/v1/runs/{tenant_run}"),
+            Some(expired_token(w.owner)),
+            401,
+        ),
+        ("/v1/runs/abc".into(), Some(token(w.owner)), 400),
+        ("/v1/runs/-1".into(), Some(token(w.owner)), 400),
+        (
+            "/v1/runs/99999999999999999999999".into(),
+            Some(token(w.owner)),
+            400,
+        ),
+        // review packs
+        (
+            format!("/v1/tenants/{}/review-pack", w.tenant),
+            Some(token(w.owner)),
+            200,
+        ),
+        (
+            format!("/v1/tenants/{}/review-pack", w.tenant),
+            Some(token(w.readonly)),
+            403,
+        ),
+        (
+            format!("/v1/tenants/{}/review-pack", w.tenant),
+            Some(token(w.member)),
+            404,
+        ),
+        (
+            format!("/v1/tenants/{}/review-pack", w.tenant),
+            Some(token(w.outsider)),
+            404,
+        ),
+        (
+            "/v1/tenants/424242/review-pack".into(),
+            Some(token(w.owner)),
+            404,
+        ),
+        (format!("/v1/tenants/{}/review-pack", w.tenant), None, 401),
+        (
+            "/v1/tenants/abc/review-pack".into(),
+            Some(token(w.owner)),
+            400,
+        ),
+        (
+            "/v1/tenants/-5/review-pack".into(),
+            Some(token(w.owner)),
+            400,
+        ),
+    ];
+    for (path, tok, want) in cases {
+        for p in [path.clone(), stream_path(&path)] {
+            let resp = app.get(&p, tok.as_deref()).await;
+            assert_eq!(resp.status().as_u16(), want, "{p}");
+            if want != 200 {
+                assert_eq!(resp.headers()["content-type"], "application/json", "{p}");
+                let body: serde_json::Value = resp.json().await.unwrap();
+                assert!(body["error"]["code"].is_string(), "{p}: {body}");
+                assert!(body["error"]["message"].is_string(), "{p}: {body}");
+            }
+        }
+    }
+    // The token may also come from the query (EventSource) or the cookie.
+    let q = app
+        .get(
+            &format!("/v1/runs/{tenant_run}?access_token={}", token(w.owner)),
+            None,
+        )
+        .await;
+    assert_eq!(q.status(), 200);
+    let c = app
+        .http
+        .get(app.url(&format!("/v1/runs/{tenant_run}")))
+        .header(
+            "cookie",
+            format!("theme=dark; runwire_token={}", token(w.owner)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.status(), 200);
+    app.stop().await;
+}
+
+fn stream_path(json_path: &str) -> String {
+    format!("{json_path}/events")
+}
+
+fn expired_token(user: i64) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let claims = serde_json::json!({ "sub": user.to_string(), "exp": runwire::access::token::now_secs() - 10 });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+use runwire::access::Tokens;
+
+#[tokio::test]
+async fn forged_notify_cannot_fake_a_state() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
+        .await;
+    let snap = s.expect("snapshot").await;
+    for payload in [
+        format!(
+            r#"{{"k":"run","id":{run},"w":{},"v":999,"status":"completed"}}"#,
+            w.workspace
+        ),
+        "not json at all".to_string(),
+        r#"{"k":"run"}"#.to_string(),
+        r#"{"k":"run","id":"1; DROP TABLE users"}"#.to_string(),
+        r#"{"k":"pack","t":-1}"#.to_string(),
+        r#"{"k":"member","u":99999999}"#.to_string(),
+        "{}".to_string(),
+        "".to_string(),
+    ] {
+        sqlx::query("SELECT pg_notify('runwire', $1)")
+            .bind(&payload)
+            .execute(app.pool())
+            .await
+            .unwrap();
+    }
+    // The next event must be the real change, not anything the forged payloads claimed.
+    set_run(app.pool(), run, r#"summary_counts = '{"processed": 1}'"#).await;
+    let u = s.expect("update").await;
+    assert_eq!(u.data["status"], "running");
+    assert_eq!(u.data["terminal"], false);
+    assert_eq!(
+        u.data["version"],
+        snap.data["version"].as_i64().unwrap() + 1
+    );
+    // And the service is still healthy.
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_rapid_updates_arrive_in_order() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
+        .await;
+    let mut last_version = s.expect("snapshot").await.data["version"].as_i64().unwrap();
+    for i in 1..=50 {
+        set_run(
+            app.pool(),
+            run,
+            &format!(r#"summary_counts = '{{"processed": {i}}}'"#),
+        )
+        .await;
+    }
+    // State, not a log: bursts may be coalesced, but never reordered, and the last state
+    // always arrives.
+    let mut last_processed = 0;
+    while last_processed < 50 {
+        let u = s.expect("update").await;
+        let v = u.data["version"].as_i64().unwrap();
+        assert!(
+            v > last_version,
+            "versions must increase: {v} after {last_version}"
+        );
+        assert_eq!(u.id, v.to_string());
+        last_version = v;
+        let p = u.data["summary_counts"]["processed"].as_i64().unwrap();
+        assert!(
+            p > last_processed,
+            "out of order: {p} after {last_processed}"
+        );
+        last_processed = p;
+    }
+    set_run(app.pool(), run, "status = 'completed'").await;
+    assert_eq!(
+        s.expect("update").await.data["summary_counts"]["processed"],
+        50
+    );
+    s.expect_end("terminal").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listener_killed_while_runs_finish() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let mut runs = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        s.expect("snapshot").await;
+        runs.push(run);
+        streams.push(s);
+    }
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    ps.expect("snapshot").await;
+
+    let pid = app
+        .running
+        .state
+        .listener
+        .backend_pid()
+        .expect("listener connected");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert!(killed);
+    // Finish everything while the listener is (probably) still gone.
+    for run in &runs {
+        set_run(
+            app.pool(),
+            *run,
+            "status = 'completed', outcome = 'succeeded'",
+        )
+        .await;
+    }
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+
+    for s in streams.iter_mut() {
+        // Whatever was missed, the terminal state arrives (possibly straight after a resync).
+        let u = s.expect("update").await;
+        assert_eq!(u.data["status"], "completed");
+        s.expect_end("terminal").await;
+    }
+    assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
+    ps.expect_end("terminal").await;
+    let new_pid = app
+        .running
+        .state
+        .listener
+        .backend_pid()
+        .expect("reconnected");
+    assert_ne!(new_pid, pid);
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("runwire_listener_reconnects_total 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["listener"], true);
+    assert_eq!(body["database"], true);
+    let m = app.get("/metrics", None).await.text().await.unwrap();
+    for name in [
+        "runwire_streams_open",
+        "runwire_notifications_total",
+        "runwire_events_sent_total",
+        "runwire_listener_reconnects_total",
+    ] {
+        assert!(m.contains(name), "{name} missing");
+    }
+    let nf = app.get("/v1/nope", None).await;
+    assert_eq!(nf.status(), 404);
+    assert_eq!(nf.headers()["content-type"], "application/json");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_without_end_event() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
+        .await;
+    s.expect("snapshot").await;
+    let started = std::time::Instant::now();
+    let TestApp { db, running, .. } = app;
+    running.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    s.expect_closed().await;
+    db.drop_db().await;
+}
