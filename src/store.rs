@@ -187,3 +187,41 @@ pub async fn active_runs(
     .fetch_all(db)
     .await
 }
+
+/// A workspace as a member sees it: its name and the tenants they belong to, with roles.
+#[derive(Debug, FromRow)]
+pub struct WorkspaceInfo {
+    pub id: i64,
+    pub name: String,
+    pub workspace_member: bool,
+    pub tenants: sqlx::types::Json<Vec<TenantInfo>>,
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct TenantInfo {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+}
+
+pub async fn workspace_info(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    workspace_id: i64,
+) -> sqlx::Result<Option<WorkspaceInfo>> {
+    sqlx::query_as(
+        "SELECT w.id, w.name,
+            EXISTS (SELECT 1 FROM workspace_memberships m
+                    WHERE m.workspace_id = w.id AND m.user_id = $2) AS workspace_member,
+            COALESCE((SELECT json_agg(json_build_object('id', t.id, 'name', t.name, 'role', tm.role)
+                              ORDER BY t.name, t.id)
+                      FROM tenants t
+                      JOIN tenant_memberships tm ON tm.tenant_id = t.id AND tm.user_id = $2
+                      WHERE t.workspace_id = w.id), '[]'::json) AS tenants
+         FROM workspaces w WHERE w.id = $1",
+    )
+    .bind(workspace_id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}

@@ -1,0 +1,278 @@
+/*
+ * The live operations dashboard served at `/`. Open it as
+ *   /#token=<access token>&workspace=<id>
+ * (the fragment never reaches a server log). The token is traded for an HttpOnly cookie, then
+ * everything streams over two connections: the workspace feed and one multiplexed stream.
+ * All text from the database is inserted with textContent: statuses are free text.
+ */
+(function () {
+  "use strict";
+
+  var $ = function (id) { return document.getElementById(id); };
+  var state = {
+    workspace: null,
+    tenants: new Map(), // id -> { name, role, can_view_review_pack }
+    active: new Map(), // run id -> run
+    finished: [], // newest first
+    selected: null,
+    detailSub: null,
+  };
+  var rw = null;
+
+  var TYPE_LABELS = {
+    sync: "Sync", backup: "Backup", restore: "Restore", import: "Import", export: "Export",
+    inventory: "Inventory", compliance_scan: "Compliance scan", policy_sync: "Policy sync",
+  };
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function typeLabel(t) {
+    return TYPE_LABELS[t] || String(t).replace(/_/g, " ").replace(/^./, function (c) { return c.toUpperCase(); });
+  }
+
+  function tenantName(id) {
+    if (id === null || id === undefined) return "Workspace-wide";
+    var t = state.tenants.get(id);
+    return t ? t.name : "Tenant #" + id;
+  }
+
+  function ago(iso) {
+    if (!iso) return "";
+    var s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    if (s < 5) return "just now";
+    if (s < 60) return s + " s ago";
+    if (s < 3600) return Math.floor(s / 60) + " min ago";
+    return Math.floor(s / 3600) + " h ago";
+  }
+
+  function progress(run) {
+    var c = run.summary_counts || {};
+    var total = Number(c.total) || 0;
+    var done = (Number(c.processed) || 0) + (Number(c.failed) || 0);
+    if (!total) return null;
+    return { pct: Math.min(100, Math.round((done / total) * 100)), done: done, total: total, failed: Number(c.failed) || 0 };
+  }
+
+  function pill(value) {
+    var p = el("span", "pill " + String(value).replace(/[^a-z_]/gi, ""), String(value).replace(/_/g, " "));
+    p.setAttribute("data-value", value);
+    return p;
+  }
+
+  // ---- rendering ---------------------------------------------------------------------------
+
+  function renderActive() {
+    var list = $("active-runs");
+    var runs = Array.from(state.active.values()).sort(function (a, b) { return b.id - a.id; });
+    list.replaceChildren();
+    runs.forEach(function (run) {
+      var li = el("li", "run" + (state.selected === run.id ? " selected" : ""));
+      li.setAttribute("data-run-id", run.id);
+      li.setAttribute("data-status", run.status);
+      li.appendChild(el("div", "icon", typeLabel(run.run_type).slice(0, 2).toUpperCase()));
+      li.appendChild(el("div", "title", typeLabel(run.run_type) + " · " + tenantName(run.tenant_id)));
+      var right = el("div", "");
+      right.appendChild(pill(run.status));
+      li.appendChild(right);
+      var p = progress(run);
+      var meta = "#" + run.id + " · " + (run.status === "queued" ? "queued " + ago(run.created_at) : "started " + ago(run.started_at || run.created_at));
+      if (p) meta += " · " + p.done + " / " + p.total + (p.failed ? " (" + p.failed + " failed)" : "");
+      li.appendChild(el("div", "meta", meta));
+      var bar = el("div", "bar");
+      var fill = el("span");
+      fill.style.width = (p ? p.pct : run.status === "running" ? 8 : 0) + "%";
+      bar.appendChild(fill);
+      li.appendChild(bar);
+      li.addEventListener("click", function () { select(run.id); });
+      list.appendChild(li);
+    });
+    $("active-count").textContent = String(runs.length);
+    $("active-empty").hidden = runs.length > 0;
+  }
+
+  function renderFinished() {
+    var body = $("finished-runs");
+    body.replaceChildren();
+    state.finished.slice(0, 8).forEach(function (run) {
+      var tr = el("tr");
+      tr.setAttribute("data-run-id", run.id);
+      tr.appendChild(el("td", "", typeLabel(run.run_type) + " #" + run.id));
+      tr.appendChild(el("td", "", tenantName(run.tenant_id)));
+      var td = el("td");
+      td.appendChild(pill(run.outcome === "pending" ? run.status : run.outcome));
+      tr.appendChild(td);
+      tr.appendChild(el("td", "", ago(run.completed_at || run.updated_at)));
+      tr.addEventListener("click", function () { select(run.id); });
+      body.appendChild(tr);
+    });
+  }
+
+  function onRun(run) {
+    if (run.terminal) {
+      state.active.delete(run.id);
+      state.finished = [run].concat(state.finished.filter(function (r) { return r.id !== run.id; }));
+      renderFinished();
+    } else {
+      state.active.set(run.id, run);
+    }
+    renderActive();
+  }
+
+  function renderDetail(run, final) {
+    $("detail").hidden = false;
+    $("detail-id").textContent = "#" + run.id;
+    var dl = $("detail-body");
+    dl.replaceChildren();
+    var p = progress(run);
+    var rows = [
+      ["Operation", typeLabel(run.run_type)],
+      ["Tenant", tenantName(run.tenant_id)],
+      ["Status", pill(run.status)],
+      ["Outcome", pill(run.outcome)],
+      ["Progress", p ? p.done + " of " + p.total + " (" + p.pct + " %)" : "—"],
+      ["Queued", run.created_at ? new Date(run.created_at).toLocaleTimeString() : "—"],
+      ["Started", run.started_at ? new Date(run.started_at).toLocaleTimeString() : "—"],
+      ["Completed", run.completed_at ? new Date(run.completed_at).toLocaleTimeString() : "—"],
+      ["Version", run.version],
+    ];
+    rows.forEach(function (r) {
+      dl.appendChild(el("dt", "", r[0]));
+      var dd = el("dd");
+      if (r[1] instanceof Node) dd.appendChild(r[1]); else dd.textContent = String(r[1]);
+      dl.appendChild(dd);
+    });
+    $("detail-foot").textContent = final ? "Final state — the stream has closed." : "Live — updates as the run changes.";
+    $("detail").setAttribute("data-final", final ? "true" : "false");
+  }
+
+  function select(runId) {
+    if (state.detailSub) state.detailSub.close();
+    state.selected = runId;
+    renderActive();
+    state.detailSub = rw.watchRun(runId, {
+      onState: function (run) { renderDetail(run, run.terminal); },
+      onError: function (e) { $("detail-foot").textContent = "Not available (" + e.status + ")."; },
+    });
+  }
+
+  function renderPack(card) {
+    var box = document.querySelector('.pack[data-tenant-id="' + card.tenant_id + '"]');
+    if (!box) return;
+    box.replaceChildren();
+    box.appendChild(el("div", "name", tenantName(card.tenant_id)));
+    var status = card.pack ? card.pack.status : "none";
+    box.setAttribute("data-status", status);
+    var right = el("div");
+    right.appendChild(card.pack ? pill(status) : el("span", "pill queued", "no pack"));
+    box.appendChild(right);
+    var meta = !card.pack
+      ? "No review pack has been generated yet."
+      : status === "ready"
+        ? "Generated " + ago(card.pack.generated_at) + (card.pack.expires_at ? " · expires " + new Date(card.pack.expires_at).toLocaleDateString() : "")
+        : status === "generating" || status === "queued"
+          ? "Pack #" + card.pack.id + " requested " + ago(card.pack.created_at)
+          : "Pack #" + card.pack.id + " · " + status;
+    box.appendChild(el("div", "meta", meta));
+  }
+
+  function watchPack(tenantId) {
+    rw.watchReviewPack(tenantId, {
+      onState: renderPack,
+      onEnd: function () {
+        // Like the host app's card: stop on a terminal pack. A newer pack is picked up by a
+        // one-shot re-check (snapshot + end) a little later.
+        setTimeout(function () { watchPack(tenantId); }, 15000);
+      },
+    });
+  }
+
+  function setLive(on) {
+    var live = $("live");
+    var hidden = document.visibilityState === "hidden";
+    live.setAttribute("data-state", hidden ? "paused" : on ? "on" : "off");
+    $("live-text").textContent = hidden ? "Paused" : on ? "Live" : "Reconnecting…";
+  }
+
+  // ---- start -----------------------------------------------------------------------------
+
+  function start(token, workspaceId) {
+    $("connect").hidden = true;
+    // Without a token, an earlier session cookie may still be valid.
+    (token ? Runwire.startSession("", token) : Promise.resolve())
+      .then(function () {
+        return fetch("/v1/workspaces/" + encodeURIComponent(workspaceId), { credentials: "same-origin" });
+      })
+      .then(function (r) {
+        if (!r.ok) throw new Error("workspace " + r.status);
+        return r.json();
+      })
+      .then(function (ws) {
+        state.workspace = ws;
+        ws.tenants.forEach(function (t) { state.tenants.set(t.id, t); });
+        $("workspace-name").textContent = ws.name;
+        document.title = ws.name + " · Operations · runwire";
+        $("app").hidden = false;
+        rw = new Runwire({});
+        window.runwireClient = rw;
+        var feed = rw.watchWorkspace(ws.id, {
+          onSnapshot: function (runs) {
+            state.active.clear();
+            runs.forEach(function (r) { state.active.set(r.id, r); });
+            renderActive();
+            setLive(true);
+          },
+          onRun: onRun,
+          onConnectionChange: setLive,
+          onEnd: function () { setLive(false); $("live-text").textContent = "Access ended"; },
+        });
+        window.runwireFeed = feed;
+        var packs = $("packs");
+        var viewable = ws.tenants.filter(function (t) { return t.can_view_review_pack; });
+        $("packs-empty").hidden = viewable.length > 0;
+        viewable.forEach(function (t) {
+          var box = el("div", "pack");
+          box.setAttribute("data-tenant-id", t.id);
+          box.appendChild(el("div", "name", t.name));
+          packs.appendChild(box);
+          watchPack(t.id);
+        });
+        document.addEventListener("visibilitychange", function () { setLive(true); });
+        setInterval(function () { renderActive(); renderFinished(); }, 5000); // refresh "x ago"
+      })
+      .catch(function (e) {
+        $("connect").hidden = false;
+        $("live-text").textContent = "Not connected";
+        var p = el("p", "empty", "Could not open the dashboard: " + e.message);
+        $("connect").appendChild(p);
+      });
+  }
+
+  $("detail-close").addEventListener("click", function () {
+    if (state.detailSub) state.detailSub.close();
+    state.detailSub = null;
+    state.selected = null;
+    $("detail").hidden = true;
+    renderActive();
+  });
+
+  var params = new URLSearchParams(location.hash.slice(1));
+  var token = params.get("token");
+  var workspace = params.get("workspace");
+  if (workspace) {
+    // Keep the token out of the address bar once it has been used.
+    history.replaceState(null, "", location.pathname + "#workspace=" + encodeURIComponent(workspace));
+    start(token, workspace);
+  } else {
+    $("connect").hidden = false;
+  }
+  $("connect-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var f = new FormData(e.target);
+    start(String(f.get("token")).trim(), String(f.get("workspace")).trim());
+  });
+})();

@@ -18,13 +18,22 @@ async fn multiplexed_stream_snapshots_updates_and_ends_when_all_terminal() {
     let s1 = s.expect("snapshot").await;
     let s2 = s.expect("snapshot").await;
     let s3 = s.expect("snapshot").await;
-    assert_eq!((s1.data["id"].as_i64(), s2.data["id"].as_i64()), (Some(a), Some(b)));
+    assert_eq!(
+        (s1.data["id"].as_i64(), s2.data["id"].as_i64()),
+        (Some(a), Some(b))
+    );
     assert_eq!(s3.data["type"], "review_pack");
-    assert!(s1.id.is_empty() && s2.id.is_empty() && !s3.id.is_empty(), "only the last snapshot carries the position");
+    assert!(
+        s1.id.is_empty() && s2.id.is_empty() && !s3.id.is_empty(),
+        "only the last snapshot carries the position"
+    );
 
     set_run(app.pool(), a, "status = 'completed'").await;
     let u = s.expect("update").await;
-    assert_eq!((u.data["id"].as_i64(), u.data["terminal"].as_bool()), (Some(a), Some(true)));
+    assert_eq!(
+        (u.data["id"].as_i64(), u.data["terminal"].as_bool()),
+        (Some(a), Some(true))
+    );
     set_pack(app.pool(), pack, "status = 'ready'").await;
     assert_eq!(s.expect("update").await.data["pack"]["status"], "ready");
     set_run(app.pool(), b, "status = 'running'").await;
@@ -53,16 +62,46 @@ async fn multiplexed_stream_refuses_as_a_whole_and_validates_lists() {
     let elsewhere = create_run(app.pool(), w.other_workspace, None, "running").await;
     let hundred: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
     let cases = [
-        (format!("/v1/streams?runs={mine},{tenantless}"), w.member, 403),
-        (format!("/v1/streams?runs={tenantless},{elsewhere}"), w.owner, 404),
-        (format!("/v1/streams?runs={tenantless}&review_pack_tenants={}", w.tenant), w.readonly, 403),
-        (format!("/v1/streams?runs={tenantless}&review_pack_tenants={}", w.tenant_b), w.owner, 404),
+        (
+            format!("/v1/streams?runs={mine},{tenantless}"),
+            w.member,
+            403,
+        ),
+        (
+            format!("/v1/streams?runs={tenantless},{elsewhere}"),
+            w.owner,
+            404,
+        ),
+        (
+            format!(
+                "/v1/streams?runs={tenantless}&review_pack_tenants={}",
+                w.tenant
+            ),
+            w.readonly,
+            403,
+        ),
+        (
+            format!(
+                "/v1/streams?runs={tenantless}&review_pack_tenants={}",
+                w.tenant_b
+            ),
+            w.owner,
+            404,
+        ),
         ("/v1/streams".to_string(), w.owner, 400),
         ("/v1/streams?runs=".to_string(), w.owner, 400),
         ("/v1/streams?runs=1,abc".to_string(), w.owner, 400),
         ("/v1/streams?runs=1,,2".to_string(), w.owner, 400),
-        ("/v1/streams?review_pack_tenants=-3".to_string(), w.owner, 400),
-        (format!("/v1/streams?runs={}", hundred.join(",")), w.owner, 400),
+        (
+            "/v1/streams?review_pack_tenants=-3".to_string(),
+            w.owner,
+            400,
+        ),
+        (
+            format!("/v1/streams?runs={}", hundred.join(",")),
+            w.owner,
+            400,
+        ),
     ];
     for (path, user, want) in cases {
         let resp = app.get(&path, Some(&token(user))).await;
@@ -70,7 +109,12 @@ async fn multiplexed_stream_refuses_as_a_whole_and_validates_lists() {
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(body["error"]["code"].is_string());
     }
-    assert_eq!(app.get(&format!("/v1/streams?runs={mine}"), None).await.status(), 401);
+    assert_eq!(
+        app.get(&format!("/v1/streams?runs={mine}"), None)
+            .await
+            .status(),
+        401
+    );
     app.stop().await;
 }
 
@@ -83,17 +127,43 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
     let hidden = create_run(app.pool(), w.workspace, Some(w.tenant_b), "running").await;
     create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
 
-    let mut owner = app.sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &token(w.owner)).await;
-    let mut member = app.sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &token(w.member)).await;
+    let mut owner = app
+        .sse(
+            &format!("/v1/workspaces/{}/runs/events", w.workspace),
+            &token(w.owner),
+        )
+        .await;
+    let mut member = app
+        .sse(
+            &format!("/v1/workspaces/{}/runs/events", w.workspace),
+            &token(w.member),
+        )
+        .await;
     let snap = owner.expect("snapshot").await;
     assert_eq!(snap.data["type"], "workspace_runs");
     assert_eq!(snap.data["workspace_id"], w.workspace);
-    let ids: Vec<i64> = snap.data["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
-    assert!(ids.contains(&visible) && ids.contains(&tenantless), "{ids:?}");
-    assert!(!ids.contains(&hidden), "runs of other tenants must never appear");
+    let ids: Vec<i64> = snap.data["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&visible) && ids.contains(&tenantless),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.contains(&hidden),
+        "runs of other tenants must never appear"
+    );
     assert_eq!(ids.len(), 2, "only active runs");
     let msnap = member.expect("snapshot").await;
-    let mids: Vec<i64> = msnap.data["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let mids: Vec<i64> = msnap.data["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(mids, vec![tenantless]);
 
     // A change to a hidden run sends nothing; the next visible change is what arrives.
@@ -101,9 +171,17 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
     let created = create_run(app.pool(), w.workspace, Some(w.tenant), "queued").await;
     let u = owner.expect("update").await;
     assert_eq!(u.data["id"], created);
-    set_run(app.pool(), visible, "status = 'completed', outcome = 'succeeded'").await;
+    set_run(
+        app.pool(),
+        visible,
+        "status = 'completed', outcome = 'succeeded'",
+    )
+    .await;
     let done = owner.expect("update").await;
-    assert_eq!((done.data["id"].as_i64(), done.data["terminal"].as_bool()), (Some(visible), Some(true)));
+    assert_eq!(
+        (done.data["id"].as_i64(), done.data["terminal"].as_bool()),
+        (Some(visible), Some(true))
+    );
     // Still open after terminal runs: the feed goes on.
     set_run(app.pool(), tenantless, "status = 'running'").await;
     assert_eq!(owner.expect("update").await.data["id"], tenantless);
@@ -112,8 +190,18 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
     assert_eq!(mu.data["id"], tenantless);
 
     // Non-members get 404.
-    let resp = app.get(&format!("/v1/workspaces/{}/runs/events", w.workspace), Some(&token(w.outsider))).await;
+    let resp = app
+        .get(
+            &format!("/v1/workspaces/{}/runs/events", w.workspace),
+            Some(&token(w.outsider)),
+        )
+        .await;
     assert_eq!(resp.status(), 404);
-    assert_eq!(app.get("/v1/workspaces/abc/runs/events", Some(&token(w.owner))).await.status(), 400);
+    assert_eq!(
+        app.get("/v1/workspaces/abc/runs/events", Some(&token(w.owner)))
+            .await
+            .status(),
+        400
+    );
     app.stop().await;
 }

@@ -131,6 +131,41 @@ pub async fn pack_snapshot(
     ))
 }
 
+/// The workspace as the caller sees it (name, their tenants and roles), for dashboards.
+pub async fn workspace_info(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    auth: Auth,
+) -> Result<Response, ApiError> {
+    let workspace_id = parse_id(&raw, "workspace id")?;
+    let AuthUser(claims) = auth?;
+    let info = crate::store::workspace_info(&app.pool, claims.user_id, workspace_id)
+        .await?
+        .filter(|w| w.workspace_member)
+        .ok_or(ApiError::NotFound)?;
+    let tenants: Vec<serde_json::Value> = info
+        .tenants
+        .0
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "name": t.name,
+                "role": t.role,
+                "can_view_review_pack": access::role_can_view_review_pack(&t.role),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "type": "workspace",
+        "id": info.id,
+        "name": info.name,
+        "user_id": claims.user_id,
+        "tenants": tenants,
+    }))
+    .into_response())
+}
+
 /// Trades a bearer token for an HttpOnly cookie, so pages need not put tokens in URLs.
 pub async fn create_session(
     State(app): State<AppState>,

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/workspaces/{workspace_id}/runs/events",
             get(handlers::workspace_events),
         )
+        .route("/v1/workspaces/{workspace_id}", get(handlers::workspace_info))
         .route(
             "/v1/session",
             post(handlers::create_session).delete(handlers::delete_session),
