@@ -69,8 +69,17 @@ impl Server {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
         let status = Arc::new(ListenerStatus::default());
+        let listen_options = match settings.listener_database_url.as_deref() {
+            Some(url) if !url.is_empty() => Some(
+                PgConnectOptions::from_str(url)
+                    .context("RUNWIRE_LISTENER_DATABASE_URL is not a valid Postgres URL")?
+                    .application_name("runwire-listener"),
+            ),
+            _ => None,
+        };
         let watcher = Watcher::new(
             pool.clone(),
+            listen_options,
             Arc::clone(&hub),
             Arc::clone(&metrics),
             Arc::clone(&status),

@@ -58,6 +58,10 @@ pub enum LogFormat {
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A separate URL for the LISTEN connection, for when DATABASE_URL points at a
+    /// transaction-mode pooler (PgBouncer) that cannot carry LISTEN. Defaults to DATABASE_URL.
+    #[arg(long, env = "RUNWIRE_LISTENER_DATABASE_URL", hide_env_values = true)]
+    pub listener_database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "RUNWIRE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,

@@ -17,7 +17,7 @@ use crate::store;
 use futures_util::FutureExt;
 use hub::Hub;
 use serde::Deserialize;
-use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -33,6 +33,15 @@ pub const CHANNEL: &str = "runwire";
 const MAX_BURST: usize = 4096;
 /// Most ids per re-read query when re-reading everything after a reconnect.
 const RESYNC_CHUNK: usize = 5000;
+/// A re-read that takes longer is treated like a lost connection (sqlx has no query timeout,
+/// and a pooled connection whose peer vanished would otherwise wedge the watcher).
+const REREAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(query: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
+    tokio::time::timeout(REREAD_TIMEOUT, query)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
 
 /// A notification payload, as the triggers write it. Fields are optional so a payload from
 /// an older or newer trigger still parses; anything else is ignored.
@@ -81,8 +90,8 @@ enum Stop {
 
 pub struct Watcher {
     pool: PgPool,
-    /// A one-connection pool the listener connects through, so it never takes a query slot.
-    listen_pool: PgPool,
+    /// Where the LISTEN connection goes.
+    listen_options: PgConnectOptions,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     status: Arc<ListenerStatus>,
@@ -90,24 +99,20 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// `listen_options`: where the LISTEN connection goes (None: the pool's database).
     pub fn new(
         pool: PgPool,
+        listen_options: Option<PgConnectOptions>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         status: Arc<ListenerStatus>,
         heartbeat: Duration,
     ) -> Self {
-        let options = pool.connect_options().as_ref().clone();
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(heartbeat.max(Duration::from_secs(1)))
-            .connect_lazy_with(options);
+        let listen_options =
+            listen_options.unwrap_or_else(|| pool.connect_options().as_ref().clone());
         Watcher {
             pool,
-            listen_pool,
+            listen_options,
             hub,
             metrics,
             status,
@@ -122,7 +127,9 @@ impl Watcher {
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.connect() => r,
+                r = tokio::time::timeout(self.heartbeat * 2, self.connect()) => {
+                    r.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+                }
             };
             let stop = match connected {
                 Ok(mut listener) => {
@@ -154,7 +161,16 @@ impl Watcher {
     }
 
     async fn connect(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.listen_pool).await?;
+        // A fresh one-connection pool every time: a dropped PgListener sends `UNLISTEN *` on
+        // its old connection before giving it back, which never finishes on a dead socket and
+        // would otherwise hold the only slot forever.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(self.heartbeat.max(Duration::from_secs(1)))
+            .connect_lazy_with(self.listen_options.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
         // Reconnecting is ours to do (with a resync), not the listener's.
         listener.eager_reconnect(false);
         listener.ignore_pool_close_event(true);
@@ -271,7 +287,7 @@ impl Watcher {
 
     async fn reread_runs(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
         let started = Instant::now();
-        let rows = store::runs_by_ids(&self.pool, ids).await?;
+        let rows = bounded(store::runs_by_ids(&self.pool, ids)).await?;
         self.metrics.observe_reread(ids.len(), started.elapsed());
         for row in &rows {
             let state = Arc::new(RunState::from_row(row));
@@ -295,7 +311,7 @@ impl Watcher {
 
     async fn reread_packs(&self, tenant_ids: &[i64]) -> Result<(), sqlx::Error> {
         let started = Instant::now();
-        let rows = store::latest_packs(&self.pool, tenant_ids).await?;
+        let rows = bounded(store::latest_packs(&self.pool, tenant_ids)).await?;
         self.metrics
             .observe_reread(tenant_ids.len(), started.elapsed());
         for (tenant_id, pack) in &rows {

@@ -14,6 +14,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod proxy;
+
 pub const SECRET: &str = "test-secret";
 /// Upper bound for any awaited condition; tests fail rather than hang.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -139,10 +141,15 @@ impl TestApp {
 
 /// Starts another instance of the service on an existing database.
 pub async fn start(db: &TestDb, settings: Settings) -> Running {
+    start_with(db.options.clone(), settings).await
+}
+
+/// Starts an instance whose query pool connects with `options` (e.g. through a proxy).
+pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Running {
     let pool = PgPoolOptions::new()
         .max_connections(10)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_with(db.options.clone())
+        .connect_with(options)
         .await
         .expect("app pool");
     let running = Server::build(settings, pool).await.expect("build").start();

@@ -1,0 +1,90 @@
+//! A TCP proxy in front of Postgres that a test can break: `cut` closes every connection and
+//! refuses new ones (a database that is down), `blackhole` stalls the open connections without
+//! closing them (a peer that vanished without a FIN), `restore` heals both.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    /// Bumped to break the connections open at that moment.
+    generation: watch::Sender<(u64, bool)>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(OPEN));
+        let (generation, _) = watch::channel((0u64, false));
+        let (mode2, gen2) = (Arc::clone(&mode), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if mode2.load(Ordering::SeqCst) == CUT {
+                    drop(client);
+                    continue;
+                }
+                let mut broken = gen2.subscribe();
+                let start_gen = broken.borrow().0;
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let pump = async {
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut cr, &mut sw) => {},
+                            _ = tokio::io::copy(&mut sr, &mut cw) => {},
+                        }
+                    };
+                    let stall = tokio::select! {
+                        _ = pump => return,
+                        r = broken.wait_for(|(g, _)| *g > start_gen) => r.map(|v| v.1).unwrap_or(false),
+                    };
+                    if stall {
+                        // Keep both sockets open and silent, like a dead peer.
+                        std::future::pending::<()>().await;
+                    }
+                    // Returning drops both sockets: the peers see the connection close.
+                });
+            }
+        });
+        Proxy {
+            addr,
+            mode,
+            generation,
+        }
+    }
+
+    /// The database is down: open connections close, new ones are refused.
+    pub fn cut(&self) {
+        self.mode.store(CUT, Ordering::SeqCst);
+        self.generation.send_modify(|(g, stall)| {
+            *g += 1;
+            *stall = false;
+        });
+    }
+
+    /// Open connections go silent without closing; new connections work.
+    pub fn blackhole(&self) {
+        self.generation.send_modify(|(g, stall)| {
+            *g += 1;
+            *stall = true;
+        });
+    }
+
+    pub fn restore(&self) {
+        self.mode.store(OPEN, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,432 @@
+//! Operating it safely: access that changes mid-stream, token expiry, limits, cookies and CORS,
+//! lifetimes, and database faults (through a proxy the test can break).
+
+mod common;
+
+use common::proxy::Proxy;
+use common::*;
+use runwire::access::Tokens;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn losing_workspace_membership_ends_every_affected_stream() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut rs = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    let mut ws = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    let mut ms = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
+    // Another user's stream must not be touched.
+    let mut other = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.readonly))
+        .await;
+    for s in [&mut rs, &mut ps, &mut ws, &mut ms, &mut other] {
+        s.expect("snapshot").await;
+    }
+    let removed_at = Instant::now();
+    sqlx::query("DELETE FROM workspace_memberships WHERE user_id = $1 AND workspace_id = $2")
+        .bind(w.owner)
+        .bind(w.workspace)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    for s in [&mut rs, &mut ps, &mut ws, &mut ms] {
+        s.expect_end("forbidden").await;
+    }
+    assert!(
+        removed_at.elapsed() < Duration::from_secs(1),
+        "ended within a second"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}/events"), Some(&t))
+            .await
+            .status(),
+        404
+    );
+    // The other user's stream goes on.
+    set_run(app.pool(), run, "status = 'completed'").await;
+    assert_eq!(other.expect("update").await.data["status"], "completed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readonly_role_ends_pack_stream_but_not_run_stream() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut rs = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    rs.expect("snapshot").await;
+    ps.expect("snapshot").await;
+    sqlx::query(
+        "UPDATE tenant_memberships SET role = 'readonly' WHERE user_id = $1 AND tenant_id = $2",
+    )
+    .bind(w.owner)
+    .bind(w.tenant)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    ps.expect_end("forbidden").await;
+    assert_eq!(
+        app.get(
+            &format!("/v1/tenants/{}/review-pack/events", w.tenant),
+            Some(&t)
+        )
+        .await
+        .status(),
+        403
+    );
+    // Tenant members of any role may still watch the run.
+    set_run(app.pool(), run, "status = 'completed'").await;
+    assert_eq!(rs.expect("update").await.data["status"], "completed");
+    rs.expect_end("terminal").await;
+
+    // Removing the tenant membership altogether ends a run stream with 403 on reconnect.
+    let run2 = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let mut rs2 = app.sse(&format!("/v1/runs/{run2}/events"), &t).await;
+    rs2.expect("snapshot").await;
+    sqlx::query("DELETE FROM tenant_memberships WHERE user_id = $1")
+        .bind(w.owner)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    rs2.expect_end("forbidden").await;
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run2}/events"), Some(&t))
+            .await
+            .status(),
+        403
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let short = Tokens::new(SECRET.as_bytes()).issue(w.owner, 2);
+    let mut s = app.sse(&format!("/v1/runs/{run}/events"), &short).await;
+    s.expect("snapshot").await;
+    let started = Instant::now();
+    s.expect_end("token_expired").await;
+    assert!(started.elapsed() <= Duration::from_secs(3));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn per_user_and_global_stream_caps() {
+    let mut settings = settings();
+    settings.max_streams_per_user = 2;
+    settings.max_streams = 3;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let path = format!("/v1/runs/{run}/events");
+    let mut a = app.sse(&path, &token(w.owner)).await;
+    let mut b = app.sse(&path, &token(w.owner)).await;
+    a.expect("snapshot").await;
+    b.expect("snapshot").await;
+    let refused = app.get(&path, Some(&token(w.owner))).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams");
+
+    let mut c = app.sse(&path, &token(w.member)).await;
+    c.expect("snapshot").await;
+    let full = app.get(&path, Some(&token(w.readonly))).await;
+    assert_eq!(full.status(), 503);
+    assert!(full.headers().contains_key("retry-after"));
+
+    // A closed stream frees its slot.
+    drop(a);
+    let mut reopened = None;
+    for _ in 0..200 {
+        let s = app.sse(&path, &token(w.owner)).await;
+        if s.status == 200 {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reopened.expect("slot freed").expect("snapshot").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn session_cookie_and_cors_allow_list() {
+    let mut settings = settings();
+    settings.allowed_origins = vec!["https://admin.example.com".into()];
+    settings.cookie_secure = true;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+
+    let resp = app
+        .http
+        .post(app.url("/v1/session"))
+        .bearer_auth(token(w.owner))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    for part in [
+        "runwire_token=",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(cookie.contains(part), "{cookie} lacks {part}");
+    }
+    let pair = cookie.split(';').next().unwrap();
+    let via_cookie = app
+        .http
+        .get(app.url(&format!("/v1/runs/{run}")))
+        .header("cookie", pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_cookie.status(), 200);
+    assert_eq!(
+        app.http
+            .post(app.url("/v1/session"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let bad = app
+        .http
+        .post(app.url("/v1/session"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+
+    let allowed = app
+        .http
+        .get(app.url(&format!("/v1/runs/{run}")))
+        .header("origin", "https://admin.example.com")
+        .header("cookie", pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let other = app
+        .http
+        .get(app.url(&format!("/v1/runs/{run}")))
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn streams_close_without_end_after_their_lifetime() {
+    let mut settings = settings();
+    settings.max_stream_lifetime_secs = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
+        .await;
+    s.expect("snapshot").await;
+    let started = Instant::now();
+    s.expect_closed().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    app.stop().await;
+}
+
+fn upstream(db: &TestDb) -> std::net::SocketAddr {
+    format!("{}:{}", db.options.get_host(), db.options.get_port())
+        .parse()
+        .unwrap_or_else(|_| "127.0.0.1:5432".parse().unwrap())
+}
+
+#[tokio::test]
+async fn database_outage_keeps_streams_open_and_catches_up() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(upstream(&db)).await;
+    let via_proxy = db.options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let mut settings = settings();
+    settings.keepalive_secs = 1;
+    let running = start_with(via_proxy, settings).await;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let w = seed(&db.pool).await;
+    let t = token(w.owner);
+    let run = create_run(&db.pool, w.workspace, Some(w.tenant), "running").await;
+    let pack = create_pack(&db.pool, w.workspace, w.tenant, "generating").await;
+    let mut rs = Sse::open(
+        &http,
+        &format!("{base}/v1/runs/{run}/events"),
+        Some(&t),
+        None,
+    )
+    .await;
+    let mut ps = Sse::open(
+        &http,
+        &format!("{base}/v1/tenants/{}/review-pack/events", w.tenant),
+        Some(&t),
+        None,
+    )
+    .await;
+    rs.expect("snapshot").await;
+    ps.expect("snapshot").await;
+
+    proxy.cut();
+    // Not ready, but up; new streams are refused quickly instead of hanging.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never said not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let asked = Instant::now();
+    let refused = http
+        .get(format!("{base}/v1/runs/{run}/events"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(asked.elapsed() < Duration::from_secs(5));
+
+    // The host app keeps working against the database directly; runwire cannot see it.
+    set_run(&db.pool, run, "status = 'completed', outcome = 'succeeded'").await;
+    set_pack(&db.pool, pack, "status = 'ready'").await;
+
+    proxy.restore();
+    let u = rs.expect("update").await;
+    assert_eq!(u.data["status"], "completed");
+    rs.expect_end("terminal").await;
+    assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
+    ps.expect_end("terminal").await;
+    let deadline = Instant::now() + WAIT;
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(upstream(&db)).await;
+    let mut settings = settings();
+    settings.heartbeat_secs = 2;
+    // Only the LISTEN connection goes through the proxy.
+    settings.listener_database_url = Some(format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    ));
+    let running = start(&db, settings).await;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let w = seed(&db.pool).await;
+    let run = create_run(&db.pool, w.workspace, None, "running").await;
+    let mut s = Sse::open(
+        &http,
+        &format!("{base}/v1/runs/{run}/events"),
+        Some(&token(w.owner)),
+        None,
+    )
+    .await;
+    s.expect("snapshot").await;
+    let old_pid = running.state.listener.backend_pid().unwrap();
+
+    proxy.blackhole(); // no FIN, no RST: the socket just goes quiet
+    let cut_at = Instant::now();
+    set_run(&db.pool, run, "status = 'completed'").await;
+    let u = s.expect("update").await;
+    assert_eq!(u.data["status"], "completed");
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(5),
+        "detected in {:?}",
+        cut_at.elapsed()
+    );
+    s.expect_end("terminal").await;
+    assert_ne!(running.state.listener.backend_pid(), Some(old_pid));
+    running.shutdown().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_with_many_open_streams() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut settings_note = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..40 {
+        let s = app
+            .sse(&format!("/v1/runs/{run}/events"), &token(w.owner + (i % 3)))
+            .await;
+        settings_note.push(s.status);
+        streams.push(s);
+    }
+    for s in streams.iter_mut().filter(|s| s.status == 200) {
+        s.expect("snapshot").await;
+    }
+    let TestApp { db, running, .. } = app;
+    let started = Instant::now();
+    running.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for s in streams.iter_mut().filter(|s| s.status == 200) {
+        s.expect_closed().await;
+    }
+    db.drop_db().await;
+}
