@@ -567,3 +567,58 @@ async fn shutdown_ends_open_streams_without_end_event() {
     s.expect_closed().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn the_connection_front_guards_its_inputs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "completed").await;
+    let addr = app.running.addr;
+    let raw = |req: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    };
+    // A huge request head is refused, not buffered without bound.
+    let huge = format!(
+        "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert!(raw(huge.into_bytes()).await.starts_with("HTTP/1.1 431"));
+    // Garbage gets a 400 from hyper; HTTP/1.0 and requests with bodies are served by hyper.
+    assert!(raw(b"\x16\x03\x01garbage\r\n\r\n".to_vec())
+        .await
+        .contains("400"));
+    let t = token(w.owner);
+    let v10 = raw(
+        format!("GET /v1/runs/{run} HTTP/1.0\r\nAuthorization: Bearer {t}\r\n\r\n").into_bytes(),
+    )
+    .await;
+    assert!(v10.starts_with("HTTP/1.0 200"), "{v10}");
+    let with_body = raw(format!("GET /v1/runs/{run}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi").into_bytes()).await;
+    assert!(with_body.starts_with("HTTP/1.1 200"), "{with_body}");
+    assert!(with_body.contains("event: end"));
+    // A terminal stream over the front: chunked SSE, then the connection closes.
+    let sse = raw(format!(
+        "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n"
+    )
+    .into_bytes())
+    .await;
+    assert!(sse.starts_with("HTTP/1.1 200 OK\r\n"), "{sse}");
+    assert!(sse.contains("transfer-encoding: chunked"));
+    assert!(
+        sse.contains("event: snapshot") && sse.ends_with("0\r\n\r\n"),
+        "{sse}"
+    );
+    // JSON requests keep their connection (hyper, keep-alive): several on one client.
+    for _ in 0..3 {
+        assert_eq!(
+            app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
+            200
+        );
+    }
+    app.stop().await;
+}

@@ -4,6 +4,7 @@
 
 mod assets;
 mod error;
+pub mod front;
 mod handlers;
 pub mod params;
 
