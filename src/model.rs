@@ -4,6 +4,7 @@
 //! States are built once per database read and shared (`Arc`) by every subscriber, so their
 //! JSON is rendered once here and never per stream.
 
+use crate::stream::sse::FrameCache;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -76,6 +77,8 @@ pub struct RunState {
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     pub json: Box<RawValue>,
+    /// Its SSE frames, rendered once for all subscribers.
+    pub frames: FrameCache,
 }
 
 #[derive(Serialize)]
@@ -125,6 +128,7 @@ impl RunState {
             created_at: row.created_at,
             updated_at: row.updated_at,
             json: render(&json),
+            frames: FrameCache::default(),
         }
     }
 
@@ -144,6 +148,8 @@ pub struct PackState {
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     pub json: Box<RawValue>,
+    /// Its SSE frames, rendered once for all subscribers.
+    pub frames: FrameCache,
 }
 
 #[derive(Serialize)]
@@ -190,6 +196,7 @@ impl PackState {
             created_at: pack.and_then(|p| p.created_at),
             updated_at: pack.and_then(|p| p.updated_at),
             json: render(&json),
+            frames: FrameCache::default(),
         }
     }
 

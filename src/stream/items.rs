@@ -6,7 +6,8 @@
 //! subscription and the read reaches the cell through the watcher; versions make the overlap
 //! harmless.
 
-use super::{sse, Deadlines, StreamGuard};
+use super::sse::{self, Frame};
+use super::{Deadlines, StreamGuard};
 use crate::access::{self, Claims};
 use crate::http::{ApiError, AppState};
 use crate::metrics::{CloseReason, StreamKind};
@@ -55,6 +56,19 @@ impl View {
         match self {
             View::Run(s) => s.json.get(),
             View::Pack(s) => s.json.get(),
+        }
+    }
+    /// The frame for this state: shared by every subscriber when the stream's id is the
+    /// state's own (single-item streams), rendered for this stream otherwise.
+    fn frame(&self, name: &str, position: Option<&str>, single: bool) -> Frame {
+        let cache = match self {
+            View::Run(s) => &s.frames,
+            View::Pack(s) => &s.frames,
+        };
+        match (single, name) {
+            (true, "snapshot") => cache.snapshot(&self.id(), self.json()),
+            (true, _) => cache.update(&self.id(), self.json()),
+            (false, _) => sse::event(name, position, self.json()),
         }
     }
 }
@@ -173,6 +187,7 @@ async fn still_allowed(app: &AppState, user_id: i64, items: &[Item]) -> Result<(
 enum Wake {
     Changed(usize),
     AccessChanged,
+    KeepAlive,
     TokenExpired,
     Lifetime,
     Shutdown,
@@ -216,46 +231,57 @@ pub fn respond(
     let mut access_epoch = app.hub.access.subscribe(claims.user_id);
     let shutdown = app.shutdown.clone();
     let keepalive = app.keepalive();
+    let single = items.len() == 1;
 
-    let events = async_stream::stream! {
-        yield Ok(sse::retry(retry));
+    let frames = async_stream::stream! {
+        yield sse::retry(retry);
         let mut views = views;
         for (i, view) in views.iter().enumerate() {
             // Only the last snapshot carries the position: a client cut off halfway through
             // a set must not claim to have seen all of it.
             let id = (i + 1 == views.len()).then_some(at.as_str());
-            yield Ok(sse::snapshot(id, view.json()));
+            yield view.frame("snapshot", id, single);
         }
         guard.sent(views.len() as u64);
         let mut done = all_terminal;
+        // Long-lived futures are created once, not on every wake-up: a stream may wake
+        // thousands of times, and each of these registers with a timer or a shared list.
+        let shutdown = shutdown.cancelled();
+        let token_expiry = tokio::time::sleep_until(deadlines.token_expires);
+        let lifetime = deadlines.lifetime();
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(shutdown, token_expiry, lifetime, idle);
         while !done {
             let wake = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = tokio::time::sleep_until(deadlines.token_expires) => Wake::TokenExpired,
-                _ = deadlines.lifetime() => Wake::Lifetime,
+                _ = &mut shutdown => Wake::Shutdown,
+                _ = &mut token_expiry => Wake::TokenExpired,
+                _ = &mut lifetime => Wake::Lifetime,
                 r = access_epoch.changed() => if r.is_ok() { Wake::AccessChanged } else { Wake::Gone },
                 i = next_change(&mut items) => i.map_or(Wake::Gone, Wake::Changed),
+                _ = &mut idle => Wake::KeepAlive,
             };
             match wake {
                 Wake::Changed(i) => {
                     views[i] = items[i].current();
-                    let at = position(&items, &views);
-                    yield Ok(sse::update(Some(&at), views[i].json()));
+                    let at = if single { None } else { Some(position(&items, &views)) };
+                    yield views[i].frame("update", at.as_deref(), single);
                     guard.sent(1);
                     done = views.iter().all(View::terminal);
                 }
+                Wake::KeepAlive => yield sse::keepalive(),
                 Wake::AccessChanged => {
                     if let Err(ApiError::Forbidden | ApiError::NotFound) =
                         still_allowed(&app, claims.user_id, &items).await
                     {
-                        yield Ok(sse::end("forbidden"));
+                        yield sse::end("forbidden");
                         guard.close(CloseReason::forbidden);
                         return;
                     }
+                    continue;
                 }
                 Wake::TokenExpired => {
-                    yield Ok(sse::end("token_expired"));
+                    yield sse::end("token_expired");
                     guard.close(CloseReason::token_expired);
                     return;
                 }
@@ -268,9 +294,10 @@ pub fn respond(
                     return;
                 }
             }
+            idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
         }
-        yield Ok(sse::end("terminal"));
+        yield sse::end("terminal");
         guard.close(CloseReason::terminal);
     };
-    sse::response(events, keepalive)
+    sse::response(frames)
 }

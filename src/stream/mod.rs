@@ -103,10 +103,13 @@ impl Deadlines {
     }
 
     /// Resolves when the lifetime is over (never, without one).
-    pub async fn lifetime(&self) {
-        match self.lifetime_ends {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+    pub fn lifetime(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ends = self.lifetime_ends;
+        async move {
+            match ends {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         }
     }
 }

@@ -1,49 +1,124 @@
 //! The one place that formats SSE messages.
+//!
+//! Messages are rendered to `Bytes` frames. A state's `snapshot` and `update` frames are
+//! rendered once per state and shared by every subscriber through [`FrameCache`] (a run with
+//! 10,000 watchers formats its update once, not 10,000 times).
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::OnceLock;
 
-pub fn retry(ms: u64) -> Event {
-    Event::default().retry(Duration::from_millis(ms))
+/// One SSE message, ready to write.
+pub type Frame = Bytes;
+
+pub fn retry(ms: u64) -> Frame {
+    Bytes::from(format!("retry: {ms}\n\n"))
 }
 
-pub fn snapshot(id: Option<&str>, data: &str) -> Event {
-    with_id(Event::default().event("snapshot").data(data), id)
+/// A comment line: keeps proxies and browsers from timing out an idle stream.
+pub fn keepalive() -> Frame {
+    Bytes::from_static(b":\n\n")
 }
 
-pub fn update(id: Option<&str>, data: &str) -> Event {
-    with_id(Event::default().event("update").data(data), id)
+/// `event: <name>`, the data (one `data:` line per line of it), and an optional `id:`.
+pub fn event(name: &str, id: Option<&str>, data: &str) -> Frame {
+    let mut out = BytesMut::with_capacity(name.len() + data.len() + 32);
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_u8(b'\n');
+    for line in data.split('\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.trim_end_matches('\r').as_bytes());
+        out.put_u8(b'\n');
+    }
+    if let Some(id) = id {
+        // An id with a line break or NUL would corrupt the stream; ours are numbers and dots.
+        if !id.contains(['\n', '\r', '\0']) {
+            out.put_slice(b"id: ");
+            out.put_slice(id.as_bytes());
+            out.put_u8(b'\n');
+        }
+    }
+    out.put_u8(b'\n');
+    out.freeze()
 }
 
 /// Why a stream ended: `terminal`, `forbidden` or `token_expired`.
-pub fn end(reason: &str) -> Event {
-    Event::default()
-        .event("end")
-        .data(format!(r#"{{"reason":"{reason}"}}"#))
+pub fn end(reason: &str) -> Frame {
+    event("end", None, &format!(r#"{{"reason":"{reason}"}}"#))
 }
 
-fn with_id(event: Event, id: Option<&str>) -> Event {
-    match id {
-        Some(id) => event.id(id),
-        None => event,
+/// The frames of one state with its own id, rendered on first use and then shared.
+#[derive(Debug, Default)]
+pub struct FrameCache {
+    snapshot: OnceLock<Frame>,
+    update: OnceLock<Frame>,
+    /// An `update` without an id, as the workspace feed sends it.
+    feed_update: OnceLock<Frame>,
+}
+
+impl FrameCache {
+    pub fn snapshot(&self, id: &str, data: &str) -> Frame {
+        self.snapshot
+            .get_or_init(|| event("snapshot", Some(id), data))
+            .clone()
+    }
+
+    pub fn update(&self, id: &str, data: &str) -> Frame {
+        self.update
+            .get_or_init(|| event("update", Some(id), data))
+            .clone()
+    }
+
+    pub fn feed_update(&self, data: &str) -> Frame {
+        self.feed_update
+            .get_or_init(|| event("update", None, data))
+            .clone()
     }
 }
 
-/// Wraps an event stream into the response: SSE headers, keep-alive comments, and
-/// `X-Accel-Buffering: no` so nginx-style proxies pass events through immediately.
-pub fn response<S>(events: S, keepalive: Duration) -> Response
+/// The streaming response: SSE headers, and `X-Accel-Buffering: no` so nginx-style proxies
+/// pass events through immediately.
+pub fn response<S>(frames: S) -> Response
 where
-    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    S: Stream<Item = Frame> + Send + 'static,
 {
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(keepalive))
-        .into_response();
-    response.headers_mut().insert(
-        "x-accel-buffering",
-        axum::http::HeaderValue::from_static("no"),
+    let body = Body::from_stream(frames.map(Ok::<_, Infallible>));
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_the_spec() {
+        assert_eq!(
+            &event("update", Some("7"), "{}")[..],
+            b"event: update\ndata: {}\nid: 7\n\n"
+        );
+        assert_eq!(
+            &event("x", None, "a\nb")[..],
+            b"event: x\ndata: a\ndata: b\n\n"
+        );
+        assert_eq!(
+            &end("terminal")[..],
+            b"event: end\ndata: {\"reason\":\"terminal\"}\n\n"
+        );
+        assert_eq!(&retry(1000)[..], b"retry: 1000\n\n");
+        assert!(!String::from_utf8_lossy(&event("x", Some("1\n2"), "d")).contains("id:"));
+    }
 }

@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
 /// What the user may see of the workspace, and what they have been sent.
 struct Visible {
@@ -72,6 +73,7 @@ async fn snapshot(app: &AppState, visible: &mut Visible) -> Result<String, ApiEr
 enum Wake {
     Run(Arc<RunState>),
     Resnapshot,
+    KeepAlive,
     AccessChanged,
     TokenExpired,
     Lifetime,
@@ -108,16 +110,22 @@ pub async fn open(
     let shutdown = app.shutdown.clone();
     let keepalive = app.keepalive();
 
-    let events = async_stream::stream! {
-        yield Ok(sse::retry(1000));
-        yield Ok(sse::snapshot(None, &first));
+    let frames = async_stream::stream! {
+        yield sse::retry(1000);
+        yield sse::event("snapshot", None, &first);
         guard.sent(1);
+        // Created once (see items.rs): wake-ups must not re-register timers and waiters.
+        let shutdown = shutdown.cancelled();
+        let token_expiry = tokio::time::sleep_until(deadlines.token_expires);
+        let lifetime = deadlines.lifetime();
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(shutdown, token_expiry, lifetime, idle);
         loop {
             let wake = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = tokio::time::sleep_until(deadlines.token_expires) => Wake::TokenExpired,
-                _ = deadlines.lifetime() => Wake::Lifetime,
+                _ = &mut shutdown => Wake::Shutdown,
+                _ = &mut token_expiry => Wake::TokenExpired,
+                _ = &mut lifetime => Wake::Lifetime,
                 r = access_epoch.changed() => if r.is_ok() { Wake::AccessChanged } else { Wake::Shutdown },
                 r = resynced.changed() => if r.is_ok() { Wake::Resnapshot } else { Wake::Shutdown },
                 r = feed.recv() => match r {
@@ -125,44 +133,46 @@ pub async fn open(
                     Err(RecvError::Lagged(_)) => Wake::Resnapshot,
                     Err(RecvError::Closed) => Wake::Shutdown,
                 },
+                _ = &mut idle => Wake::KeepAlive,
             };
             match wake {
                 Wake::Run(run) => {
-                    if visible.take(&run) {
-                        yield Ok(sse::update(None, run.json.get()));
-                        guard.sent(1);
+                    if !visible.take(&run) {
+                        continue;
                     }
+                    yield run.frames.feed_update(run.json.get());
+                    guard.sent(1);
                 }
+                Wake::KeepAlive => yield sse::keepalive(),
                 Wake::Resnapshot => {
                     // A failed read (database down) leaves the stream open; the next resync
                     // after the database returns sends the snapshot.
-                    if let Ok(body) = snapshot(&app, &mut visible).await {
-                        yield Ok(sse::snapshot(None, &body));
-                        guard.sent(1);
-                    }
+                    let Ok(body) = snapshot(&app, &mut visible).await else { continue };
+                    yield sse::event("snapshot", None, &body);
+                    guard.sent(1);
                 }
                 Wake::AccessChanged => {
                     match access::authorize_workspace(&app.pool, claims.user_id, workspace_id).await {
                         Ok(tenants) => {
                             let tenants: HashSet<i64> = tenants.into_iter().collect();
-                            if tenants != visible.tenants {
-                                visible.tenants = tenants;
-                                if let Ok(body) = snapshot(&app, &mut visible).await {
-                                    yield Ok(sse::snapshot(None, &body));
-                                    guard.sent(1);
-                                }
+                            if tenants == visible.tenants {
+                                continue;
                             }
+                            visible.tenants = tenants;
+                            let Ok(body) = snapshot(&app, &mut visible).await else { continue };
+                            yield sse::event("snapshot", None, &body);
+                            guard.sent(1);
                         }
                         Err(ApiError::NotFound | ApiError::Forbidden) => {
-                            yield Ok(sse::end("forbidden"));
+                            yield sse::end("forbidden");
                             guard.close(CloseReason::forbidden);
                             return;
                         }
-                        Err(_) => {}
+                        Err(_) => continue,
                     }
                 }
                 Wake::TokenExpired => {
-                    yield Ok(sse::end("token_expired"));
+                    yield sse::end("token_expired");
                     guard.close(CloseReason::token_expired);
                     return;
                 }
@@ -175,7 +185,8 @@ pub async fn open(
                     return;
                 }
             }
+            idle.as_mut().reset(Instant::now() + keepalive);
         }
     };
-    Ok(sse::response(events, keepalive))
+    Ok(sse::response(frames))
 }

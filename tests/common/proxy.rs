@@ -3,7 +3,7 @@
 //! closing them (a peer that vanished without a FIN), `restore` heals both.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -14,6 +14,8 @@ const CUT: u8 = 1;
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: Arc<AtomicU8>,
+    /// Connections currently stalled by `blackhole`.
+    stalled: Arc<AtomicUsize>,
     /// Bumped to break the connections open at that moment.
     generation: watch::Sender<(u64, bool)>,
 }
@@ -24,7 +26,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(AtomicU8::new(OPEN));
         let (generation, _) = watch::channel((0u64, false));
-        let (mode2, gen2) = (Arc::clone(&mode), generation.clone());
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let (mode2, gen2, stalled2) = (Arc::clone(&mode), generation.clone(), Arc::clone(&stalled));
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -35,6 +38,7 @@ impl Proxy {
                     continue;
                 }
                 let mut broken = gen2.subscribe();
+                let stalled = Arc::clone(&stalled2);
                 let start_gen = broken.borrow().0;
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -54,6 +58,7 @@ impl Proxy {
                     };
                     if stall {
                         // Keep both sockets open and silent, like a dead peer.
+                        stalled.fetch_add(1, Ordering::SeqCst);
                         std::future::pending::<()>().await;
                     }
                     // Returning drops both sockets: the peers see the connection close.
@@ -63,6 +68,7 @@ impl Proxy {
         Proxy {
             addr,
             mode,
+            stalled,
             generation,
         }
     }
@@ -82,6 +88,19 @@ impl Proxy {
             *g += 1;
             *stall = true;
         });
+    }
+
+    /// Waits until `n` connections have gone silent.
+    pub async fn wait_stalled(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + super::WAIT;
+        while self.stalled.load(Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connections never stalled"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     pub fn restore(&self) {
