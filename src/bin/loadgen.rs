@@ -835,10 +835,14 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     for i in 0..args.streams {
         per_run[i % runs.len()] += 1;
     }
+    // Every update reaches the streams of its run; the final stamp reaches every stream.
     let expected_events: u64 = if args.poll.is_some() {
         0
     } else {
-        (0..args.updates).map(|i| per_run[i % runs.len()]).sum()
+        (0..args.updates)
+            .map(|i| per_run[i % runs.len()])
+            .sum::<u64>()
+            + args.streams as u64
     };
     let per_stream_kb = (rss_open as f64 - rss_before as f64) / opened.max(1) as f64;
     let (p50, p99, max) = (

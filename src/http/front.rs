@@ -84,8 +84,37 @@ enum HeadError {
     TooLarge,
 }
 
-/// Reads until the request head is complete. Returns the request if it is a plain HTTP/1.1
-/// request without a body, None for anything hyper should handle (HTTP/2, bodies, HTTP/1.0).
+/// What a buffer of request bytes holds so far.
+pub enum Head {
+    /// Not a complete head yet.
+    Partial,
+    /// A plain HTTP/1.1 request without a body, that the front may serve.
+    Plain(Request<Body>),
+    /// Anything hyper should handle: HTTP/2, HTTP/1.0, bodies, pipelining, malformed input.
+    Other,
+}
+
+/// Parses the bytes read so far. Pure, so it can be fuzzed.
+pub fn parse_head(buf: &[u8]) -> Head {
+    if buf.starts_with(b"PRI ") {
+        return Head::Other; // HTTP/2 prior knowledge
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        // Bytes after the head belong to a body or a pipelined request: hyper's job.
+        Ok(httparse::Status::Complete(len)) if len == buf.len() => {
+            to_request(&req).map_or(Head::Other, Head::Plain)
+        }
+        Ok(httparse::Status::Complete(_)) => Head::Other,
+        Ok(httparse::Status::Partial) => Head::Partial,
+        // Malformed or too many headers: let hyper answer it properly.
+        Err(_) => Head::Other,
+    }
+}
+
+/// Reads until the request head is complete. Returns the request if the front serves it,
+/// None for anything hyper should handle.
 async fn read_head(
     socket: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -97,23 +126,11 @@ async fn read_head(
             return Err(HeadError::Io);
         }
         buf.extend_from_slice(&chunk[..n]);
-        if buf.starts_with(b"PRI ") {
-            return Ok(None); // HTTP/2 prior knowledge
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                // Bytes after the head belong to a body or a pipelined request: hyper's job.
-                if len != buf.len() {
-                    return Ok(None);
-                }
-                return Ok(to_request(&req));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
-            // Malformed or too many headers: let hyper answer it properly.
-            Err(_) => return Ok(None),
+        match parse_head(buf) {
+            Head::Plain(request) => return Ok(Some(request)),
+            Head::Other => return Ok(None),
+            Head::Partial if buf.len() < MAX_HEAD => continue,
+            Head::Partial => return Err(HeadError::TooLarge),
         }
     }
 }

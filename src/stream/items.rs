@@ -184,6 +184,12 @@ async fn still_allowed(app: &AppState, user_id: i64, items: &[Item]) -> Result<(
     Ok(())
 }
 
+/// Whether a reconnecting client's `Last-Event-ID` is exactly the stream's current position.
+/// Anything else — stale, malformed, missing — means "send the state again".
+pub fn already_seen(last_event_id: Option<&str>, position: &str) -> bool {
+    last_event_id.is_some_and(|seen| seen.trim() == position)
+}
+
 enum Wake {
     Changed(usize),
     AccessChanged,
@@ -208,7 +214,7 @@ pub fn respond(
     let views: Vec<View> = items.iter_mut().map(Item::current).collect();
     let at = position(&items, &views);
     let all_terminal = views.iter().all(View::terminal);
-    if all_terminal && last_event_id.is_some_and(|seen| seen.trim() == at) {
+    if all_terminal && already_seen(last_event_id, &at) {
         return StatusCode::NO_CONTENT.into_response();
     }
     // The youngest item sets the pace: fresh work changes fast.

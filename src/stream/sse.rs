@@ -30,9 +30,11 @@ pub fn event(name: &str, id: Option<&str>, data: &str) -> Frame {
     out.put_slice(b"event: ");
     out.put_slice(name.as_bytes());
     out.put_u8(b'\n');
-    for line in data.split('\n') {
+    // SSE ends a line at CR, LF or CRLF: each of them starts a new `data:` line, so no
+    // input can smuggle in a field of its own.
+    for line in data.replace("\r\n", "\n").split(['\n', '\r']) {
         out.put_slice(b"data: ");
-        out.put_slice(line.trim_end_matches('\r').as_bytes());
+        out.put_slice(line.as_bytes());
         out.put_u8(b'\n');
     }
     if let Some(id) = id {
@@ -120,5 +122,9 @@ mod tests {
         );
         assert_eq!(&retry(1000)[..], b"retry: 1000\n\n");
         assert!(!String::from_utf8_lossy(&event("x", Some("1\n2"), "d")).contains("id:"));
+        assert_eq!(
+            &event("x", None, "a\revent: evil")[..],
+            b"event: x\ndata: a\ndata: event: evil\n\n"
+        );
     }
 }

@@ -1,0 +1,16 @@
+#![no_main]
+//! `/v1/streams` query strings: accepted lists are non-empty, de-duplicated, within the cap.
+use libfuzzer_sys::fuzz_target;
+use runwire::http::params::{parse_item_lists, MAX_ITEMS};
+
+fuzz_target!(|query: &str| {
+    if let Ok(lists) = parse_item_lists(Some(query)) {
+        let total = lists.runs.len() + lists.tenants.len();
+        assert!(total >= 1 && total <= MAX_ITEMS);
+        assert!(lists.runs.iter().chain(&lists.tenants).all(|id| *id > 0));
+        let mut runs = lists.runs.clone();
+        runs.sort();
+        runs.dedup();
+        assert_eq!(runs.len(), lists.runs.len());
+    }
+});
