@@ -89,7 +89,7 @@ pub enum Head {
     /// Not a complete head yet.
     Partial,
     /// A plain HTTP/1.1 request without a body, that the front may serve.
-    Plain(Request<Body>),
+    Plain(Box<Request<Body>>),
     /// Anything hyper should handle: HTTP/2, HTTP/1.0, bodies, pipelining, malformed input.
     Other,
 }
@@ -104,7 +104,7 @@ pub fn parse_head(buf: &[u8]) -> Head {
     match req.parse(buf) {
         // Bytes after the head belong to a body or a pipelined request: hyper's job.
         Ok(httparse::Status::Complete(len)) if len == buf.len() => {
-            to_request(&req).map_or(Head::Other, Head::Plain)
+            to_request(&req).map_or(Head::Other, |r| Head::Plain(Box::new(r)))
         }
         Ok(httparse::Status::Complete(_)) => Head::Other,
         Ok(httparse::Status::Partial) => Head::Partial,
@@ -127,7 +127,7 @@ async fn read_head(
         }
         buf.extend_from_slice(&chunk[..n]);
         match parse_head(buf) {
-            Head::Plain(request) => return Ok(Some(request)),
+            Head::Plain(request) => return Ok(Some(*request)),
             Head::Other => return Ok(None),
             Head::Partial if buf.len() < MAX_HEAD => continue,
             Head::Partial => return Err(HeadError::TooLarge),
