@@ -5,7 +5,7 @@
 //! `end` event, so browsers reconnect, to another instance if there is one), axum stops
 //! accepting and waits for in-flight responses; a hard deadline stops the wait regardless.
 
-use crate::access::Tokens;
+use crate::access::{Batcher, Tokens};
 use crate::config::Settings;
 use crate::http::{self, AppState, Inner};
 use crate::metrics::Metrics;
@@ -88,6 +88,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
         let state = AppState::new(Inner {
+            batcher: Batcher::start(pool.clone()),
             pool,
             hub,
             metrics,

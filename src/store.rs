@@ -20,30 +20,34 @@ pub async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<V
     .await
 }
 
-/// A run together with what `user` may do with it.
-#[derive(Debug, FromRow)]
+/// A run together with what one user may do with it.
+#[derive(Debug, Clone, FromRow)]
 pub struct RunForUser {
+    pub user_id: i64,
     #[sqlx(flatten)]
     pub run: RunRow,
     pub workspace_member: bool,
     pub tenant_member: bool,
 }
 
-pub async fn runs_for_user(
+/// Access and state for many (user, run) pairs at once: `users[i]` asks about `ids[i]`.
+/// Streams opened at about the same time share this one query (see `access::batch`).
+pub async fn runs_for_users(
     db: impl PgExecutor<'_>,
-    user_id: i64,
+    users: &[i64],
     ids: &[i64],
 ) -> sqlx::Result<Vec<RunForUser>> {
     sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS},
+        "SELECT q.user_id, {RUN_COLUMNS},
             EXISTS (SELECT 1 FROM workspace_memberships m
-                    WHERE m.workspace_id = r.workspace_id AND m.user_id = $2) AS workspace_member,
+                    WHERE m.workspace_id = r.workspace_id AND m.user_id = q.user_id) AS workspace_member,
             (r.tenant_id IS NULL OR EXISTS (SELECT 1 FROM tenant_memberships tm
-                    WHERE tm.tenant_id = r.tenant_id AND tm.user_id = $2)) AS tenant_member
-         FROM operation_runs r WHERE r.id = ANY($1)"
+                    WHERE tm.tenant_id = r.tenant_id AND tm.user_id = q.user_id)) AS tenant_member
+         FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, run_id)
+         JOIN operation_runs r ON r.id = q.run_id"
     ))
+    .bind(users)
     .bind(ids)
-    .bind(user_id)
     .fetch_all(db)
     .await
 }
@@ -97,9 +101,10 @@ pub async fn latest_packs(
     Ok(rows.iter().map(|r| (r.tenant_id, r.pack())).collect())
 }
 
-/// A tenant's latest pack together with what `user` may do with it.
-#[derive(Debug)]
+/// A tenant's latest pack together with what one user may do with it.
+#[derive(Debug, Clone)]
 pub struct PackForUser {
+    pub user_id: i64,
     pub tenant_id: i64,
     pub workspace_member: bool,
     pub tenant_role: Option<String>,
@@ -108,33 +113,37 @@ pub struct PackForUser {
 
 #[derive(Debug, FromRow)]
 struct PackForUserRow {
+    user_id: i64,
     workspace_member: bool,
     tenant_role: Option<String>,
     #[sqlx(flatten)]
     latest: LatestPackRow,
 }
 
-pub async fn packs_for_user(
+/// Access and latest pack for many (user, tenant) pairs at once.
+pub async fn packs_for_users(
     db: impl PgExecutor<'_>,
-    user_id: i64,
+    users: &[i64],
     tenant_ids: &[i64],
 ) -> sqlx::Result<Vec<PackForUser>> {
     let rows: Vec<PackForUserRow> = sqlx::query_as(&format!(
-        "SELECT t.id AS tenant_id,
+        "SELECT q.user_id, t.id AS tenant_id,
             EXISTS (SELECT 1 FROM workspace_memberships m
-                    WHERE m.workspace_id = t.workspace_id AND m.user_id = $2) AS workspace_member,
+                    WHERE m.workspace_id = t.workspace_id AND m.user_id = q.user_id) AS workspace_member,
             (SELECT tm.role FROM tenant_memberships tm
-                    WHERE tm.tenant_id = t.id AND tm.user_id = $2) AS tenant_role,
+                    WHERE tm.tenant_id = t.id AND tm.user_id = q.user_id) AS tenant_role,
             lp.*
-         FROM tenants t {LATEST_PACK_JOIN} WHERE t.id = ANY($1)"
+         FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, tenant_id)
+         JOIN tenants t ON t.id = q.tenant_id {LATEST_PACK_JOIN}"
     ))
+    .bind(users)
     .bind(tenant_ids)
-    .bind(user_id)
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
         .map(|r| PackForUser {
+            user_id: r.user_id,
             tenant_id: r.latest.tenant_id,
             workspace_member: r.workspace_member,
             tenant_role: r.tenant_role.clone(),

@@ -622,3 +622,46 @@ async fn the_connection_front_guards_its_inputs() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_opens_batched_together_keep_each_users_answer() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
+    create_pack(app.pool(), w.workspace, w.tenant, "ready").await;
+    // Many opens at once land in the same batched access query; answers must not mix users.
+    let mut requests = Vec::new();
+    for i in 0..120 {
+        let (user, want_run, want_pack) = match (i / 2) % 4 {
+            0 => (w.owner, 200, 200),
+            1 => (w.readonly, 200, 403),
+            2 => (w.member, 403, 404),
+            _ => (w.outsider, 404, 404),
+        };
+        let path = if i % 2 == 0 {
+            (format!("/v1/runs/{run}/events"), want_run)
+        } else {
+            (
+                format!("/v1/tenants/{}/review-pack/events", w.tenant),
+                want_pack,
+            )
+        };
+        let http = app.http.clone();
+        let url = app.url(&path.0);
+        requests.push(tokio::spawn(async move {
+            let status = http
+                .get(url)
+                .bearer_auth(token(user))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (status.as_u16(), path.1, path.0, user)
+        }));
+    }
+    for r in requests {
+        let (got, want, path, user) = r.await.unwrap();
+        assert_eq!(got, want, "user {user} on {path}");
+    }
+    app.stop().await;
+}

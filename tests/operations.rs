@@ -389,7 +389,7 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     let old_pid = running.state.listener.backend_pid().unwrap();
 
     proxy.blackhole(); // no FIN, no RST: the socket just goes quiet
-    proxy.wait_stalled(1).await;
+    proxy.wait_all_stalled().await;
     let cut_at = Instant::now();
     set_run(&db.pool, run, "status = 'completed'").await;
     let u = s.expect("update").await;

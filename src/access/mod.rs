@@ -9,6 +9,7 @@
 //!   tenant role without `review_pack.view` (`readonly`) → 403.
 //! * workspace feed: non-members → 404; runs of tenants the user is not in are never shown.
 
+pub mod batch;
 pub mod token;
 
 use crate::http::{ApiError, AppState};
@@ -21,6 +22,7 @@ use axum::http::HeaderMap;
 use sqlx::PgPool;
 use std::collections::HashMap;
 
+pub use batch::Batcher;
 pub use token::{Claims, Tokens};
 
 /// Name of the cookie that carries the token for browsers (`POST /v1/session` sets it).
@@ -86,11 +88,12 @@ fn worst(a: Option<ApiError>, b: ApiError) -> Option<ApiError> {
 
 /// Authorises `user` for every run in `ids` and returns their rows in the same order.
 pub async fn authorize_runs(
-    pool: &PgPool,
+    batcher: &Batcher,
     user_id: i64,
     ids: &[i64],
 ) -> Result<Vec<RunRow>, ApiError> {
-    let mut found: HashMap<i64, store::RunForUser> = store::runs_for_user(pool, user_id, ids)
+    let mut found: HashMap<i64, store::RunForUser> = batcher
+        .runs(user_id, ids)
         .await?
         .into_iter()
         .map(|r| (r.run.id, r))
@@ -114,16 +117,16 @@ pub async fn authorize_runs(
 /// Authorises `user` for the review pack of every tenant in `tenant_ids`; returns each
 /// tenant's latest pack in the same order.
 pub async fn authorize_packs(
-    pool: &PgPool,
+    batcher: &Batcher,
     user_id: i64,
     tenant_ids: &[i64],
 ) -> Result<Vec<(i64, Option<PackRow>)>, ApiError> {
-    let mut found: HashMap<i64, store::PackForUser> =
-        store::packs_for_user(pool, user_id, tenant_ids)
-            .await?
-            .into_iter()
-            .map(|p| (p.tenant_id, p))
-            .collect();
+    let mut found: HashMap<i64, store::PackForUser> = batcher
+        .packs(user_id, tenant_ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.tenant_id, p))
+        .collect();
     let mut refusal = None;
     let mut packs = Vec::with_capacity(tenant_ids.len());
     for id in tenant_ids {

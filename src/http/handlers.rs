@@ -112,7 +112,7 @@ pub async fn run_snapshot(
 ) -> Result<Response, ApiError> {
     let run_id = parse_id(&raw, "run id")?;
     let AuthUser(claims) = auth?;
-    let rows = access::authorize_runs(&app.pool, claims.user_id, &[run_id]).await?;
+    let rows = access::authorize_runs(&app.batcher, claims.user_id, &[run_id]).await?;
     let state = RunState::from_row(&rows[0]);
     Ok(json_body(state.json.get()))
 }
@@ -124,7 +124,7 @@ pub async fn pack_snapshot(
 ) -> Result<Response, ApiError> {
     let tenant_id = parse_id(&raw, "tenant id")?;
     let AuthUser(claims) = auth?;
-    let packs = access::authorize_packs(&app.pool, claims.user_id, &[tenant_id]).await?;
+    let packs = access::authorize_packs(&app.batcher, claims.user_id, &[tenant_id]).await?;
     let (tenant_id, pack) = &packs[0];
     Ok(json_body(
         PackState::new(*tenant_id, pack.as_ref()).json.get(),

@@ -10,7 +10,7 @@ pub mod params;
 
 pub use error::ApiError;
 
-use crate::access::Tokens;
+use crate::access::{Batcher, Tokens};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::stream::limits::StreamLimiter;
@@ -36,6 +36,8 @@ pub struct Inner {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
+    /// Batches the access reads of streams opened together.
+    pub batcher: Batcher,
     pub listener: Arc<ListenerStatus>,
     pub limiter: Arc<StreamLimiter>,
     pub settings: Settings,

@@ -148,7 +148,7 @@ pub async fn subscribe(
             .map(|id| Item::Pack(app.hub.packs.subscribe(*id))),
     );
     if !run_ids.is_empty() {
-        for row in access::authorize_runs(&app.pool, user_id, run_ids).await? {
+        for row in access::authorize_runs(&app.batcher, user_id, run_ids).await? {
             let state = Arc::new(RunState::from_row(&row));
             app.hub
                 .runs
@@ -156,7 +156,7 @@ pub async fn subscribe(
         }
     }
     if !tenant_ids.is_empty() {
-        for (tenant_id, pack) in access::authorize_packs(&app.pool, user_id, tenant_ids).await? {
+        for (tenant_id, pack) in access::authorize_packs(&app.batcher, user_id, tenant_ids).await? {
             let state = Arc::new(PackState::new(tenant_id, pack.as_ref()));
             app.hub
                 .packs
@@ -176,10 +176,10 @@ async fn still_allowed(app: &AppState, user_id: i64, items: &[Item]) -> Result<(
         }
     }
     if !runs.is_empty() {
-        access::authorize_runs(&app.pool, user_id, &runs).await?;
+        access::authorize_runs(&app.batcher, user_id, &runs).await?;
     }
     if !tenants.is_empty() {
-        access::authorize_packs(&app.pool, user_id, &tenants).await?;
+        access::authorize_packs(&app.batcher, user_id, &tenants).await?;
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ pub struct Proxy {
     mode: Arc<AtomicU8>,
     /// Connections currently stalled by `blackhole`.
     stalled: Arc<AtomicUsize>,
+    /// Connections being forwarded or stalled right now.
+    open: Arc<AtomicUsize>,
     /// Bumped to break the connections open at that moment.
     generation: watch::Sender<(u64, bool)>,
 }
@@ -27,7 +29,13 @@ impl Proxy {
         let mode = Arc::new(AtomicU8::new(OPEN));
         let (generation, _) = watch::channel((0u64, false));
         let stalled = Arc::new(AtomicUsize::new(0));
-        let (mode2, gen2, stalled2) = (Arc::clone(&mode), generation.clone(), Arc::clone(&stalled));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (mode2, gen2, stalled2, open2) = (
+            Arc::clone(&mode),
+            generation.clone(),
+            Arc::clone(&stalled),
+            Arc::clone(&open),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -39,6 +47,8 @@ impl Proxy {
                 }
                 let mut broken = gen2.subscribe();
                 let stalled = Arc::clone(&stalled2);
+                let open = Arc::clone(&open2);
+                open.fetch_add(1, Ordering::SeqCst);
                 let start_gen = broken.borrow().0;
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -69,6 +79,7 @@ impl Proxy {
             addr,
             mode,
             stalled,
+            open,
             generation,
         }
     }
@@ -90,10 +101,10 @@ impl Proxy {
         });
     }
 
-    /// Waits until `n` connections have gone silent.
-    pub async fn wait_stalled(&self, n: usize) {
+    /// Waits until every open connection has gone silent (after `blackhole`).
+    pub async fn wait_all_stalled(&self) {
         let deadline = tokio::time::Instant::now() + super::WAIT;
-        while self.stalled.load(Ordering::SeqCst) < n {
+        while self.stalled.load(Ordering::SeqCst) < self.open.load(Ordering::SeqCst).max(1) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "connections never stalled"
