@@ -27,6 +27,31 @@ fn permit(app: &AppState, user_id: i64) -> Result<crate::stream::limits::StreamP
     })
 }
 
+/// The shared path of the item streams, after each handler parsed its ids: token, caps,
+/// subscribe-then-authorise, respond.
+async fn item_stream(
+    app: AppState,
+    auth: Auth,
+    headers: HeaderMap,
+    kind: StreamKind,
+    topic: String,
+    runs: &[i64],
+    tenants: &[i64],
+) -> Result<Response, ApiError> {
+    let AuthUser(claims) = auth?;
+    let permit = permit(&app, claims.user_id)?;
+    let items = items::subscribe(&app, claims.user_id, runs, tenants).await?;
+    Ok(items::respond(
+        &app,
+        claims,
+        kind,
+        topic,
+        items,
+        last_event_id(&headers),
+        permit,
+    ))
+}
+
 pub async fn run_events(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -34,18 +59,8 @@ pub async fn run_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let run_id = parse_id(&raw, "run id")?;
-    let AuthUser(claims) = auth?;
-    let permit = permit(&app, claims.user_id)?;
-    let items = items::subscribe(&app, claims.user_id, &[run_id], &[]).await?;
-    Ok(items::respond(
-        &app,
-        claims,
-        StreamKind::run,
-        format!("run:{run_id}"),
-        items,
-        last_event_id(&headers),
-        permit,
-    ))
+    let topic = format!("run:{run_id}");
+    item_stream(app, auth, headers, StreamKind::run, topic, &[run_id], &[]).await
 }
 
 pub async fn pack_events(
@@ -55,18 +70,17 @@ pub async fn pack_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let tenant_id = parse_id(&raw, "tenant id")?;
-    let AuthUser(claims) = auth?;
-    let permit = permit(&app, claims.user_id)?;
-    let items = items::subscribe(&app, claims.user_id, &[], &[tenant_id]).await?;
-    Ok(items::respond(
-        &app,
-        claims,
+    let topic = format!("review_pack:{tenant_id}");
+    item_stream(
+        app,
+        auth,
+        headers,
         StreamKind::review_pack,
-        format!("review_pack:{tenant_id}"),
-        items,
-        last_event_id(&headers),
-        permit,
-    ))
+        topic,
+        &[],
+        &[tenant_id],
+    )
+    .await
 }
 
 pub async fn multi_events(
@@ -76,18 +90,17 @@ pub async fn multi_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let lists = parse_item_lists(uri.query())?;
-    let AuthUser(claims) = auth?;
-    let permit = permit(&app, claims.user_id)?;
-    let items = items::subscribe(&app, claims.user_id, &lists.runs, &lists.tenants).await?;
-    Ok(items::respond(
-        &app,
-        claims,
+    let topic = format!("runs:{:?} packs:{:?}", lists.runs, lists.tenants);
+    item_stream(
+        app,
+        auth,
+        headers,
         StreamKind::multi,
-        format!("runs:{:?} packs:{:?}", lists.runs, lists.tenants),
-        items,
-        last_event_id(&headers),
-        permit,
-    ))
+        topic,
+        &lists.runs,
+        &lists.tenants,
+    )
+    .await
 }
 
 pub async fn workspace_events(

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 struct Visible {
     workspace_id: i64,
     tenants: HashSet<i64>,
-    /// run id → newest version sent, so duplicate re-reads send nothing.
+    /// active run id → newest version sent, so duplicate re-reads send nothing.
     sent: HashMap<i64, i64>,
 }
 
@@ -39,11 +39,16 @@ impl Visible {
         if !self.may_see(run) {
             return false;
         }
-        let seen = self.sent.entry(run.id).or_insert(0);
-        if *seen >= run.version {
+        if self.sent.get(&run.id).is_some_and(|v| *v >= run.version) {
             return false;
         }
-        *seen = run.version;
+        // Terminal runs are forgotten so a long-lived feed does not grow with every run the
+        // workspace ever had (a repeated re-read of one would be sent again, unchanged).
+        if run.terminal {
+            self.sent.remove(&run.id);
+        } else {
+            self.sent.insert(run.id, run.version);
+        }
         true
     }
 }
