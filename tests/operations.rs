@@ -361,6 +361,63 @@ async fn database_outage_keeps_streams_open_and_catches_up() {
 }
 
 #[tokio::test]
+async fn every_runwire_backend_terminated_while_runs_finish() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut rs = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    rs.expect("snapshot").await;
+    ps.expect("snapshot").await;
+    feed.expect("snapshot").await;
+
+    // What a Postgres restart does to runwire: every one of its connections goes away — the
+    // listener and the whole query pool — while the host keeps writing.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'runwire'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(killed >= 2, "listener and pool connections: {killed}");
+    set_run(
+        app.pool(),
+        run,
+        "status = 'completed', outcome = 'succeeded'",
+    )
+    .await;
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+
+    assert_eq!(rs.expect("update").await.data["status"], "completed");
+    rs.expect_end("terminal").await;
+    assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
+    ps.expect_end("terminal").await;
+    // The feed catches up too: the terminal update, or a fresh snapshot without the run.
+    let msg = feed.next().await.expect("feed still open");
+    match msg.event.as_str() {
+        "update" => assert_eq!(msg.data["terminal"], true),
+        "snapshot" => assert!(msg.data["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"] != run)),
+        other => panic!("unexpected {other}"),
+    }
+    // And new streams work again.
+    let again = app.get(&format!("/v1/runs/{run}"), Some(&t)).await;
+    assert_eq!(again.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     let db = TestDb::new().await;
     let proxy = Proxy::start(upstream(&db)).await;

@@ -114,7 +114,8 @@ fn now_us() -> i64 {
 type Samples = Arc<std::sync::Mutex<Vec<u32>>>;
 
 /// The `seq` runwire's loadgen stamps last: when every stream has seen it, nothing was lost.
-const FINAL_SEQ: i64 = i64::MAX / 2;
+// 2^53 - 1: exact in every JSON implementation (JavaScript numbers included).
+const FINAL_SEQ: i64 = 9_007_199_254_740_991;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -872,7 +873,7 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
         rereads / args.updates.max(1) as f64
     );
     println!(
-        "  database transactions in the service's database besides ours: {server_xacts} ({:.3} per update; Postgres counts one per NOTIFY delivery to the listener too)",
+        "  database transactions in the service's database besides ours: {server_xacts} ({:.3} per update; see BENCHMARKS.md on NOTIFY accounting)",
         server_xacts as f64 / args.updates.max(1) as f64
     );
     let json = serde_json::json!({

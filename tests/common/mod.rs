@@ -149,7 +149,8 @@ pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Runnin
     let pool = PgPoolOptions::new()
         .max_connections(10)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_with(options)
+        // Named like production, so a test can find (and kill) runwire's own backends.
+        .connect_with(options.application_name("runwire"))
         .await
         .expect("app pool");
     let running = Server::build(settings, pool).await.expect("build").start();
