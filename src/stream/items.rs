@@ -66,8 +66,8 @@ impl View {
             View::Pack(s) => &s.frames,
         };
         match (single, name) {
-            (true, "snapshot") => cache.snapshot(&self.id(), self.json()),
-            (true, _) => cache.update(&self.id(), self.json()),
+            (true, "snapshot") => cache.snapshot(|| self.id(), self.json()),
+            (true, _) => cache.update(|| self.id(), self.json()),
             (false, _) => sse::event(name, position, self.json()),
         }
     }

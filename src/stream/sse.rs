@@ -64,15 +64,16 @@ pub struct FrameCache {
 }
 
 impl FrameCache {
-    pub fn snapshot(&self, id: &str, data: &str) -> Frame {
+    /// `id` is only called the first time: the hot path is a clone of the cached frame.
+    pub fn snapshot(&self, id: impl FnOnce() -> String, data: &str) -> Frame {
         self.snapshot
-            .get_or_init(|| event("snapshot", Some(id), data))
+            .get_or_init(|| event("snapshot", Some(&id()), data))
             .clone()
     }
 
-    pub fn update(&self, id: &str, data: &str) -> Frame {
+    pub fn update(&self, id: impl FnOnce() -> String, data: &str) -> Frame {
         self.update
-            .get_or_init(|| event("update", Some(id), data))
+            .get_or_init(|| event("update", Some(&id()), data))
             .clone()
     }
 
