@@ -258,3 +258,59 @@ test("a hidden tab stops its streams and catches up when visible again", async (
   await page.waitForSelector(`#finished-runs tr[data-run-id="${run}"]`, { timeout: WITHIN });
   await page.close();
 });
+
+test("runwire.js: hold() defers updates and release() applies only the newest state", async () => {
+  const run = (await one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [world.ws])).id;
+  const page = await browser.newPage();
+  await page.goto(base + "/healthz");
+  await page.addScriptTag({ url: "/runwire.js" });
+  await page.evaluate(
+    ({ run, token }) => {
+      window.applied = [];
+      window.raw = [];
+      window.rw = new Runwire({ token });
+      window.rw.watchRun(run, { onState: (s) => window.applied.push(s.summary_counts.processed ?? null) });
+      // An independent plain EventSource tells the test when the server has sent each update.
+      const es = new EventSource(`/v1/runs/${run}/events?access_token=${token}`);
+      es.addEventListener("update", (e) => window.raw.push(JSON.parse(e.data).summary_counts.processed));
+    },
+    { run, token: adminToken },
+  );
+  await page.waitForFunction(() => window.applied.length === 1);
+  await page.evaluate(() => window.rw.hold()); // e.g. a modal opened
+  for (const n of [1, 2, 3]) {
+    await db.query(`UPDATE operation_runs SET summary_counts = '{"processed": ${n}}' WHERE id = $1`, [run]);
+    await page.waitForFunction((n) => window.raw.includes(n), n);
+  }
+  assert.deepEqual(await page.evaluate(() => window.applied), [null], "nothing applied while held");
+  await page.evaluate(() => window.rw.release());
+  assert.deepEqual(await page.evaluate(() => window.applied), [null, 3], "only the newest state");
+  await page.close();
+});
+
+test("runwire.js: a 401 asks the page for a fresh token and reconnects", async () => {
+  const run = (await one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'backup', 'queued') RETURNING id", [world.ws])).id;
+  const page = await browser.newPage();
+  await page.goto(base + "/healthz");
+  await page.addScriptTag({ url: "/runwire.js" });
+  await page.evaluate(
+    ({ run, token }) => {
+      window.refreshes = 0;
+      window.states = [];
+      window.rw = new Runwire({
+        token: "an.expired.token",
+        refreshToken: () => {
+          window.refreshes++;
+          return Promise.resolve(token);
+        },
+      });
+      window.rw.watchRun(run, { onState: (s) => window.states.push(s.status) });
+    },
+    { run, token: adminToken },
+  );
+  await page.waitForFunction(() => window.states.length === 1, null, { timeout: 10000 });
+  assert.equal(await page.evaluate(() => window.refreshes), 1);
+  await db.query("UPDATE operation_runs SET status = 'running' WHERE id = $1", [run]);
+  await page.waitForFunction(() => window.states.includes("running"), null, { timeout: WITHIN });
+  await page.close();
+});
