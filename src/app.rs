@@ -2,8 +2,9 @@
 //! watcher beside the HTTP server, and stop both promptly.
 //!
 //! Shutdown cancels one token. The watcher stops, every open stream returns (without an
-//! `end` event, so browsers reconnect, to another instance if there is one), axum stops
-//! accepting and waits for in-flight responses; a hard deadline stops the wait regardless.
+//! `end` event, so browsers reconnect, to another instance if there is one), the connection
+//! front stops accepting and waits for in-flight responses; a hard deadline stops the wait
+//! regardless.
 
 use crate::access::{Batcher, Tokens};
 use crate::config::Settings;

@@ -13,7 +13,8 @@
 //! * [`stream`] turns a cell's states into SSE messages (snapshot, update, end) and decides
 //!   when a stream ends. It never talks to the listener.
 //! * [`access`] verifies tokens and holds every 401/403/404 rule.
-//! * [`http`] is the axum router, handlers, the error type and the embedded static files.
+//! * [`http`] is the axum router, handlers, the error type, the embedded static files, and
+//!   the connection front that writes SSE bodies itself (hyper serves everything else).
 //! * [`model`] defines run and pack state and the one definition of "terminal".
 //! * [`store`] holds every SQL statement runwire runs.
 
