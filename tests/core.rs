@@ -665,3 +665,49 @@ async fn concurrent_opens_batched_together_keep_each_users_answer() {
     }
     app.stop().await;
 }
+
+/// Reads raw stream bytes until `needle` appears in what arrives after this call.
+async fn read_until<S>(body: &mut S, text: &mut String, needle: &str)
+where
+    S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let from = text.len();
+    while !text[from..].contains(needle) {
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .expect("timed out")
+            .expect("stream ended")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_comments_follow_silence_not_events() {
+    let mut settings = settings();
+    settings.keepalive_secs = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let resp = app
+        .get(&format!("/v1/runs/{run}/events"), Some(&token(w.owner)))
+        .await;
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    read_until(&mut body, &mut text, "event: snapshot").await;
+    // Silence: a comment arrives after about a second.
+    read_until(&mut body, &mut text, ":\n\n").await;
+    // An event, then silence again: the next comment comes a second after the event.
+    set_run(app.pool(), run, r#"summary_counts = '{"processed": 1}'"#).await;
+    read_until(&mut body, &mut text, "event: update").await;
+    let after_event = std::time::Instant::now();
+    read_until(&mut body, &mut text, ":\n\n").await;
+    let gap = after_event.elapsed();
+    assert!(
+        gap >= Duration::from_millis(700),
+        "comment too soon after an event: {gap:?}"
+    );
+    assert!(gap < Duration::from_secs(3), "comment too late: {gap:?}");
+    app.stop().await;
+}

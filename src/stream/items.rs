@@ -255,6 +255,9 @@ pub fn respond(
         let shutdown = shutdown.cancelled();
         let token_expiry = tokio::time::sleep_until(deadlines.token_expires);
         let lifetime = deadlines.lifetime();
+        // The keep-alive timer is re-armed lazily from `last_sent` when it fires, not reset on
+        // every event: a reset is a timer-wheel operation per event per stream.
+        let mut last_sent = tokio::time::Instant::now();
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(shutdown, token_expiry, lifetime, idle);
         while !done {
@@ -275,7 +278,15 @@ pub fn respond(
                     guard.sent(1);
                     done = views.iter().all(View::terminal);
                 }
-                Wake::KeepAlive => yield sse::keepalive(),
+                Wake::KeepAlive => {
+                    let due = last_sent + keepalive;
+                    if tokio::time::Instant::now() < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    yield sse::keepalive();
+                    idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                }
                 Wake::AccessChanged => {
                     if let Err(ApiError::Forbidden | ApiError::NotFound) =
                         still_allowed(&app, claims.user_id, &items).await
@@ -300,7 +311,7 @@ pub fn respond(
                     return;
                 }
             }
-            idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
+            last_sent = tokio::time::Instant::now();
         }
         yield sse::end("terminal");
         guard.close(CloseReason::terminal);

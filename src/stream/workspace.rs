@@ -123,6 +123,8 @@ pub async fn open(
         let shutdown = shutdown.cancelled();
         let token_expiry = tokio::time::sleep_until(deadlines.token_expires);
         let lifetime = deadlines.lifetime();
+        // Re-armed lazily from `last_sent` (see items.rs).
+        let mut last_sent = Instant::now();
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(shutdown, token_expiry, lifetime, idle);
         loop {
@@ -148,7 +150,15 @@ pub async fn open(
                     yield run.frames.feed_update(run.json.get());
                     guard.sent(1);
                 }
-                Wake::KeepAlive => yield sse::keepalive(),
+                Wake::KeepAlive => {
+                    let due = last_sent + keepalive;
+                    if Instant::now() < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    yield sse::keepalive();
+                    idle.as_mut().reset(Instant::now() + keepalive);
+                }
                 Wake::Resnapshot => {
                     // A failed read (database down) leaves the stream open; the next resync
                     // after the database returns sends the snapshot.
@@ -190,7 +200,7 @@ pub async fn open(
                     return;
                 }
             }
-            idle.as_mut().reset(Instant::now() + keepalive);
+            last_sent = Instant::now();
         }
     };
     Ok(sse::response(frames))
