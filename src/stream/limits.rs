@@ -42,10 +42,6 @@ impl StreamLimiter {
             user_id,
         })
     }
-
-    pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
-    }
 }
 
 pub struct StreamPermit {
