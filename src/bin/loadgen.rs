@@ -756,6 +756,8 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     let metrics_url = format!("http://{rest}/metrics");
     let rereads_before = metric(&metrics_url, "runwire_reread_batch_size_count").await;
     let ticks_before = server_pid.map(cpu_ticks).unwrap_or(0);
+    let client_ticks_before: u64 = workers.iter().filter_map(|w| w.child.id()).map(cpu_ticks).sum();
+    eprintln!("loadgen: update phase");
     let x_before = stats.xacts().await?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
@@ -806,6 +808,8 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     }
     let active_secs = started.elapsed().as_secs_f64();
     let ticks_after = server_pid.map(cpu_ticks).unwrap_or(0);
+    let client_ticks: u64 = workers.iter().filter_map(|w| w.child.id()).map(cpu_ticks).sum::<u64>() - client_ticks_before;
+    let client_cores = client_ticks as f64 / 100.0 / active_secs;
     let rereads = metric(&metrics_url, "runwire_reread_batch_size_count").await - rereads_before;
     let cpu_cores = (ticks_after - ticks_before) as f64 / 100.0 / active_secs;
     let x_after = stats.settled().await?;
@@ -869,7 +873,7 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
         println!("  commit→receipt latency: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({} samples)", samples.len());
     }
     println!(
-        "  server CPU: {cpu_cores:.2} cores; re-read queries: {rereads:.0} ({:.3} per update)",
+        "  server CPU: {cpu_cores:.2} cores (load generator workers: {client_cores:.2}); re-read queries: {rereads:.0} ({:.3} per update)",
         rereads / args.updates.max(1) as f64
     );
     println!(
@@ -883,7 +887,7 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
         "idle_secs": idle_secs, "idle_server_xacts": idle_server_xacts, "open_xacts": open_xacts,
         "events": events, "expected_events": expected_events, "final_seen": final_seen, "polls": polls,
         "latency_ms": {"p50": p50, "p99": p99, "max": max, "samples": samples.len()},
-        "server_cpu_cores": cpu_cores, "reread_queries": rereads, "queries_per_update": rereads / args.updates.max(1) as f64, "server_xacts": server_xacts, "xacts_per_update": server_xacts as f64 / args.updates.max(1) as f64,
+        "server_cpu_cores": cpu_cores, "client_cpu_cores": client_cores, "reread_queries": rereads, "queries_per_update": rereads / args.updates.max(1) as f64, "server_xacts": server_xacts, "xacts_per_update": server_xacts as f64 / args.updates.max(1) as f64,
     });
     println!("{json}");
     Ok(())
