@@ -443,6 +443,10 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     )
     .await;
     s.expect("snapshot").await;
+    // A round trip through the listener first: everything notified so far (the seeding) has
+    // been received, so nothing is still on its way when the connection goes quiet.
+    set_run(&db.pool, run, r#"summary_counts = '{"processed": 1}'"#).await;
+    s.expect("update").await;
     let old_pid = running.state.listener.backend_pid().unwrap();
 
     proxy.blackhole(); // no FIN, no RST: the socket just goes quiet
