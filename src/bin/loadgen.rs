@@ -250,75 +250,80 @@ async fn connect(plan: &WorkerPlan) -> std::io::Result<TcpStream> {
     socket.connect(plan.addr).await
 }
 
-/// Minimal HTTP/1.1 response reader: status line, headers, then chunked or identity body.
-struct Http {
-    reader: BufReader<TcpStream>,
-    chunked: bool,
-    remaining_chunk: usize,
+/// Decodes an HTTP/1.1 chunked body incrementally, byte slices in, body bytes out.
+#[derive(Default)]
+struct Dechunker {
+    state: ChunkState,
 }
 
-impl Http {
-    async fn request(mut stream: TcpStream, req: &str) -> std::io::Result<(u16, Http)> {
-        stream.write_all(req.as_bytes()).await?;
-        let mut reader = BufReader::with_capacity(2048, stream);
-        let (status, chunked, _) = read_head(&mut reader).await?;
-        Ok((
-            status,
-            Http {
-                reader,
-                chunked,
-                remaining_chunk: 0,
-            },
-        ))
-    }
+#[derive(Default, Clone, Copy)]
+enum ChunkState {
+    /// Reading the hex size line (value so far).
+    #[default]
+    Size,
+    SizeValue(usize),
+    /// Skipping a chunk extension up to the end of the size line.
+    Ext(usize),
+    Data(usize),
+    /// Skipping the CRLF after a chunk's data.
+    Crlf(u8),
+    Done,
+}
 
-    /// The next body line (without CRLF), or None at the end of the body.
-    async fn line(&mut self, out: &mut String) -> std::io::Result<bool> {
-        out.clear();
-        loop {
-            if self.chunked && self.remaining_chunk == 0 {
-                let mut size = String::new();
-                if self.reader.read_line(&mut size).await? == 0 {
-                    return Ok(false);
-                }
-                if size.trim().is_empty() {
+impl Dechunker {
+    /// Appends the body bytes in `input` to `out`; false once the last chunk was seen.
+    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> bool {
+        use ChunkState::*;
+        while let Some(&b) = input.first() {
+            match self.state {
+                Data(n) => {
+                    let take = n.min(input.len());
+                    out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    self.state = if take == n { Crlf(2) } else { Data(n - take) };
                     continue;
                 }
-                self.remaining_chunk = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                if self.remaining_chunk == 0 {
-                    return Ok(false);
+                Crlf(k) => self.state = if k <= 1 { Size } else { Crlf(k - 1) },
+                Size | SizeValue(_) | Ext(_) => {
+                    let value = match self.state {
+                        SizeValue(v) | Ext(v) => v,
+                        _ => 0,
+                    };
+                    self.state = match (self.state, b) {
+                        (_, b'\n') if value == 0 => Done,
+                        (_, b'\n') => Data(value),
+                        (Ext(v), _) => Ext(v),
+                        (_, b';') => Ext(value),
+                        (_, b'\r' | b' ') => SizeValue(value),
+                        (_, _) => match (b as char).to_digit(16) {
+                            Some(d) => SizeValue(value * 16 + d as usize),
+                            None => Done,
+                        },
+                    };
                 }
+                Done => return false,
             }
-            // Read up to the end of the line or of the chunk, whichever comes first.
-            let buf = self.reader.fill_buf().await?;
-            if buf.is_empty() {
-                return Ok(false);
-            }
-            let limit = if self.chunked {
-                self.remaining_chunk.min(buf.len())
-            } else {
-                buf.len()
-            };
-            let (take, done) = match buf[..limit].iter().position(|b| *b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (limit, false),
-            };
-            out.push_str(&String::from_utf8_lossy(&buf[..take]));
-            self.reader.consume(take);
-            if self.chunked {
-                self.remaining_chunk -= take;
-                if self.remaining_chunk == 0 {
-                    let mut crlf = [0u8; 2];
-                    self.reader.read_exact(&mut crlf).await?;
-                }
-            }
-            if done {
-                while out.ends_with('\n') || out.ends_with('\r') {
-                    out.pop();
-                }
-                return Ok(true);
-            }
+            input = &input[1..];
         }
+        !matches!(self.state, Done)
+    }
+}
+
+/// What an SSE line tells the stream client.
+enum SseLine<'a> {
+    Event(&'a [u8]),
+    Data(&'a [u8]),
+    Other,
+}
+
+fn sse_line(line: &[u8]) -> SseLine<'_> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if let Some(e) = line.strip_prefix(b"event: ") {
+        SseLine::Event(e)
+    } else if let Some(d) = line.strip_prefix(b"data: ") {
+        SseLine::Data(d)
+    } else {
+        SseLine::Other
     }
 }
 
@@ -349,18 +354,24 @@ async fn read_head(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, b
 
 /// Pulls `sent_us` and `seq` out of a run state's summary_counts without a full JSON parse
 /// (the client shares two cores with the server; parsing must stay cheap).
-fn stamp(data: &str) -> Option<(i64, i64)> {
-    fn number_after(data: &str, key: &str) -> Option<i64> {
-        let rest = &data[data.find(key)? + key.len()..];
-        let rest = rest.trim_start_matches([':', ' ']);
-        let end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        rest[..end].parse().ok()
+fn stamp(data: &[u8]) -> Option<(i64, i64)> {
+    fn number_after(data: &[u8], key: &[u8]) -> Option<i64> {
+        let at = data.windows(key.len()).position(|w| w == key)? + key.len();
+        let mut rest = &data[at..];
+        while let Some((b':' | b' ', tail)) = rest.split_first() {
+            rest = tail;
+        }
+        let mut n: i64 = 0;
+        let mut digits = 0;
+        for &b in rest.iter().take_while(|b| b.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add((b - b'0') as i64)?;
+            digits += 1;
+        }
+        (digits > 0).then_some(n)
     }
     Some((
-        number_after(data, "\"sent_us\"")?,
-        number_after(data, "\"seq\"")?,
+        number_after(data, b"\"sent_us\"")?,
+        number_after(data, b"\"seq\"")?,
     ))
 }
 
@@ -380,35 +391,64 @@ async fn stream_one(
         "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
         plan.host
     );
-    let (status, mut http) = Http::request(stream, &req).await?;
+    let mut stream = stream;
+    stream.write_all(req.as_bytes()).await?;
+    let mut reader = BufReader::with_capacity(2048, stream);
+    let (status, chunked, _) = read_head(&mut reader).await?;
     if status != 200 {
         let _ = ready.send(false);
         return Ok(());
     }
+    // Whatever the head's reader already holds is the start of the body; after that, one
+    // read per wake-up into a reused buffer, decoded without allocating per event.
+    let mut raw = reader.buffer().to_vec();
+    let mut stream = reader.into_inner();
+    let mut dechunk = Dechunker::default();
+    let mut body: Vec<u8> = Vec::with_capacity(4096);
     let mut permit = Some(permit);
-    let mut line = String::new();
-    let mut event = String::new();
-    while http.line(&mut line).await? {
-        if let Some(e) = line.strip_prefix("event: ") {
-            event = e.to_string();
-        } else if let Some(data) = line.strip_prefix("data: ") {
-            if event == "snapshot" && permit.is_some() {
-                permit = None; // connected and snapshotted: let the next one start
-                let _ = ready.send(true);
-            } else if event == "update" {
-                events.fetch_add(1, Ordering::Relaxed);
-                if let Some((sent, seq)) = stamp(data) {
-                    let lat = (now_us() - sent).clamp(0, u32::MAX as i64) as u32;
-                    if seq == FINAL_SEQ {
-                        finals.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        samples.lock().map(|mut v| v.push(lat)).ok();
+    let mut is_update = false;
+    raw.reserve(8192);
+    loop {
+        let more = if chunked {
+            dechunk.feed(&raw, &mut body)
+        } else {
+            body.extend_from_slice(&raw);
+            true
+        };
+        let mut used = 0;
+        while let Some(nl) = body[used..].iter().position(|b| *b == b'\n') {
+            let line = &body[used..used + nl];
+            used += nl + 1;
+            match sse_line(line) {
+                SseLine::Event(e) => is_update = e == b"update",
+                SseLine::Data(_) if !is_update => {
+                    if permit.take().is_some() {
+                        let _ = ready.send(true); // snapshotted: let the next one connect
                     }
                 }
+                SseLine::Data(data) => {
+                    events.fetch_add(1, Ordering::Relaxed);
+                    if let Some((sent, seq)) = stamp(data) {
+                        let lat = (now_us() - sent).clamp(0, u32::MAX as i64) as u32;
+                        if seq == FINAL_SEQ {
+                            finals.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            samples.lock().map(|mut v| v.push(lat)).ok();
+                        }
+                    }
+                }
+                SseLine::Other => is_update = is_update && !line.is_empty(),
             }
         }
+        body.drain(..used);
+        if !more {
+            return Ok(());
+        }
+        raw.clear();
+        if stream.read_buf(&mut raw).await? == 0 {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -440,7 +480,7 @@ async fn poll_one(
         if status != 200 {
             continue;
         }
-        if let Some((sent, seq)) = stamp(&String::from_utf8_lossy(&body)) {
+        if let Some((sent, seq)) = stamp(&body) {
             if seq != last_seq {
                 last_seq = seq;
                 if seq == FINAL_SEQ {
@@ -756,7 +796,11 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     let metrics_url = format!("http://{rest}/metrics");
     let rereads_before = metric(&metrics_url, "runwire_reread_batch_size_count").await;
     let ticks_before = server_pid.map(cpu_ticks).unwrap_or(0);
-    let client_ticks_before: u64 = workers.iter().filter_map(|w| w.child.id()).map(cpu_ticks).sum();
+    let client_ticks_before: u64 = workers
+        .iter()
+        .filter_map(|w| w.child.id())
+        .map(cpu_ticks)
+        .sum();
     eprintln!("loadgen: update phase");
     let x_before = stats.xacts().await?;
     let started = Instant::now();
@@ -808,7 +852,12 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     }
     let active_secs = started.elapsed().as_secs_f64();
     let ticks_after = server_pid.map(cpu_ticks).unwrap_or(0);
-    let client_ticks: u64 = workers.iter().filter_map(|w| w.child.id()).map(cpu_ticks).sum::<u64>() - client_ticks_before;
+    let client_ticks: u64 = workers
+        .iter()
+        .filter_map(|w| w.child.id())
+        .map(cpu_ticks)
+        .sum::<u64>()
+        - client_ticks_before;
     let client_cores = client_ticks as f64 / 100.0 / active_secs;
     let rereads = metric(&metrics_url, "runwire_reread_batch_size_count").await - rereads_before;
     let cpu_cores = (ticks_after - ticks_before) as f64 / 100.0 / active_secs;
@@ -891,4 +940,27 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     });
     println!("{json}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunks_across_any_split() {
+        let wire = b"7\r\nevent: \r\n5;x=1\r\nhello\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let (mut d, mut out) = (Dechunker::default(), Vec::new());
+            let more = d.feed(&wire[..cut], &mut out) && d.feed(&wire[cut..], &mut out);
+            assert!(!more, "cut at {cut}");
+            assert_eq!(out, b"event: hello", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn reads_the_stamp() {
+        let data = br#"{"summary_counts":{"seq": 12, "sent_us":1700000000000000}}"#;
+        assert_eq!(stamp(data), Some((1_700_000_000_000_000, 12)));
+        assert_eq!(stamp(br#"{"summary_counts":{}}"#), None);
+    }
 }
