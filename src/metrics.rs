@@ -47,6 +47,7 @@ pub struct Metrics {
     pub streams_closed: Family<ReasonLabel, Counter>,
     pub streams_rejected: Counter,
     pub events_sent: Counter,
+    pub direct_handovers: Counter,
     pub notifications: Counter,
     pub notifications_ignored: Counter,
     pub listener_reconnects: Counter,
@@ -66,6 +67,7 @@ impl Default for Metrics {
             streams_closed: Family::default(),
             streams_rejected: Counter::default(),
             events_sent: Counter::default(),
+            direct_handovers: Counter::default(),
             notifications: Counter::default(),
             notifications_ignored: Counter::default(),
             listener_reconnects: Counter::default(),
@@ -97,6 +99,11 @@ impl Default for Metrics {
             "events_sent",
             "SSE events written to clients",
             m.events_sent.clone(),
+        );
+        r.register(
+            "direct_handovers",
+            "Updates that direct delivery left to the stream's own task (a client not reading fast enough, a terminal state, a busy stream)",
+            m.direct_handovers.clone(),
         );
         r.register(
             "notifications",

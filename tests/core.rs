@@ -711,3 +711,125 @@ async fn keep_alive_comments_follow_silence_not_events() {
     assert!(gap < Duration::from_secs(3), "comment too late: {gap:?}");
     app.stop().await;
 }
+
+/// A client that stops reading fills its socket: direct delivery hands its stream to the
+/// stream's own task, which writes what is left once the client reads again and then skips
+/// to the newest state. Nothing arrives out of order, the final state arrives, then `end`.
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_the_newest_state_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(app.running.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(w.owner)
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    while !String::from_utf8_lossy(&raw).contains("event: snapshot") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .expect("snapshot in time")
+            .unwrap();
+        assert!(n > 0, "closed before the snapshot");
+        raw.extend_from_slice(&buf[..n]);
+    }
+
+    // Stop reading and update until the server had to hand the stream over.
+    let padding = "x".repeat(64 * 1024);
+    let update = |i: usize| {
+        format!("summary_counts = jsonb_build_object('processed', {i}, 'pad', '{padding}')")
+    };
+    let mut i = 0;
+    while metric(&app, "runwire_direct_handovers_total").await == 0.0 {
+        i += 1;
+        assert!(i <= 300, "the client's socket never filled");
+        set_run(app.pool(), run, &update(i)).await;
+    }
+    // Read again while more updates arrive (the socket now fills and drains, so deliveries
+    // meet partly written frames), then the end: the stream ends by itself.
+    let updater = {
+        let pool = app.pool().clone();
+        async move {
+            for _ in 0..40 {
+                i += 1;
+                set_run(&pool, run, &update(i)).await;
+            }
+            set_run(&pool, run, "status = 'completed'").await;
+            i
+        }
+    };
+    let reader = tokio::time::timeout(WAIT * 4, conn.read_to_end(&mut raw));
+    let (i, read) = tokio::join!(updater, reader);
+    read.expect("stream ended in time").unwrap();
+    let events = sse_events(&dechunk(&raw));
+    assert_eq!(events[0].0, "snapshot");
+    let (last, updates) = events[1..].split_last().expect("updates and end");
+    assert_eq!(last.0, "end");
+    assert_eq!(last.1["reason"], "terminal");
+    let (mut version, mut processed) = (events[0].1["version"].as_i64().unwrap(), 0);
+    for (name, data) in updates {
+        assert_eq!(name, "update");
+        let v = data["version"].as_i64().unwrap();
+        let p = data["summary_counts"]["processed"].as_i64().unwrap();
+        assert!(
+            v > version && p >= processed,
+            "out of order: {p} after {processed}"
+        );
+        (version, processed) = (v, p);
+    }
+    let final_state = &updates.last().expect("the final state").1;
+    assert_eq!(final_state["status"], "completed");
+    assert_eq!(final_state["summary_counts"]["processed"], i as i64);
+    app.stop().await;
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(raw: &[u8]) -> Vec<u8> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let (mut rest, mut body) = (&raw[head_end..], Vec::new());
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16)
+            .expect("hex chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+}
+
+/// (event, data) of each SSE message that has data.
+fn sse_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|message| {
+            let mut event = "message".to_string();
+            let mut data = None;
+            for line in message.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(d).expect("JSON data"));
+                }
+            }
+            Some((event, data?))
+        })
+        .collect()
+}

@@ -12,6 +12,7 @@
 //! Anything else — other paths, other methods, HTTP/2, a request with a body — is replayed
 //! into hyper with the bytes already read, so the rest of the API is served by hyper as usual.
 
+use crate::stream::direct::Sink;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use axum::Router;
@@ -21,6 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -170,7 +172,12 @@ fn is_stream(req: &Request<Body>) -> bool {
 
 /// Runs the request through the router and writes the response: SSE bodies chunk by chunk,
 /// everything else (204, JSON errors) in one piece. The connection closes afterwards.
-async fn stream(mut socket: TcpStream, router: Router, request: Request<Body>) -> io::Result<()> {
+///
+/// Every write goes through the connection's [`Sink`], which single-item streams also hand to
+/// direct delivery (the watcher writing updates into the socket without waking this task).
+async fn stream(socket: TcpStream, router: Router, mut request: Request<Body>) -> io::Result<()> {
+    let sink = Sink::new(socket);
+    request.extensions_mut().insert(Arc::clone(&sink));
     let Ok(response) = router.oneshot(request).await;
     let (parts, mut body) = response.into_parts();
     let mut head = Vec::with_capacity(256);
@@ -202,21 +209,18 @@ async fn stream(mut socket: TcpStream, router: Router, request: Request<Body>) -
             head.extend_from_slice(format!("content-length: {}\r\n", bytes.len()).as_bytes());
         }
         head.extend_from_slice(b"connection: close\r\n\r\n");
-        socket.write_all(&head).await?;
-        socket.write_all(&bytes).await?;
-        return socket.shutdown().await;
+        sink.write(&[&head, &bytes], None).await?;
+        return close(sink).await;
     }
     head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
-    socket.write_all(&head).await?;
+    sink.write(&[&head], None).await?;
     drop(head);
-    let (mut reader, mut writer) = socket.into_split();
     loop {
-        let mut probe = [0u8; 16];
         let frame = tokio::select! {
             f = body.frame() => f,
             // The client went away (or sent something we do not read): stop the stream now,
             // not at the next keep-alive.
-            _ = reader.read(&mut probe) => return Ok(()),
+            _ = client_gone(&sink) => return Ok(()),
         };
         let Some(Ok(frame)) = frame else { break };
         let Ok(data) = frame.into_data() else {
@@ -225,41 +229,45 @@ async fn stream(mut socket: TcpStream, router: Router, request: Request<Body>) -
         if data.is_empty() {
             continue;
         }
-        let size = format!("{:x}\r\n", data.len());
-        write_all_vectored(
-            &mut writer,
-            &[
-                IoSlice::new(size.as_bytes()),
-                IoSlice::new(&data),
-                IoSlice::new(b"\r\n"),
-            ],
-        )
-        .await?;
+        let mut size = [0u8; 18];
+        let size = chunk_size(&mut size, data.len());
+        sink.write(&[size, &data, b"\r\n"], None).await?;
     }
-    writer.write_all(b"0\r\n\r\n").await?;
-    writer.shutdown().await
+    // The stream is over (its body ended), so no delivery writes after this terminator.
+    sink.write(&[b"0\r\n\r\n"], None).await?;
+    close(sink).await
 }
 
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    parts: &[IoSlice<'_>],
-) -> io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let written = w.write_vectored(parts).await?;
-    if written == total {
-        return Ok(());
-    }
-    // Rare (a full socket buffer): finish with plain writes.
-    let mut skip = written;
-    for p in parts {
-        if skip >= p.len() {
-            skip -= p.len();
-            continue;
+/// `<hex size>\r\n` of a chunk, without allocating.
+fn chunk_size(buf: &mut [u8; 18], len: usize) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{len:x}\r\n");
+    let n = cursor.position() as usize;
+    &buf[..n]
+}
+
+/// Resolves when the client closed its side or sent anything (streams read nothing).
+async fn client_gone(sink: &Sink) {
+    let mut probe = [0u8; 16];
+    loop {
+        if sink.socket().readable().await.is_err() {
+            return;
         }
-        w.write_all(&p[skip..]).await?;
-        skip = 0;
+        match sink.socket().try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            _ => return,
+        }
     }
-    Ok(())
+}
+
+/// Sends FIN once the response is complete. A delivery that raced with the stream's end may
+/// hold the sink for a moment; then the socket closes when that last reference drops.
+async fn close(sink: Arc<Sink>) -> io::Result<()> {
+    match Arc::try_unwrap(sink) {
+        Ok(sink) => sink.into_socket().shutdown().await,
+        Err(_) => Ok(()),
+    }
 }
 
 fn httpdate_now() -> String {

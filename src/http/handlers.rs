@@ -6,12 +6,14 @@ use super::{ApiError, AppState};
 use crate::access::{self, token::now_secs, AuthUser, COOKIE_NAME};
 use crate::metrics::StreamKind;
 use crate::model::{PackState, RunState};
+use crate::stream::direct::Sink;
 use crate::stream::{items, workspace};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
 type Auth = Result<AuthUser, ApiError>;
@@ -29,6 +31,7 @@ fn permit(app: &AppState, user_id: i64) -> Result<crate::stream::limits::StreamP
 
 /// The shared path of the item streams, after each handler parsed its ids: token, caps,
 /// subscribe-then-authorise, respond.
+#[allow(clippy::too_many_arguments)]
 async fn item_stream(
     app: AppState,
     auth: Auth,
@@ -37,6 +40,7 @@ async fn item_stream(
     topic: String,
     runs: &[i64],
     tenants: &[i64],
+    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let AuthUser(claims) = auth?;
     let permit = permit(&app, claims.user_id)?;
@@ -49,6 +53,7 @@ async fn item_stream(
         items,
         last_event_id(&headers),
         permit,
+        sink.map(|Extension(s)| s),
     ))
 }
 
@@ -57,10 +62,21 @@ pub async fn run_events(
     Path(raw): Path<String>,
     auth: Auth,
     headers: HeaderMap,
+    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let run_id = parse_id(&raw, "run id")?;
     let topic = format!("run:{run_id}");
-    item_stream(app, auth, headers, StreamKind::run, topic, &[run_id], &[]).await
+    item_stream(
+        app,
+        auth,
+        headers,
+        StreamKind::run,
+        topic,
+        &[run_id],
+        &[],
+        sink,
+    )
+    .await
 }
 
 pub async fn pack_events(
@@ -68,6 +84,7 @@ pub async fn pack_events(
     Path(raw): Path<String>,
     auth: Auth,
     headers: HeaderMap,
+    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let tenant_id = parse_id(&raw, "tenant id")?;
     let topic = format!("review_pack:{tenant_id}");
@@ -79,6 +96,7 @@ pub async fn pack_events(
         topic,
         &[],
         &[tenant_id],
+        sink,
     )
     .await
 }
@@ -88,6 +106,7 @@ pub async fn multi_events(
     uri: Uri,
     auth: Auth,
     headers: HeaderMap,
+    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let lists = parse_item_lists(uri.query())?;
     let topic = format!("runs:{:?} packs:{:?}", lists.runs, lists.tenants);
@@ -99,6 +118,7 @@ pub async fn multi_events(
         topic,
         &lists.runs,
         &lists.tenants,
+        sink,
     )
     .await
 }

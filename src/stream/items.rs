@@ -6,13 +6,14 @@
 //! subscription and the read reaches the cell through the watcher; versions make the overlap
 //! harmless.
 
+use super::direct::{self, Sink};
 use super::sse::{self, Frame};
 use super::{Deadlines, StreamGuard};
 use crate::access::{self, Claims};
 use crate::http::{ApiError, AppState};
 use crate::metrics::{CloseReason, StreamKind};
 use crate::model::{retry_ms, PackState, RunState};
-use crate::watch::hub::{PackSubscription, RunSubscription};
+use crate::watch::hub::{AccessSubscription, Deliverable, PackSubscription, RunSubscription};
 use crate::watch::publish_initial;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -58,6 +59,13 @@ impl View {
             View::Pack(s) => s.json.get(),
         }
     }
+    /// The `update` frame as an HTTP/1.1 chunk, as direct delivery writes it.
+    fn update_chunk(&self) -> bytes::Bytes {
+        match self {
+            View::Run(s) => s.update_chunk(),
+            View::Pack(s) => s.update_chunk(),
+        }
+    }
     /// The frame for this state: shared by every subscriber when the stream's id is the
     /// state's own (single-item streams), rendered for this stream otherwise.
     fn frame(&self, name: &str, position: Option<&str>, single: bool) -> Frame {
@@ -91,12 +99,58 @@ impl Item {
         }
     }
 
+    /// The cell's newest state and its publish counter (None only if the cell is gone).
+    fn latest(&self, app: &AppState) -> Option<(u64, View)> {
+        match self {
+            Item::Run(s) => app
+                .hub
+                .runs
+                .with(&s.key(), |c| c.current())
+                .and_then(|(seq, state)| Some((seq, View::Run(state?)))),
+            Item::Pack(s) => app
+                .hub
+                .packs
+                .with(&s.key(), |c| c.current())
+                .and_then(|(seq, state)| Some((seq, View::Pack(state?)))),
+        }
+    }
+
+    /// Attaches `sink` to the item's cell for direct delivery until the returned guard drops.
+    fn attach(&self, app: &AppState, sink: &Arc<Sink>) -> Attachment {
+        let slot = match self {
+            Item::Run(s) => app.hub.runs.with(&s.key(), |c| c.attach(sink)),
+            Item::Pack(s) => app.hub.packs.with(&s.key(), |c| c.attach(sink)),
+        };
+        Attachment {
+            app: app.clone(),
+            tag: self.tag(),
+            slot,
+        }
+    }
+
     /// Resolves when the cell holds a state this subscriber has not seen.
     async fn changed(&mut self) -> bool {
         match self {
             Item::Run(rx) => rx.changed().await.is_ok(),
             Item::Pack(rx) => rx.changed().await.is_ok(),
         }
+    }
+}
+
+/// A sink's place in its cell; detaches (and stops direct delivery) on drop.
+struct Attachment {
+    app: AppState,
+    tag: (char, i64),
+    slot: Option<usize>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot else { return };
+        match self.tag {
+            ('r', key) => self.app.hub.runs.with(&key, |c| c.detach(slot)),
+            (_, key) => self.app.hub.packs.with(&key, |c| c.detach(slot)),
+        };
     }
 }
 
@@ -200,8 +254,103 @@ enum Wake {
     Gone,
 }
 
+/// A single-item stream on direct delivery: takes over when a delivery hands it the stream
+/// (slow client, terminal state, contention), and does everything besides updates. Returns
+/// how it ended; `end` is written here, the body's terminator by the connection front.
+#[allow(clippy::too_many_arguments)]
+async fn direct_stream(
+    app: &AppState,
+    user_id: i64,
+    item: &Item,
+    snapshot: &View,
+    sink: &Arc<Sink>,
+    deadlines: &Deadlines,
+    keepalive: std::time::Duration,
+    access_epoch: &mut AccessSubscription,
+    guard: &StreamGuard,
+) -> CloseReason {
+    let _attachment = item.attach(app, sink);
+    // The cell may have moved on since the snapshot was read.
+    match item.latest(app) {
+        Some((seq, latest)) if latest.id() == snapshot.id() => sink.advance(seq),
+        _ => sink.hand_over(),
+    }
+    // One timer for the token's expiry, the lifetime and the keep-alive (the earliest of
+    // them): a stream is mostly waiting, and every timer is memory per stream.
+    let next_deadline = |last_write: tokio::time::Instant| {
+        let mut at = deadlines.token_expires.min(last_write + keepalive);
+        if let Some(ends) = deadlines.lifetime_ends {
+            at = at.min(ends);
+        }
+        at
+    };
+    let shutdown = app.shutdown.cancelled();
+    let timer = tokio::time::sleep_until(next_deadline(sink.last_write()));
+    tokio::pin!(shutdown, timer);
+    let end = |reason: &str| direct::chunk(&sse::end(reason));
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return CloseReason::shutdown,
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if now >= deadlines.token_expires {
+                    sink.set_direct(false);
+                    let _ = sink.write(&[&end("token_expired")], None).await;
+                    return CloseReason::token_expired;
+                }
+                if deadlines.lifetime_ends.is_some_and(|ends| now >= ends) {
+                    return CloseReason::lifetime;
+                }
+                // Keep-alive only after `keepalive` of silence: events count as traffic.
+                if now >= sink.last_write() + keepalive
+                    && sink.write(&[&direct::chunk(&sse::keepalive())], None).await.is_err()
+                {
+                    return CloseReason::client_gone;
+                }
+                timer.as_mut().reset(next_deadline(sink.last_write()));
+            }
+            r = access_epoch.changed() => {
+                if r.is_err() {
+                    return CloseReason::shutdown;
+                }
+                if let Err(ApiError::Forbidden | ApiError::NotFound) =
+                    Box::pin(still_allowed(app, user_id, std::slice::from_ref(item))).await
+                {
+                    sink.set_direct(false);
+                    let _ = sink.write(&[&end("forbidden")], None).await;
+                    return CloseReason::forbidden;
+                }
+            }
+            _ = sink.handed_over() => {
+                // Finish what a delivery left, then skip to the newest state.
+                if sink.flush().await.is_err() {
+                    return CloseReason::client_gone;
+                }
+                let Some((seq, latest)) = item.latest(app) else {
+                    return CloseReason::shutdown;
+                };
+                let terminal = latest.terminal();
+                if terminal {
+                    sink.set_direct(false);
+                }
+                match sink.write(&[&latest.update_chunk()], Some(seq)).await {
+                    Ok(true) => guard.sent(1),
+                    Ok(false) => {}
+                    Err(_) => return CloseReason::client_gone,
+                }
+                if terminal {
+                    let _ = sink.write(&[&end("terminal")], None).await;
+                    return CloseReason::terminal;
+                }
+            }
+        }
+    }
+}
+
 /// Answers a stream request for already subscribed and authorised `items`: `204 No Content`
 /// when the client already saw the final state (`Last-Event-ID`), the SSE stream otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn respond(
     app: &AppState,
     claims: Claims,
@@ -210,6 +359,7 @@ pub fn respond(
     mut items: Vec<Item>,
     last_event_id: Option<&str>,
     guard_permit: super::limits::StreamPermit,
+    sink: Option<Arc<Sink>>,
 ) -> Response {
     let views: Vec<View> = items.iter_mut().map(Item::current).collect();
     let at = position(&items, &views);
@@ -238,6 +388,26 @@ pub fn respond(
     let shutdown = app.shutdown.clone();
     let keepalive = app.keepalive();
     let single = items.len() == 1;
+    // Direct delivery for single-item streams served by the connection front (which hands
+    // over the socket's sink); sets and hyper-served streams wake their task per change.
+    if let Some(sink) = sink.filter(|_| single && !all_terminal) {
+        // Its own generator: a stream on direct delivery carries none of the loop below.
+        let frames = async_stream::stream! {
+            yield sse::retry(retry);
+            yield views[0].frame("snapshot", None, true);
+            guard.sent(1);
+            // Both frames are on the wire (the front writes each before asking for the next):
+            // from here on the socket is written through the sink, by deliveries and by
+            // this task.
+            let reason = direct_stream(
+                &app, claims.user_id, &items[0], &views[0], &sink, &deadlines, keepalive,
+                &mut access_epoch, &guard,
+            )
+            .await;
+            guard.close(reason);
+        };
+        return sse::response(frames);
+    }
 
     let frames = async_stream::stream! {
         yield sse::retry(retry);

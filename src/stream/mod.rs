@@ -9,6 +9,7 @@
 //! Streams read the hub's cells and never talk to the listener. A stream ends by returning:
 //! the guard it owns records why, and the client going away drops it mid-flight.
 
+pub mod direct;
 pub mod items;
 pub mod limits;
 pub mod sse;

@@ -61,6 +61,8 @@ pub struct FrameCache {
     update: OnceLock<Frame>,
     /// An `update` without an id, as the workspace feed sends it.
     feed_update: OnceLock<Frame>,
+    /// The `update` as an HTTP/1.1 chunk, as direct delivery writes it.
+    update_chunk: OnceLock<Bytes>,
 }
 
 impl FrameCache {
@@ -74,6 +76,12 @@ impl FrameCache {
     pub fn update(&self, id: impl FnOnce() -> String, data: &str) -> Frame {
         self.update
             .get_or_init(|| event("update", Some(&id()), data))
+            .clone()
+    }
+
+    pub fn update_chunk(&self, id: impl FnOnce() -> String, data: &str) -> Bytes {
+        self.update_chunk
+            .get_or_init(|| super::direct::chunk(&self.update(id, data)))
             .clone()
     }
 

@@ -14,6 +14,9 @@
 //! memberships change, so each stream re-checks its access.
 
 use crate::model::{PackState, RunState};
+use crate::stream::direct::{Delivery, Sink};
+use bytes::Bytes;
+use slab::Slab;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::{Deref, DerefMut};
@@ -31,19 +34,60 @@ pub trait Channel: Send + Sync + 'static {
     fn receiver_count(&self) -> usize;
 }
 
-/// A state cell: the newest state of one item (None until first read).
-pub type Cell<T> = watch::Sender<Option<Arc<T>>>;
+/// A state cell: the newest state of one item (None until first read), and the streams
+/// that take its updates by direct delivery.
+pub struct Cell<T> {
+    tx: watch::Sender<Option<Arc<T>>>,
+    direct: Mutex<Attached>,
+}
+
+/// The directly written streams of a cell and the cell's publish counter, under one lock so
+/// that a stream attaching and a state being published see each other in one order.
+#[derive(Default)]
+struct Attached {
+    seq: u64,
+    sinks: Slab<Arc<Sink>>,
+}
+
+impl<T> Cell<T> {
+    fn attached(&self) -> std::sync::MutexGuard<'_, Attached> {
+        self.direct.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a stream's sink and enables direct delivery to it; returns its slot.
+    pub fn attach(&self, sink: &Arc<Sink>) -> usize {
+        let mut attached = self.attached();
+        sink.set_direct(true);
+        attached.sinks.insert(Arc::clone(sink))
+    }
+
+    pub fn detach(&self, slot: usize) {
+        let mut attached = self.attached();
+        if let Some(sink) = attached.sinks.try_remove(slot) {
+            sink.set_direct(false);
+        }
+    }
+
+    /// The newest state and its publish counter.
+    pub fn current(&self) -> (u64, Option<Arc<T>>) {
+        let attached = self.attached();
+        (attached.seq, self.tx.borrow().clone())
+    }
+}
 
 impl<T: Send + Sync + 'static> Channel for Cell<T> {
     type Rx = watch::Receiver<Option<Arc<T>>>;
     fn create() -> Self {
-        watch::Sender::new(None)
+        Cell {
+            tx: watch::Sender::new(None),
+            direct: Mutex::new(Attached::default()),
+        }
     }
     fn subscribe(&self) -> Self::Rx {
-        watch::Sender::subscribe(self)
+        self.tx.subscribe()
     }
     fn receiver_count(&self) -> usize {
-        watch::Sender::receiver_count(self)
+        self.tx.receiver_count()
     }
 }
 
@@ -192,23 +236,64 @@ impl Versioned for PackState {
     }
 }
 
-/// Publishes a state read by the watcher: replaces the cell's value when it differs.
-/// Returns whether subscribers were woken. Re-reading an unchanged row (a duplicate or forged
-/// notification) therefore sends nothing.
-pub fn publish<T: Versioned>(cell: &Cell<T>, state: Arc<T>) -> bool {
-    cell.send_if_modified(|current| match current {
+/// A state with an `update` frame for direct delivery.
+pub trait Deliverable {
+    fn terminal(&self) -> bool;
+    /// The `update` frame as an HTTP/1.1 chunk.
+    fn update_chunk(&self) -> Bytes;
+}
+
+impl Deliverable for RunState {
+    fn terminal(&self) -> bool {
+        self.terminal
+    }
+    fn update_chunk(&self) -> Bytes {
+        self.frames
+            .update_chunk(|| self.event_id(), self.json.get())
+    }
+}
+
+impl Deliverable for PackState {
+    fn terminal(&self) -> bool {
+        self.terminal
+    }
+    fn update_chunk(&self) -> Bytes {
+        self.frames
+            .update_chunk(|| self.event_id(), self.json.get())
+    }
+}
+
+/// Publishes a state read by the watcher: replaces the cell's value when it differs, waking
+/// its task-driven subscribers. Returns None when nothing changed (a duplicate or forged
+/// notification re-reads an unchanged row, and sends nothing), else the delivery to its
+/// direct subscribers, for the caller to run outside the hub's locks.
+pub fn publish<T: Versioned + Deliverable>(cell: &Cell<T>, state: Arc<T>) -> Option<Delivery> {
+    let mut attached = cell.attached();
+    let changed = cell.tx.send_if_modified(|current| match current {
         Some(cur) if cur.change_key() == state.change_key() => false,
         _ => {
-            *current = Some(state);
+            *current = Some(Arc::clone(&state));
             true
         }
+    });
+    if !changed {
+        return None;
+    }
+    attached.seq += 1;
+    let sinks: Vec<Arc<Sink>> = attached.sinks.iter().map(|(_, s)| Arc::clone(s)).collect();
+    let wire = (!sinks.is_empty() && !state.terminal()).then(|| state.update_chunk());
+    Some(Delivery {
+        seq: attached.seq,
+        wire,
+        sinks,
     })
 }
 
 /// Publishes a state read when a stream opened, only into a cell nobody has filled yet: once
 /// the watcher has published, its value is at least as new as any read that raced with it.
 pub fn publish_initial<T>(cell: &Cell<T>, state: Arc<T>) {
-    cell.send_if_modified(|current| {
+    let mut attached = cell.attached();
+    let seeded = cell.tx.send_if_modified(|current| {
         if current.is_none() {
             *current = Some(state);
             true
@@ -216,6 +301,9 @@ pub fn publish_initial<T>(cell: &Cell<T>, state: Arc<T>) {
             false
         }
     });
+    if seeded {
+        attached.seq += 1;
+    }
 }
 
 /// Every cell and channel of the process.

@@ -291,18 +291,20 @@ impl Watcher {
         self.metrics.observe_reread(ids.len(), started.elapsed());
         for row in &rows {
             let state = Arc::new(RunState::from_row(row));
-            let changed = self
+            // None: nobody watches the run; Some(None): unchanged.
+            let published = self
                 .hub
                 .runs
                 .with(&state.id, |cell| publish(cell, Arc::clone(&state)));
-            if changed != Some(false) {
+            if !matches!(published, Some(None)) {
                 // Feeds de-duplicate by version themselves; a send error only means nobody
                 // watches this workspace right now.
                 self.hub.workspaces.with(&state.workspace_id, |feed| {
                     feed.send(Arc::clone(&state)).ok()
                 });
             }
-            if changed == Some(true) {
+            if let Some(Some(delivery)) = published {
+                delivery.deliver(&self.metrics);
                 self.metrics.observe_commit_lag(state.updated_at);
             }
         }
@@ -316,11 +318,12 @@ impl Watcher {
             .observe_reread(tenant_ids.len(), started.elapsed());
         for (tenant_id, pack) in &rows {
             let state = Arc::new(PackState::new(*tenant_id, pack.as_ref()));
-            let changed = self
+            let published = self
                 .hub
                 .packs
                 .with(tenant_id, |cell| publish(cell, Arc::clone(&state)));
-            if changed == Some(true) {
+            if let Some(Some(delivery)) = published {
+                delivery.deliver(&self.metrics);
                 self.metrics.observe_commit_lag(state.updated_at);
             }
         }
