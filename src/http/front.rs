@@ -214,7 +214,9 @@ async fn stream(socket: TcpStream, router: Router, mut request: Request<Body>) -
     }
     head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     sink.write(&[&head], None).await?;
-    drop(head);
+    // Neither outlives the head: a stream lives for hours, and the header map alone is
+    // several hundred bytes.
+    drop((head, parts));
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,

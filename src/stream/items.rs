@@ -66,18 +66,13 @@ impl View {
             View::Pack(s) => s.update_chunk(),
         }
     }
-    /// The frame for this state: shared by every subscriber when the stream's id is the
-    /// state's own (single-item streams), rendered for this stream otherwise.
+    /// The frame for this state: a single item's stream carries the state's own id, a set's
+    /// the position of the whole set.
     fn frame(&self, name: &str, position: Option<&str>, single: bool) -> Frame {
-        let cache = match self {
-            View::Run(s) => &s.frames,
-            View::Pack(s) => &s.frames,
-        };
-        match (single, name) {
-            (true, "snapshot") => cache.snapshot(|| self.id(), self.json()),
-            (true, _) => cache.update(|| self.id(), self.json()),
-            (false, _) => sse::event(name, position, self.json()),
+        if single {
+            return sse::event(name, Some(&self.id()), self.json());
         }
+        sse::event(name, position, self.json())
     }
 }
 

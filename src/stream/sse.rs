@@ -1,8 +1,8 @@
 //! The one place that formats SSE messages.
 //!
-//! Messages are rendered to `Bytes` frames. A state's `snapshot` and `update` frames are
-//! rendered once per state and shared by every subscriber through [`FrameCache`] (a run with
-//! 10,000 watchers formats its update once, not 10,000 times).
+//! Messages are rendered to `Bytes` frames. A state's `update` is rendered once per state and
+//! shared by every subscriber through [`FrameCache`] (a run with 10,000 watchers formats its
+//! update once, not 10,000 times).
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -54,34 +54,24 @@ pub fn end(reason: &str) -> Frame {
     event("end", None, &format!(r#"{{"reason":"{reason}"}}"#))
 }
 
-/// The frames of one state with its own id, rendered on first use and then shared.
+/// The frames of one state that are worth sharing, rendered on first use. Snapshots are not
+/// cached: each is written once per subscriber anyway, and a cached copy would stay in memory
+/// for as long as anyone watches the item (with one viewer per run, that is a second copy of
+/// every run's JSON).
 #[derive(Debug, Default)]
 pub struct FrameCache {
-    snapshot: OnceLock<Frame>,
-    update: OnceLock<Frame>,
+    /// The `update` with the state's id as an HTTP/1.1 chunk, as direct delivery writes it to
+    /// every subscriber.
+    update_chunk: OnceLock<Bytes>,
     /// An `update` without an id, as the workspace feed sends it.
     feed_update: OnceLock<Frame>,
-    /// The `update` as an HTTP/1.1 chunk, as direct delivery writes it.
-    update_chunk: OnceLock<Bytes>,
 }
 
 impl FrameCache {
-    /// `id` is only called the first time: the hot path is a clone of the cached frame.
-    pub fn snapshot(&self, id: impl FnOnce() -> String, data: &str) -> Frame {
-        self.snapshot
-            .get_or_init(|| event("snapshot", Some(&id()), data))
-            .clone()
-    }
-
-    pub fn update(&self, id: impl FnOnce() -> String, data: &str) -> Frame {
-        self.update
-            .get_or_init(|| event("update", Some(&id()), data))
-            .clone()
-    }
-
+    /// `id` is only called the first time: the hot path is a clone of the cached chunk.
     pub fn update_chunk(&self, id: impl FnOnce() -> String, data: &str) -> Bytes {
         self.update_chunk
-            .get_or_init(|| super::direct::chunk(&self.update(id, data)))
+            .get_or_init(|| super::direct::chunk(&event("update", Some(&id()), data)))
             .clone()
     }
 
