@@ -407,6 +407,7 @@ async fn stream_one(
     let mut body: Vec<u8> = Vec::with_capacity(4096);
     let mut permit = Some(permit);
     let mut is_update = false;
+    let mut seen_final = false;
     raw.reserve(8192);
     loop {
         let more = if chunked {
@@ -430,10 +431,12 @@ async fn stream_one(
                     events.fetch_add(1, Ordering::Relaxed);
                     if let Some((sent, seq)) = stamp(data) {
                         let lat = (now_us() - sent).clamp(0, u32::MAX as i64) as u32;
-                        if seq == FINAL_SEQ {
-                            finals.fetch_add(1, Ordering::Relaxed);
-                        } else {
+                        if seq != FINAL_SEQ {
                             samples.lock().map(|mut v| v.push(lat)).ok();
+                        } else if !seen_final {
+                            // Once per stream: a server may send the same state twice.
+                            seen_final = true;
+                            finals.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
