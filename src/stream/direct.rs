@@ -92,11 +92,6 @@ impl Sink {
         self.lock().direct = on;
     }
 
-    /// The publish counter of the newest state written.
-    pub fn seq(&self) -> u64 {
-        self.lock().seq
-    }
-
     /// Records that the client already has the state `seq` (it was in the snapshot).
     pub fn advance(&self, seq: u64) {
         let mut state = self.lock();
