@@ -833,3 +833,47 @@ fn sse_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+/// Many viewers of one run span several delivery batches: every one of them gets each state
+/// in order (or skips to a newer one), the terminal state and `end`.
+#[tokio::test]
+async fn two_hundred_viewers_of_one_run_all_get_the_final_state_and_end() {
+    let mut settings = settings();
+    settings.max_streams_per_user = 500;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let t = token(w.owner);
+    let path = format!("/v1/runs/{run}/events");
+    let mut viewers = Vec::new();
+    for _ in 0..200 {
+        let mut s = app.sse(&path, &t).await;
+        s.expect("snapshot").await;
+        viewers.push(s);
+    }
+    for i in 1..=3 {
+        set_run(
+            app.pool(),
+            run,
+            &format!(r#"summary_counts = '{{"processed": {i}}}'"#),
+        )
+        .await;
+    }
+    set_run(app.pool(), run, "status = 'completed'").await;
+    let checks = viewers.into_iter().map(|mut s| async move {
+        let mut last = 0;
+        loop {
+            let u = s.expect("update").await;
+            let p = u.data["summary_counts"]["processed"].as_i64().unwrap();
+            assert!(p >= last, "out of order: {p} after {last}");
+            last = p;
+            if u.data["status"] == "completed" {
+                assert_eq!(p, 3);
+                break;
+            }
+        }
+        s.expect_end("terminal").await;
+    });
+    futures_util::future::join_all(checks).await;
+    app.stop().await;
+}
