@@ -153,9 +153,15 @@ impl Sink {
     }
 
     /// A non-blocking write of as much as the socket takes now (0 if it would block).
+    /// Runs once per event per stream, so no allocation: up to four parts go in one `writev`
+    /// (callers pass at most three); any beyond count as not written and stay pending.
     fn try_write(&self, parts: &[&[u8]]) -> io::Result<usize> {
-        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        match self.socket.try_write_vectored(&slices) {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = parts.len().min(slices.len());
+        for (slice, part) in slices.iter_mut().zip(parts) {
+            *slice = IoSlice::new(part);
+        }
+        match self.socket.try_write_vectored(&slices[..n]) {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             Err(e) => Err(e),
