@@ -6,11 +6,12 @@
 //! front stops accepting and waits for in-flight responses; a hard deadline stops the wait
 //! regardless.
 
-use crate::access::{Batcher, Tokens};
+use crate::access::{Batcher, Epochs, Tokens};
 use crate::config::Settings;
 use crate::http::{self, AppState, Inner};
 use crate::metrics::Metrics;
 use crate::stream::limits::StreamLimiter;
+use crate::stream::Streams;
 use crate::watch::hub::Hub;
 use crate::watch::{ListenerStatus, Watcher};
 use anyhow::Context;
@@ -85,6 +86,7 @@ impl Server {
             "set RUNWIRE_JWT_SECRET (or --jwt-secret): the HS256 secret shared with the host app",
         )?;
         let hub = Arc::new(Hub::default());
+        let epochs = Arc::new(Epochs::default());
         let metrics = Arc::new(Metrics::default());
         let status = Arc::new(ListenerStatus::default());
         let listen_options = match settings.listener_database_url.as_deref() {
@@ -99,22 +101,33 @@ impl Server {
             pool.clone(),
             listen_options,
             Arc::clone(&hub),
+            Arc::clone(&epochs),
             Arc::clone(&metrics),
             Arc::clone(&status),
             Duration::from_secs(settings.heartbeat_secs.max(1)),
         );
         let listener =
             listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
-        let state = AppState::new(Inner {
-            batcher: Batcher::start(pool.clone()),
-            pool,
+        let shutdown = CancellationToken::new();
+        let streams = Streams {
+            pool: pool.clone(),
             hub,
+            epochs,
+            batcher: Arc::new(Batcher::start(pool.clone())),
+            limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown.clone(),
+            keepalive: Duration::from_secs(settings.keepalive_secs.max(1)),
+            max_lifetime_secs: settings.max_stream_lifetime_secs,
+        };
+        let state = AppState::new(Inner {
+            pool,
+            streams,
             metrics,
             tokens: Tokens::new(secret.as_bytes()),
             listener: status,
-            limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
             settings,
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
         Ok(Server {
             listener,

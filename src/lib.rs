@@ -31,6 +31,7 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod watch;
+pub mod wire;
 
 pub use app::{connect_database, Server};
 pub use config::Settings;

@@ -28,6 +28,8 @@ pub enum CloseReason {
     lifetime,
     shutdown,
     client_gone,
+    unavailable,
+    gone,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +164,8 @@ impl Default for Metrics {
             CloseReason::lifetime,
             CloseReason::shutdown,
             CloseReason::client_gone,
+            CloseReason::unavailable,
+            CloseReason::gone,
         ] {
             let _ = m.streams_closed.get_or_create(&ReasonLabel { reason });
         }

@@ -1,14 +1,18 @@
-//! What runwire streams: the state of an operation run and of a tenant's latest review pack,
-//! and the one place that decides what "active" and "terminal" mean.
+//! What runwire streams: the state of a watched item — an operation run, or the review-pack
+//! card of a tenant (its latest pack) — and the one place that decides what "active" and
+//! "terminal" mean.
 //!
-//! States are built once per database read and shared (`Arc`) by every subscriber, so their
-//! JSON is rendered once here and never per stream.
+//! One type, [`State`], covers both kinds: everything downstream (the hub, the access gate,
+//! the streams) needs only the item's key, its owner, its event id, whether it is terminal
+//! and its JSON. States are built once per database read and shared (`Arc`) by every
+//! subscriber, so their JSON is rendered once here and never per stream.
 
-use crate::stream::sse::FrameCache;
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::FromRow;
+use std::sync::OnceLock;
 
 /// Run statuses that keep a run streaming. Everything else, unknown values included, is
 /// terminal: the host app stops polling on anything it does not recognise, and so do we.
@@ -31,6 +35,22 @@ pub fn retry_ms(created_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> u64 {
         Some(age) if age < 60_000 => 5_000,
         _ => 10_000,
     }
+}
+
+/// A watched item: a run by id, or the review-pack card of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemKey {
+    Run(i64),
+    Pack { tenant: i64 },
+}
+
+/// Who an item belongs to, as far as access is concerned. A run belongs to a workspace and
+/// maybe a tenant; a review-pack card to its tenant (whose workspace is looked up when access
+/// is decided, since a tenant can move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Run { workspace: i64, tenant: Option<i64> },
+    Pack { tenant: i64 },
 }
 
 /// One row of `operation_runs`, as read by runwire.
@@ -66,19 +86,28 @@ fn ts(t: &Option<DateTime<Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
-/// A run as streamed: the row plus its rendered JSON.
+/// An item as streamed: what access and delivery need, plus its rendered JSON.
 #[derive(Debug)]
-pub struct RunState {
-    pub id: i64,
-    pub workspace_id: i64,
-    pub tenant_id: Option<i64>,
+pub struct State {
+    pub key: ItemKey,
+    /// None once the item no longer exists (a deleted run, a deleted tenant): its streams
+    /// end with `gone`.
+    pub owner: Option<Owner>,
+    /// The SSE `id:` of this state; a new id is a new state. Runs: the version; packs:
+    /// `<pack id>.<version>` (`0.0` for "no pack"), so it changes when a newer pack replaces
+    /// the old one.
+    pub event_id: Box<str>,
+    /// A run's version (0 for packs): lets the workspace feed skip states it already sent.
     pub version: i64,
     pub terminal: bool,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     pub json: Box<RawValue>,
-    /// Its SSE frames, rendered once for all subscribers.
-    pub frames: FrameCache,
+    /// This state's `update` as direct delivery writes it, rendered by the stream layer on
+    /// first use and shared by every subscriber (10,000 viewers, one rendering).
+    pub update_wire: OnceLock<Bytes>,
+    /// The workspace feed's `update` (no id), likewise rendered once.
+    pub feed_wire: OnceLock<Bytes>,
 }
 
 #[derive(Serialize)]
@@ -98,58 +127,6 @@ struct RunJson<'a> {
     completed_at: Option<String>,
     updated_at: Option<String>,
     version: i64,
-}
-
-impl RunState {
-    pub fn from_row(row: &RunRow) -> Self {
-        let terminal = run_is_terminal(&row.status);
-        let json = RunJson {
-            kind: "operation_run",
-            id: row.id,
-            workspace_id: row.workspace_id,
-            tenant_id: row.tenant_id,
-            run_type: &row.run_type,
-            status: &row.status,
-            outcome: &row.outcome,
-            terminal,
-            summary_counts: &row.summary_counts.0,
-            created_at: ts(&row.created_at),
-            started_at: ts(&row.started_at),
-            completed_at: ts(&row.completed_at),
-            updated_at: ts(&row.updated_at),
-            version: row.version,
-        };
-        RunState {
-            id: row.id,
-            workspace_id: row.workspace_id,
-            tenant_id: row.tenant_id,
-            version: row.version,
-            terminal,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            json: render(&json),
-            frames: FrameCache::default(),
-        }
-    }
-
-    /// The SSE `id:` of this state: its version, strictly increasing per run.
-    pub fn event_id(&self) -> String {
-        self.version.to_string()
-    }
-}
-
-/// The review-pack card of one tenant: its latest pack, or none.
-#[derive(Debug)]
-pub struct PackState {
-    pub tenant_id: i64,
-    /// (pack id, version) of the latest pack; None when the tenant has no pack.
-    pub key: Option<(i64, i64)>,
-    pub terminal: bool,
-    pub created_at: Option<DateTime<Utc>>,
-    pub updated_at: Option<DateTime<Utc>>,
-    pub json: Box<RawValue>,
-    /// Its SSE frames, rendered once for all subscribers.
-    pub frames: FrameCache,
 }
 
 #[derive(Serialize)]
@@ -172,8 +149,44 @@ struct PackInner<'a> {
     version: i64,
 }
 
-impl PackState {
-    pub fn new(tenant_id: i64, pack: Option<&PackRow>) -> Self {
+impl State {
+    pub fn run(row: &RunRow) -> Self {
+        let terminal = run_is_terminal(&row.status);
+        let json = RunJson {
+            kind: "operation_run",
+            id: row.id,
+            workspace_id: row.workspace_id,
+            tenant_id: row.tenant_id,
+            run_type: &row.run_type,
+            status: &row.status,
+            outcome: &row.outcome,
+            terminal,
+            summary_counts: &row.summary_counts.0,
+            created_at: ts(&row.created_at),
+            started_at: ts(&row.started_at),
+            completed_at: ts(&row.completed_at),
+            updated_at: ts(&row.updated_at),
+            version: row.version,
+        };
+        State {
+            key: ItemKey::Run(row.id),
+            owner: Some(Owner::Run {
+                workspace: row.workspace_id,
+                tenant: row.tenant_id,
+            }),
+            event_id: row.version.to_string().into(),
+            version: row.version,
+            terminal,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            json: render(&json),
+            update_wire: OnceLock::new(),
+            feed_wire: OnceLock::new(),
+        }
+    }
+
+    /// The review-pack card of `tenant_id`: its latest pack, or none.
+    pub fn pack(tenant_id: i64, pack: Option<&PackRow>) -> Self {
         let terminal = pack.is_none_or(|p| pack_is_terminal(&p.status));
         let json = PackJson {
             kind: "review_pack",
@@ -189,22 +202,62 @@ impl PackState {
                 version: p.version,
             }),
         };
-        PackState {
-            tenant_id,
-            key: pack.map(|p| (p.id, p.version)),
+        let (id, version) = pack.map_or((0, 0), |p| (p.id, p.version));
+        State {
+            key: ItemKey::Pack { tenant: tenant_id },
+            owner: Some(Owner::Pack { tenant: tenant_id }),
+            event_id: format!("{id}.{version}").into(),
+            version,
             terminal,
             created_at: pack.and_then(|p| p.created_at),
             updated_at: pack.and_then(|p| p.updated_at),
             json: render(&json),
-            frames: FrameCache::default(),
+            update_wire: OnceLock::new(),
+            feed_wire: OnceLock::new(),
         }
     }
 
-    /// The SSE `id:` of this state, `<pack id>.<version>` (`0.0` for "no pack"): it changes
-    /// whenever the card changes, including when a newer pack replaces the old one.
-    pub fn event_id(&self) -> String {
-        let (id, version) = self.key.unwrap_or((0, 0));
-        format!("{id}.{version}")
+    /// An item that no longer exists. It has no owner, so no access decision ever admits it:
+    /// nothing of it is written, its streams end with `gone`.
+    pub fn gone(key: ItemKey) -> Self {
+        State {
+            key,
+            owner: None,
+            event_id: "gone".into(),
+            version: 0,
+            terminal: true,
+            created_at: None,
+            updated_at: None,
+            json: render(&serde_json::json!({ "gone": true })),
+            update_wire: OnceLock::new(),
+            feed_wire: OnceLock::new(),
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.owner.is_none()
+    }
+
+    /// Whether `self` says something new compared to `other` (a duplicate or forged
+    /// notification re-reads an unchanged row, which sends nothing).
+    pub fn differs_from(&self, other: &State) -> bool {
+        self.event_id != other.event_id || self.owner != other.owner
+    }
+
+    /// The run's id, for runs.
+    pub fn run_id(&self) -> Option<i64> {
+        match self.key {
+            ItemKey::Run(id) => Some(id),
+            ItemKey::Pack { .. } => None,
+        }
+    }
+
+    /// The run's workspace, for runs that exist.
+    pub fn workspace(&self) -> Option<i64> {
+        match self.owner {
+            Some(Owner::Run { workspace, .. }) => Some(workspace),
+            _ => None,
+        }
     }
 }
 
@@ -242,12 +295,19 @@ mod tests {
 
     #[test]
     fn no_pack_is_terminal_with_null_pack() {
-        let s = PackState::new(7, None);
+        let s = State::pack(7, None);
         assert!(s.terminal);
-        assert_eq!(s.event_id(), "0.0");
+        assert_eq!(&*s.event_id, "0.0");
         assert_eq!(
             s.json.get(),
             r#"{"type":"review_pack","tenant_id":7,"terminal":true,"pack":null}"#
         );
+    }
+
+    #[test]
+    fn a_gone_item_is_terminal_and_owned_by_nobody() {
+        let s = State::gone(ItemKey::Run(3));
+        assert!(s.terminal && s.is_gone());
+        assert!(s.differs_from(&State::pack(3, None)));
     }
 }

@@ -2,54 +2,84 @@
 //!
 //! Each function takes a slice of ids and answers with one round trip, so a burst of
 //! notifications or a multiplexed stream costs one query however many items it covers.
+//! Access queries return *facts* (memberships, roles); the rules that judge them live in
+//! `access::rules`, once.
 
-use crate::model::{PackRow, RunRow, ACTIVE_RUN_STATUSES};
+use crate::access::rules::Facts;
+use crate::model::{Owner, PackRow, RunRow, ACTIVE_RUN_STATUSES};
 use sqlx::{FromRow, PgExecutor};
+use std::sync::LazyLock;
 
 const RUN_COLUMNS: &str = "r.id, r.workspace_id, r.tenant_id, r.type AS run_type, r.status, \
      r.outcome, r.summary_counts, r.created_at, r.started_at, r.completed_at, r.updated_at, \
      r.version";
 
-/// Current rows of these runs (missing ids are simply absent).
-pub async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<RunRow>> {
-    sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(db)
-    .await
+/// Whether `q.user_id` is a member of the workspace `workspace` (an SQL expression).
+fn member_of(workspace: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM workspace_memberships m \
+         WHERE m.workspace_id = {workspace} AND m.user_id = q.user_id)"
+    )
 }
 
-/// A run together with what one user may do with it.
+/// `q.user_id`'s role in the tenant `tenant` (an SQL expression), NULL without one.
+fn role_in(tenant: &str) -> String {
+    format!(
+        "(SELECT tm.role FROM tenant_memberships tm \
+         WHERE tm.tenant_id = {tenant} AND tm.user_id = q.user_id)"
+    )
+}
+
+/// Current rows of these runs (missing ids are simply absent).
+pub async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<RunRow>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1)")
+    });
+    sqlx::query_as(&SQL).bind(ids).fetch_all(db).await
+}
+
+/// A run together with one user's facts towards its owner.
 #[derive(Debug, Clone, FromRow)]
 pub struct RunForUser {
     pub user_id: i64,
     #[sqlx(flatten)]
     pub run: RunRow,
     pub workspace_member: bool,
-    pub tenant_member: bool,
+    pub tenant_role: Option<String>,
 }
 
-/// Access and state for many (user, run) pairs at once: `users[i]` asks about `ids[i]`.
-/// Streams opened at about the same time share this one query (see `access::batch`).
+impl RunForUser {
+    pub fn facts(&self) -> Facts {
+        Facts {
+            workspace_member: self.workspace_member,
+            tenant_exists: true,
+            tenant_role: self.tenant_role.clone(),
+        }
+    }
+}
+
+/// State and access facts for many (user, run) pairs at once: `users[i]` asks about
+/// `ids[i]`. Streams opened at about the same time share this one query (`access::batch`).
 pub async fn runs_for_users(
     db: impl PgExecutor<'_>,
     users: &[i64],
     ids: &[i64],
 ) -> sqlx::Result<Vec<RunForUser>> {
-    sqlx::query_as(&format!(
-        "SELECT q.user_id, {RUN_COLUMNS},
-            EXISTS (SELECT 1 FROM workspace_memberships m
-                    WHERE m.workspace_id = r.workspace_id AND m.user_id = q.user_id) AS workspace_member,
-            (r.tenant_id IS NULL OR EXISTS (SELECT 1 FROM tenant_memberships tm
-                    WHERE tm.tenant_id = r.tenant_id AND tm.user_id = q.user_id)) AS tenant_member
-         FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, run_id)
-         JOIN operation_runs r ON r.id = q.run_id"
-    ))
-    .bind(users)
-    .bind(ids)
-    .fetch_all(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT q.user_id, {RUN_COLUMNS},
+                {} AS workspace_member, {} AS tenant_role
+             FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, run_id)
+             JOIN operation_runs r ON r.id = q.run_id",
+            member_of("r.workspace_id"),
+            role_in("r.tenant_id")
+        )
+    });
+    sqlx::query_as(&SQL)
+        .bind(users)
+        .bind(ids)
+        .fetch_all(db)
+        .await
 }
 
 /// A tenant's latest pack, flattened from a LEFT JOIN (all pack columns NULL when none).
@@ -87,27 +117,51 @@ const LATEST_PACK_JOIN: &str = "LEFT JOIN LATERAL (
         FROM review_packs p WHERE p.tenant_id = t.id
         ORDER BY p.created_at DESC NULLS LAST, p.id DESC LIMIT 1) lp ON true";
 
+/// The review-pack card of one tenant as the watcher reads it.
+#[derive(Debug)]
+pub struct TenantPack {
+    pub tenant_id: i64,
+    /// False once the tenant row is gone.
+    pub exists: bool,
+    pub pack: Option<PackRow>,
+}
+
+#[derive(Debug, FromRow)]
+struct TenantPackRow {
+    exists: bool,
+    #[sqlx(flatten)]
+    latest: LatestPackRow,
+}
+
 /// The latest pack of each tenant (None: the tenant has no pack).
 pub async fn latest_packs(
     db: impl PgExecutor<'_>,
     tenant_ids: &[i64],
-) -> sqlx::Result<Vec<(i64, Option<PackRow>)>> {
-    let rows: Vec<LatestPackRow> = sqlx::query_as(&format!(
-        "SELECT t.id AS tenant_id, lp.* FROM unnest($1::bigint[]) AS t(id) {LATEST_PACK_JOIN}"
-    ))
-    .bind(tenant_ids)
-    .fetch_all(db)
-    .await?;
-    Ok(rows.iter().map(|r| (r.tenant_id, r.pack())).collect())
+) -> sqlx::Result<Vec<TenantPack>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT t.id AS tenant_id, EXISTS (SELECT 1 FROM tenants x WHERE x.id = t.id) AS exists,
+                lp.*
+             FROM unnest($1::bigint[]) AS t(id) {LATEST_PACK_JOIN}"
+        )
+    });
+    let rows: Vec<TenantPackRow> = sqlx::query_as(&SQL).bind(tenant_ids).fetch_all(db).await?;
+    Ok(rows
+        .iter()
+        .map(|r| TenantPack {
+            tenant_id: r.latest.tenant_id,
+            exists: r.exists,
+            pack: r.latest.pack(),
+        })
+        .collect())
 }
 
-/// A tenant's latest pack together with what one user may do with it.
+/// A tenant's latest pack together with one user's facts towards the tenant.
 #[derive(Debug, Clone)]
 pub struct PackForUser {
     pub user_id: i64,
     pub tenant_id: i64,
-    pub workspace_member: bool,
-    pub tenant_role: Option<String>,
+    pub facts: Facts,
     pub pack: Option<PackRow>,
 }
 
@@ -120,43 +174,123 @@ struct PackForUserRow {
     latest: LatestPackRow,
 }
 
-/// Access and latest pack for many (user, tenant) pairs at once.
+/// State and access facts for many (user, tenant) pairs at once (rows of tenants that exist).
 pub async fn packs_for_users(
     db: impl PgExecutor<'_>,
     users: &[i64],
     tenant_ids: &[i64],
 ) -> sqlx::Result<Vec<PackForUser>> {
-    let rows: Vec<PackForUserRow> = sqlx::query_as(&format!(
-        "SELECT q.user_id, t.id AS tenant_id,
-            EXISTS (SELECT 1 FROM workspace_memberships m
-                    WHERE m.workspace_id = t.workspace_id AND m.user_id = q.user_id) AS workspace_member,
-            (SELECT tm.role FROM tenant_memberships tm
-                    WHERE tm.tenant_id = t.id AND tm.user_id = q.user_id) AS tenant_role,
-            lp.*
-         FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, tenant_id)
-         JOIN tenants t ON t.id = q.tenant_id {LATEST_PACK_JOIN}"
-    ))
-    .bind(users)
-    .bind(tenant_ids)
-    .fetch_all(db)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT q.user_id, t.id AS tenant_id,
+                {} AS workspace_member, {} AS tenant_role, lp.*
+             FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, tenant_id)
+             JOIN tenants t ON t.id = q.tenant_id {LATEST_PACK_JOIN}",
+            member_of("t.workspace_id"),
+            role_in("t.id")
+        )
+    });
+    let rows: Vec<PackForUserRow> = sqlx::query_as(&SQL)
+        .bind(users)
+        .bind(tenant_ids)
+        .fetch_all(db)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| PackForUser {
             user_id: r.user_id,
             tenant_id: r.latest.tenant_id,
-            workspace_member: r.workspace_member,
-            tenant_role: r.tenant_role.clone(),
             pack: r.latest.pack(),
+            facts: Facts {
+                workspace_member: r.workspace_member,
+                tenant_exists: true,
+                tenant_role: r.tenant_role,
+            },
         })
         .collect())
 }
 
-/// What a user may see of a workspace: membership, and the tenants they belong to there.
+/// One user's facts towards one owner.
+#[derive(Debug, Clone)]
+pub struct OwnerFacts {
+    pub user_id: i64,
+    pub owner: Owner,
+    pub facts: Facts,
+}
+
+#[derive(FromRow)]
+struct OwnerFactsRow {
+    user_id: i64,
+    pack: bool,
+    workspace_id: Option<i64>,
+    tenant_id: Option<i64>,
+    tenant_exists: bool,
+    workspace_member: bool,
+    tenant_role: Option<String>,
+}
+
+/// Facts for many (user, owner) pairs at once: the re-check of streams whose decisions went
+/// stale. A pack's workspace is its tenant's *current* workspace.
+pub async fn owner_facts(
+    db: impl PgExecutor<'_>,
+    users: &[i64],
+    owners: &[Owner],
+) -> sqlx::Result<Vec<OwnerFacts>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT q.user_id, q.pack, q.workspace_id, q.tenant_id,
+                (t.id IS NOT NULL) AS tenant_exists,
+                {} AS workspace_member, {} AS tenant_role
+             FROM unnest($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[])
+                  AS q(user_id, pack, workspace_id, tenant_id)
+             LEFT JOIN tenants t ON t.id = q.tenant_id",
+            member_of("CASE WHEN q.pack THEN t.workspace_id ELSE q.workspace_id END"),
+            role_in("q.tenant_id")
+        )
+    });
+    let (mut packs, mut workspaces, mut tenants) = (Vec::new(), Vec::new(), Vec::new());
+    for owner in owners {
+        let (pack, workspace, tenant) = match *owner {
+            Owner::Run { workspace, tenant } => (false, Some(workspace), tenant),
+            Owner::Pack { tenant } => (true, None, Some(tenant)),
+        };
+        packs.push(pack);
+        workspaces.push(workspace);
+        tenants.push(tenant);
+    }
+    let rows: Vec<OwnerFactsRow> = sqlx::query_as(&SQL)
+        .bind(users)
+        .bind(&packs)
+        .bind(&workspaces)
+        .bind(&tenants)
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let owner = match (r.pack, r.workspace_id, r.tenant_id) {
+                (true, _, Some(tenant)) => Owner::Pack { tenant },
+                (false, Some(workspace), tenant) => Owner::Run { workspace, tenant },
+                _ => return None,
+            };
+            Some(OwnerFacts {
+                user_id: r.user_id,
+                owner,
+                facts: Facts {
+                    workspace_member: r.workspace_member,
+                    tenant_exists: !r.pack || r.tenant_exists,
+                    tenant_role: r.tenant_role,
+                },
+            })
+        })
+        .collect())
+}
+
+/// What a user may see of a workspace: membership, and their roles in its tenants.
 #[derive(Debug, FromRow)]
 pub struct WorkspaceView {
     pub workspace_member: bool,
-    pub tenant_ids: Vec<i64>,
+    pub tenant_roles: sqlx::types::Json<Vec<(i64, String)>>,
 }
 
 pub async fn workspace_view(
@@ -167,10 +301,11 @@ pub async fn workspace_view(
     sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM workspace_memberships m
                         WHERE m.workspace_id = $1 AND m.user_id = $2) AS workspace_member,
-                ARRAY(SELECT tm.tenant_id FROM tenant_memberships tm
-                      JOIN tenants t ON t.id = tm.tenant_id
-                      WHERE t.workspace_id = $1 AND tm.user_id = $2
-                      ORDER BY tm.tenant_id) AS tenant_ids",
+                COALESCE((SELECT json_agg(json_build_array(tm.tenant_id, tm.role))
+                          FROM tenant_memberships tm
+                          JOIN tenants t ON t.id = tm.tenant_id
+                          WHERE t.workspace_id = $1 AND tm.user_id = $2), '[]'::json)
+                    AS tenant_roles",
     )
     .bind(workspace_id)
     .bind(user_id)
@@ -178,23 +313,20 @@ pub async fn workspace_view(
     .await
 }
 
-/// Active runs of a workspace that are tenantless or belong to one of `tenant_ids`.
-pub async fn active_runs(
-    db: impl PgExecutor<'_>,
-    workspace_id: i64,
-    tenant_ids: &[i64],
-) -> sqlx::Result<Vec<RunRow>> {
-    sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS} FROM operation_runs r
-         WHERE r.workspace_id = $1 AND r.status = ANY($3)
-           AND (r.tenant_id IS NULL OR r.tenant_id = ANY($2))
-         ORDER BY r.created_at DESC NULLS LAST, r.id DESC"
-    ))
-    .bind(workspace_id)
-    .bind(tenant_ids)
-    .bind(&ACTIVE_RUN_STATUSES[..])
-    .fetch_all(db)
-    .await
+/// Active runs of a workspace, newest first (the caller filters them by access).
+pub async fn active_runs(db: impl PgExecutor<'_>, workspace_id: i64) -> sqlx::Result<Vec<RunRow>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {RUN_COLUMNS} FROM operation_runs r
+             WHERE r.workspace_id = $1 AND r.status = ANY($2)
+             ORDER BY r.created_at DESC NULLS LAST, r.id DESC"
+        )
+    });
+    sqlx::query_as(&SQL)
+        .bind(workspace_id)
+        .bind(&ACTIVE_RUN_STATUSES[..])
+        .fetch_all(db)
+        .await
 }
 
 /// A workspace as a member sees it: its name and the tenants they belong to, with roles.

@@ -1,19 +1,17 @@
-//! Who may watch what. Tokens are verified in [`token`]; this module holds every
-//! 401/403/404 rule, so a single stream, a multiplexed stream, a JSON snapshot and the re-check
-//! after a membership change all decide the same way.
-//!
-//! Rules (deny-as-not-found wherever existence itself would leak):
-//! * run: missing, or user not in its workspace → 404; run has a tenant the user is not a
-//!   member of → 403; otherwise allowed (tenantless runs: any workspace member).
-//! * review pack: tenant missing, user not in the workspace, or not in the tenant → 404;
-//!   tenant role without `review_pack.view` (`readonly`) → 403.
-//! * workspace feed: non-members → 404; runs of tenants the user is not in are never shown.
+//! Who may watch what. Tokens are verified in [`token`]; the rules are in [`rules`], written
+//! once; [`epochs`] tracks when a decision goes stale and holds the gate ([`Grant::admits`])
+//! that every delivery path asks. This module reads the facts (batched, [`batch`]) and turns
+//! them into decisions, so a single stream, a multiplexed stream, a JSON snapshot, the
+//! workspace feed and every re-check decide the same way (deny-as-not-found wherever
+//! existence itself would leak).
 
 pub mod batch;
+pub mod epochs;
+pub mod rules;
 pub mod token;
 
 use crate::http::{ApiError, AppState};
-use crate::model::{PackRow, RunRow};
+use crate::model::{Owner, State};
 use crate::store;
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
@@ -21,17 +19,15 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use batch::Batcher;
+pub use epochs::{Epochs, Grant, Scope, UserAccess};
+pub use rules::{role_can_view_review_pack, AccessError};
 pub use token::{Claims, Tokens};
 
 /// Name of the cookie that carries the token for browsers (`POST /v1/session` sets it).
 pub const COOKIE_NAME: &str = "runwire_token";
-
-/// Capability `review_pack.view`, as the host app grants it per tenant role.
-pub fn role_can_view_review_pack(role: &str) -> bool {
-    matches!(role, "owner" | "manager" | "operator")
-}
 
 /// The raw token of a request: `Authorization: Bearer`, then the cookie, then `access_token`
 /// in the query (EventSource cannot send headers).
@@ -77,86 +73,110 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// Picks the refusal for a set of items: 404 wins over 403 so nothing leaks about items
-/// the caller may not even know exist.
-fn worst(a: Option<ApiError>, b: ApiError) -> Option<ApiError> {
-    match (a, b) {
-        (Some(ApiError::NotFound), _) => Some(ApiError::NotFound),
-        (_, b) => Some(b),
-    }
-}
-
-/// Authorises `user` for every run in `ids` and returns their rows in the same order.
-pub async fn authorize_runs(
+/// Reads and authorises items for `user_id`: their current states, runs then packs in
+/// request order, or the one refusal for the whole set.
+pub async fn read_items(
     batcher: &Batcher,
     user_id: i64,
-    ids: &[i64],
-) -> Result<Vec<RunRow>, ApiError> {
-    let mut found: HashMap<i64, store::RunForUser> = batcher
-        .runs(user_id, ids)
-        .await?
-        .into_iter()
-        .map(|r| (r.run.id, r))
-        .collect();
-    let mut refusal = None;
-    let mut rows = Vec::with_capacity(ids.len());
-    for id in ids {
-        match found.remove(id) {
-            None => refusal = worst(refusal, ApiError::NotFound),
-            Some(r) if !r.workspace_member => refusal = worst(refusal, ApiError::NotFound),
-            Some(r) if !r.tenant_member => refusal = worst(refusal, ApiError::Forbidden),
-            Some(r) => rows.push(r.run),
-        }
-    }
-    match refusal {
-        Some(e) => Err(e),
-        None => Ok(rows),
-    }
-}
-
-/// Authorises `user` for the review pack of every tenant in `tenant_ids`; returns each
-/// tenant's latest pack in the same order.
-pub async fn authorize_packs(
-    batcher: &Batcher,
-    user_id: i64,
+    run_ids: &[i64],
     tenant_ids: &[i64],
-) -> Result<Vec<(i64, Option<PackRow>)>, ApiError> {
-    let mut found: HashMap<i64, store::PackForUser> = batcher
-        .packs(user_id, tenant_ids)
-        .await?
-        .into_iter()
-        .map(|p| (p.tenant_id, p))
-        .collect();
+) -> Result<Vec<State>, AccessError> {
     let mut refusal = None;
-    let mut packs = Vec::with_capacity(tenant_ids.len());
-    for id in tenant_ids {
-        match found.remove(id) {
-            Some(p) if p.workspace_member => match p.tenant_role.as_deref() {
-                None => refusal = worst(refusal, ApiError::NotFound),
-                Some(role) if !role_can_view_review_pack(role) => {
-                    refusal = worst(refusal, ApiError::Forbidden)
-                }
-                Some(_) => packs.push((p.tenant_id, p.pack)),
-            },
-            _ => refusal = worst(refusal, ApiError::NotFound),
+    let mut states = Vec::with_capacity(run_ids.len() + tenant_ids.len());
+    if !run_ids.is_empty() {
+        let mut found: HashMap<i64, store::RunForUser> = batcher
+            .runs(user_id, run_ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.run.id, r))
+            .collect();
+        for id in run_ids {
+            let Some(r) = found.remove(id) else {
+                refusal = AccessError::worst(refusal, AccessError::NotFound);
+                continue;
+            };
+            let state = State::run(&r.run);
+            match state.owner.map(|o| rules::verdict(&o, &r.facts())) {
+                Some(Ok(())) => states.push(state),
+                Some(Err(e)) => refusal = AccessError::worst(refusal, e),
+                None => refusal = AccessError::worst(refusal, AccessError::NotFound),
+            }
+        }
+    }
+    if !tenant_ids.is_empty() {
+        let mut found: HashMap<i64, store::PackForUser> = batcher
+            .packs(user_id, tenant_ids)
+            .await?
+            .into_iter()
+            .map(|p| (p.tenant_id, p))
+            .collect();
+        for id in tenant_ids {
+            let Some(p) = found.remove(id) else {
+                refusal = AccessError::worst(refusal, AccessError::NotFound);
+                continue;
+            };
+            match rules::verdict(&Owner::Pack { tenant: *id }, &p.facts) {
+                Ok(()) => states.push(State::pack(*id, p.pack.as_ref())),
+                Err(e) => refusal = AccessError::worst(refusal, e),
+            }
         }
     }
     match refusal {
         Some(e) => Err(e),
-        None => Ok(packs),
+        None => Ok(states),
     }
 }
 
-/// Authorises `user` for a workspace feed; returns the tenants whose runs they may see.
-pub async fn authorize_workspace(
-    pool: &PgPool,
-    user_id: i64,
-    workspace_id: i64,
-) -> Result<Vec<i64>, ApiError> {
-    let view = store::workspace_view(pool, user_id, workspace_id).await?;
-    if view.workspace_member {
-        Ok(view.tenant_ids)
-    } else {
-        Err(ApiError::NotFound)
+/// Decides afresh whether `user` may see items of each of `owners`: a grant for each, or
+/// the refusal. The stamp is taken before the query, so a change that lands meanwhile makes
+/// the grants stale rather than wrongly current.
+pub async fn decide(
+    batcher: &Batcher,
+    user: &Arc<UserAccess>,
+    owners: &[Owner],
+) -> Result<Vec<Grant>, AccessError> {
+    let stamp = user.now();
+    let found: HashMap<Owner, store::OwnerFacts> = batcher
+        .owners(user.user_id, owners)
+        .await?
+        .into_iter()
+        .map(|f| (f.owner, f))
+        .collect();
+    let mut refusal = None;
+    let mut grants = Vec::with_capacity(owners.len());
+    for owner in owners {
+        let verdict = found.get(owner).map_or(Err(AccessError::NotFound), |f| {
+            rules::verdict(owner, &f.facts)
+        });
+        match verdict {
+            Ok(()) => grants.push(Grant::new(user, stamp, Scope::Owner(*owner))),
+            Err(e) => refusal = AccessError::worst(refusal, e),
+        }
     }
+    match refusal {
+        Some(e) => Err(e),
+        None => Ok(grants),
+    }
+}
+
+/// Decides whether `user` may follow a workspace's feed (non-members: 404), and what of it
+/// they may see.
+pub async fn decide_workspace(
+    pool: &PgPool,
+    user: &Arc<UserAccess>,
+    workspace_id: i64,
+) -> Result<Grant, AccessError> {
+    let stamp = user.now();
+    let view = store::workspace_view(pool, user.user_id, workspace_id)
+        .await
+        .map_err(|e| batch::unavailable_or_internal(&e))?;
+    if !view.workspace_member {
+        return Err(AccessError::NotFound);
+    }
+    let scope = Scope::Workspace {
+        workspace: workspace_id,
+        member: true,
+        roles: view.tenant_roles.0.into_iter().collect(),
+    };
+    Ok(Grant::new(user, stamp, scope))
 }

@@ -1,6 +1,8 @@
 //! The one error type of the HTTP API. Every refusal is JSON:
 //! `{"error":{"code":"...","message":"..."}}`.
 
+use crate::access::AccessError;
+use crate::stream::OpenError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -41,6 +43,27 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NotFound => ApiError::NotFound,
+            AccessError::Forbidden => ApiError::Forbidden,
+            AccessError::Unavailable => ApiError::Unavailable,
+            AccessError::Internal => ApiError::Internal,
+        }
+    }
+}
+
+impl From<OpenError> for ApiError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Access(e) => e.into(),
+            OpenError::TooManyStreams => ApiError::TooManyStreams,
+            OpenError::Overloaded => ApiError::Overloaded,
         }
     }
 }

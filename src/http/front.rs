@@ -12,7 +12,10 @@
 //! Anything else — other paths, other methods, HTTP/2, a request with a body — is replayed
 //! into hyper with the bytes already read, so the rest of the API is served by hyper as usual.
 
-use crate::stream::direct::Sink;
+use super::sse::StreamSlot;
+use crate::stream::sink::Sink;
+use crate::stream::Out;
+use crate::wire;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use axum::Router;
@@ -170,97 +173,47 @@ fn is_stream(req: &Request<Body>) -> bool {
         && (path.ends_with("/events") || path == "/v1/streams")
 }
 
-/// Runs the request through the router and writes the response: SSE bodies chunk by chunk,
-/// everything else (204, JSON errors) in one piece. The connection closes afterwards.
+/// Runs the request through the router and writes the response: a stream's frames as the
+/// stream's driver writes them, everything else (204, JSON errors) in one piece. The
+/// connection closes afterwards.
 ///
-/// Every write goes through the connection's [`Sink`], which single-item streams also hand to
-/// direct delivery (the watcher writing updates into the socket without waking this task).
-async fn stream(socket: TcpStream, router: Router, mut request: Request<Body>) -> io::Result<()> {
+/// Every write goes through the connection's [`Sink`], which the driver of a single-item
+/// stream also hands to direct delivery (the watcher writing updates into the socket).
+async fn stream(socket: TcpStream, router: Router, request: Request<Body>) -> io::Result<()> {
     let sink = Sink::new(socket);
-    request.extensions_mut().insert(Arc::clone(&sink));
     let Ok(response) = router.oneshot(request).await;
-    let (parts, mut body) = response.into_parts();
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(format!("HTTP/1.1 {}\r\n", parts.status).as_bytes());
-    for (name, value) in parts.headers.iter() {
-        if name == header::CONTENT_LENGTH
+    let (mut parts, body) = response.into_parts();
+    let driver = parts
+        .extensions
+        .remove::<StreamSlot>()
+        .and_then(|slot| slot.take());
+    let status = parts.status;
+    let headers = parts.headers.iter().filter_map(|(name, value)| {
+        let framing = name == header::CONTENT_LENGTH
             || name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-        {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(format!("date: {}\r\n", httpdate_now()).as_bytes());
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if !is_sse {
+            || name == header::TRANSFER_ENCODING;
+        (!framing).then(|| (name.as_str(), value.as_bytes()))
+    });
+    let reason = status.canonical_reason().unwrap_or("");
+    let Some(driver) = driver else {
         let bytes = body
             .collect()
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        if parts.status.as_u16() != 204 {
-            head.extend_from_slice(format!("content-length: {}\r\n", bytes.len()).as_bytes());
-        }
-        head.extend_from_slice(b"connection: close\r\n\r\n");
+        let head = wire::head(status.as_u16(), reason, headers, Some(bytes.len()));
         sink.write(&[&head, &bytes], None).await?;
         return close(sink).await;
-    }
-    head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    };
+    let head = wire::head(status.as_u16(), reason, headers, None);
     sink.write(&[&head], None).await?;
     // Neither outlives the head: a stream lives for hours, and the header map alone is
     // several hundred bytes.
-    drop((head, parts));
-    loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            // The client went away (or sent something we do not read): stop the stream now,
-            // not at the next keep-alive.
-            _ = client_gone(&sink) => return Ok(()),
-        };
-        let Some(Ok(frame)) = frame else { break };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        let mut size = [0u8; 18];
-        let size = chunk_size(&mut size, data.len());
-        sink.write(&[size, &data, b"\r\n"], None).await?;
-    }
-    // The stream is over (its body ended), so no delivery writes after this terminator.
-    sink.write(&[b"0\r\n\r\n"], None).await?;
+    drop((head, parts, body));
+    driver.run(Out::Socket(Arc::clone(&sink))).await;
+    // The driver has returned and closed direct delivery: nothing writes after this.
+    sink.write(&[wire::TERMINATOR], None).await?;
     close(sink).await
-}
-
-/// `<hex size>\r\n` of a chunk, without allocating.
-fn chunk_size(buf: &mut [u8; 18], len: usize) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{len:x}\r\n");
-    let n = cursor.position() as usize;
-    &buf[..n]
-}
-
-/// Resolves when the client closed its side or sent anything (streams read nothing).
-async fn client_gone(sink: &Sink) {
-    let mut probe = [0u8; 16];
-    loop {
-        if sink.socket().readable().await.is_err() {
-            return;
-        }
-        match sink.socket().try_read(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            _ => return,
-        }
-    }
 }
 
 /// Sends FIN once the response is complete. A delivery that raced with the stream's end may
@@ -270,10 +223,6 @@ async fn close(sink: Arc<Sink>) -> io::Result<()> {
         Ok(sink) => sink.into_socket().shutdown().await,
         Err(_) => Ok(()),
     }
-}
-
-fn httpdate_now() -> String {
-    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 /// Serves the connection with hyper, replaying the bytes already read.

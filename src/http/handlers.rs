@@ -1,19 +1,18 @@
 //! Request handlers. Order of checks everywhere: the id (400), the token (401), the stream
-//! limits (429/503), then access (404/403) — the last in [`crate::access`].
+//! limits (429/503), then access (404/403) — the last two in [`crate::stream`] and
+//! [`crate::access`].
 
 use super::params::{parse_id, parse_item_lists};
-use super::{ApiError, AppState};
+use super::{sse, ApiError, AppState};
 use crate::access::{self, token::now_secs, AuthUser, COOKIE_NAME};
 use crate::metrics::StreamKind;
-use crate::model::{PackState, RunState};
-use crate::stream::direct::Sink;
-use crate::stream::{items, workspace};
-use axum::extract::{Extension, Path, State};
+use crate::stream::items::{self, Opened};
+use crate::stream::workspace;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 
 type Auth = Result<AuthUser, ApiError>;
@@ -22,39 +21,32 @@ fn last_event_id(headers: &HeaderMap) -> Option<&str> {
     headers.get("last-event-id").and_then(|v| v.to_str().ok())
 }
 
-/// The permit is taken before any database work, so an over-limit client costs nothing.
-fn permit(app: &AppState, user_id: i64) -> Result<crate::stream::limits::StreamPermit, ApiError> {
-    app.limiter.acquire(user_id).inspect_err(|_| {
-        app.metrics.streams_rejected.inc();
-    })
-}
-
-/// The shared path of the item streams, after each handler parsed its ids: token, caps,
-/// subscribe-then-authorise, respond.
-#[allow(clippy::too_many_arguments)]
+/// The shared path of the item streams, after each handler parsed its ids: token, then
+/// caps, access and the stream itself (`stream::items::open`).
 async fn item_stream(
-    app: AppState,
+    app: &AppState,
     auth: Auth,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     kind: StreamKind,
-    topic: String,
     runs: &[i64],
     tenants: &[i64],
-    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let AuthUser(claims) = auth?;
-    let permit = permit(&app, claims.user_id)?;
-    let items = items::subscribe(&app, claims.user_id, runs, tenants).await?;
-    Ok(items::respond(
-        &app,
+    let topic = format!("runs:{runs:?} packs:{tenants:?}");
+    let opened = items::open(
+        &app.streams,
         claims,
         kind,
         topic,
-        items,
-        last_event_id(&headers),
-        permit,
-        sink.map(|Extension(s)| s),
-    ))
+        runs,
+        tenants,
+        last_event_id(headers),
+    )
+    .await?;
+    Ok(match opened {
+        Opened::AlreadySeen => StatusCode::NO_CONTENT.into_response(),
+        Opened::Stream(stream) => sse::response(*stream),
+    })
 }
 
 pub async fn run_events(
@@ -62,21 +54,9 @@ pub async fn run_events(
     Path(raw): Path<String>,
     auth: Auth,
     headers: HeaderMap,
-    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let run_id = parse_id(&raw, "run id")?;
-    let topic = format!("run:{run_id}");
-    item_stream(
-        app,
-        auth,
-        headers,
-        StreamKind::run,
-        topic,
-        &[run_id],
-        &[],
-        sink,
-    )
-    .await
+    item_stream(&app, auth, &headers, StreamKind::run, &[run_id], &[]).await
 }
 
 pub async fn pack_events(
@@ -84,19 +64,15 @@ pub async fn pack_events(
     Path(raw): Path<String>,
     auth: Auth,
     headers: HeaderMap,
-    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let tenant_id = parse_id(&raw, "tenant id")?;
-    let topic = format!("review_pack:{tenant_id}");
     item_stream(
-        app,
+        &app,
         auth,
-        headers,
+        &headers,
         StreamKind::review_pack,
-        topic,
         &[],
         &[tenant_id],
-        sink,
     )
     .await
 }
@@ -106,19 +82,15 @@ pub async fn multi_events(
     uri: Uri,
     auth: Auth,
     headers: HeaderMap,
-    sink: Option<Extension<Arc<Sink>>>,
 ) -> Result<Response, ApiError> {
     let lists = parse_item_lists(uri.query())?;
-    let topic = format!("runs:{:?} packs:{:?}", lists.runs, lists.tenants);
     item_stream(
-        app,
+        &app,
         auth,
-        headers,
+        &headers,
         StreamKind::multi,
-        topic,
         &lists.runs,
         &lists.tenants,
-        sink,
     )
     .await
 }
@@ -130,8 +102,8 @@ pub async fn workspace_events(
 ) -> Result<Response, ApiError> {
     let workspace_id = parse_id(&raw, "workspace id")?;
     let AuthUser(claims) = auth?;
-    let permit = permit(&app, claims.user_id)?;
-    workspace::open(&app, claims, workspace_id, permit).await
+    let stream = workspace::open(&app.streams, claims, workspace_id).await?;
+    Ok(sse::response(stream))
 }
 
 fn json_body(raw: &str) -> Response {
@@ -145,9 +117,8 @@ pub async fn run_snapshot(
 ) -> Result<Response, ApiError> {
     let run_id = parse_id(&raw, "run id")?;
     let AuthUser(claims) = auth?;
-    let rows = access::authorize_runs(&app.batcher, claims.user_id, &[run_id]).await?;
-    let state = RunState::from_row(&rows[0]);
-    Ok(json_body(state.json.get()))
+    let states = access::read_items(&app.streams.batcher, claims.user_id, &[run_id], &[]).await?;
+    Ok(json_body(states[0].json.get()))
 }
 
 pub async fn pack_snapshot(
@@ -157,11 +128,9 @@ pub async fn pack_snapshot(
 ) -> Result<Response, ApiError> {
     let tenant_id = parse_id(&raw, "tenant id")?;
     let AuthUser(claims) = auth?;
-    let packs = access::authorize_packs(&app.batcher, claims.user_id, &[tenant_id]).await?;
-    let (tenant_id, pack) = &packs[0];
-    Ok(json_body(
-        PackState::new(*tenant_id, pack.as_ref()).json.get(),
-    ))
+    let states =
+        access::read_items(&app.streams.batcher, claims.user_id, &[], &[tenant_id]).await?;
+    Ok(json_body(states[0].json.get()))
 }
 
 /// The workspace as the caller sees it (name, their tenants and roles), for dashboards.

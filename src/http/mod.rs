@@ -7,14 +7,14 @@ mod error;
 pub mod front;
 mod handlers;
 pub mod params;
+pub mod sse;
 
 pub use error::ApiError;
 
-use crate::access::{Batcher, Tokens};
+use crate::access::Tokens;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::stream::limits::StreamLimiter;
-use crate::watch::hub::Hub;
+use crate::stream::Streams;
 use crate::watch::ListenerStatus;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::routing::{get, post};
@@ -33,13 +33,11 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub pool: PgPool,
-    pub hub: Arc<Hub>,
+    /// What every stream needs: the hub, access epochs, the batcher, the caps.
+    pub streams: Streams,
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
-    /// Batches the access reads of streams opened together.
-    pub batcher: Batcher,
     pub listener: Arc<ListenerStatus>,
-    pub limiter: Arc<StreamLimiter>,
     pub settings: Settings,
     /// Cancelled at shutdown: every open stream ends (without `end`, so clients reconnect to
     /// another instance).
@@ -56,10 +54,6 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(inner: Inner) -> Self {
         AppState(Arc::new(inner))
-    }
-
-    pub fn keepalive(&self) -> Duration {
-        Duration::from_secs(self.settings.keepalive_secs.max(1))
     }
 }
 

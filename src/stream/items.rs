@@ -1,236 +1,133 @@
-//! Streams of individual items: one run, one tenant's review pack, or a set of both on one
-//! connection (`/v1/streams`). They end once every item is terminal.
+//! The source of item streams: one run, one tenant's review pack, or a set of both on one
+//! connection (`/v1/streams`). They end once every item is terminal, or as soon as one is
+//! gone.
 //!
 //! Opening one: subscribe to each item's cell *first*, then read access and state in one
-//! query per kind and seed the cells that are still empty. A change that commits between the
-//! subscription and the read reaches the cell through the watcher; versions make the overlap
-//! harmless.
+//! (batched) query and seed the cells that are still empty. A change that commits between
+//! the subscription and the read reaches the cell through the watcher; versions make the
+//! overlap harmless. The read's decisions become the items' first grants.
 
-use super::direct::{self, Sink};
-use super::sse::{self, Frame};
-use super::{Deadlines, StreamGuard};
-use crate::access::{self, Claims};
-use crate::http::{ApiError, AppState};
-use crate::metrics::{CloseReason, StreamKind};
-use crate::model::{retry_ms, PackState, RunState};
-use crate::watch::hub::{AccessSubscription, Deliverable, PackSubscription, RunSubscription};
-use crate::watch::publish_initial;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use super::driver::{Source, Step, Stream};
+use super::sink::Sink;
+use super::{sse, Deadlines, OpenError, StreamGuard, Streams};
+use crate::access::{self, AccessError, Claims, Grant, Scope, UserAccess};
+use crate::metrics::StreamKind;
+use crate::model::{retry_ms, ItemKey, Owner, State};
+use crate::watch::hub::{Cell, Direct, ItemSubscription};
+use chrono::Utc;
 use futures_util::future::select_all;
 use futures_util::FutureExt;
 use std::sync::Arc;
 
 /// One watched item of a stream.
-pub enum Item {
-    Run(RunSubscription),
-    Pack(PackSubscription),
+struct Entry {
+    sub: ItemSubscription,
+    /// The decision that covers the item's owner (as it was when decided).
+    grant: Grant,
+    /// The newest state written, None before its snapshot.
+    sent: Option<Arc<State>>,
 }
 
-/// An item's current state.
-enum View {
-    Run(Arc<RunState>),
-    Pack(Arc<PackState>),
-}
-
-impl View {
-    fn id(&self) -> String {
-        match self {
-            View::Run(s) => s.event_id(),
-            View::Pack(s) => s.event_id(),
-        }
-    }
-    fn terminal(&self) -> bool {
-        match self {
-            View::Run(s) => s.terminal,
-            View::Pack(s) => s.terminal,
-        }
-    }
-    fn created_at(&self) -> Option<DateTime<Utc>> {
-        match self {
-            View::Run(s) => s.created_at,
-            View::Pack(s) => s.created_at,
-        }
-    }
-    fn json(&self) -> &str {
-        match self {
-            View::Run(s) => s.json.get(),
-            View::Pack(s) => s.json.get(),
-        }
-    }
-    /// The `update` frame as an HTTP/1.1 chunk, as direct delivery writes it.
-    fn update_chunk(&self) -> bytes::Bytes {
-        match self {
-            View::Run(s) => s.update_chunk(),
-            View::Pack(s) => s.update_chunk(),
-        }
-    }
-    /// The frame for this state: a single item's stream carries the state's own id, a set's
-    /// the position of the whole set.
-    fn frame(&self, name: &str, position: Option<&str>, single: bool) -> Frame {
-        if single {
-            return sse::event(name, Some(&self.id()), self.json());
-        }
-        sse::event(name, position, self.json())
-    }
-}
-
-impl Item {
-    /// The newest state, marking it seen. Cells are seeded before a stream starts, so the
-    /// value is always there.
-    fn current(&mut self) -> View {
-        const SEEDED: &str = "cell seeded before streaming";
-        match self {
-            Item::Run(rx) => View::Run(rx.borrow_and_update().clone().expect(SEEDED)),
-            Item::Pack(rx) => View::Pack(rx.borrow_and_update().clone().expect(SEEDED)),
-        }
+impl Entry {
+    /// The cell's newest state and its publish counter. Cells are seeded before a stream
+    /// starts, so the value is always there.
+    fn newest(&mut self) -> (u64, Arc<State>) {
+        self.sub.borrow_and_update();
+        let (seq, state) = self.sub.channel().current();
+        (seq, state.expect("cell seeded before streaming"))
     }
 
-    fn tag(&self) -> (char, i64) {
-        match self {
-            Item::Run(s) => ('r', s.key()),
-            Item::Pack(s) => ('p', s.key()),
-        }
-    }
-
-    /// The cell's newest state and its publish counter (None only if the cell is gone).
-    fn latest(&self, app: &AppState) -> Option<(u64, View)> {
-        match self {
-            Item::Run(s) => app
-                .hub
-                .runs
-                .with(&s.key(), |c| c.current())
-                .and_then(|(seq, state)| Some((seq, View::Run(state?)))),
-            Item::Pack(s) => app
-                .hub
-                .packs
-                .with(&s.key(), |c| c.current())
-                .and_then(|(seq, state)| Some((seq, View::Pack(state?)))),
-        }
-    }
-
-    /// Attaches `sink` to the item's cell for direct delivery until the returned guard drops.
-    fn attach(&self, app: &AppState, sink: &Arc<Sink>) -> Attachment {
-        let slot = match self {
-            Item::Run(s) => app.hub.runs.with(&s.key(), |c| c.attach(sink)),
-            Item::Pack(s) => app.hub.packs.with(&s.key(), |c| c.attach(sink)),
-        };
-        Attachment {
-            app: app.clone(),
-            tag: self.tag(),
-            slot,
-        }
-    }
-
-    /// Resolves when the cell holds a state this subscriber has not seen.
-    async fn changed(&mut self) -> bool {
-        match self {
-            Item::Run(rx) => rx.changed().await.is_ok(),
-            Item::Pack(rx) => rx.changed().await.is_ok(),
-        }
+    fn unsent(&self, newest: &State) -> bool {
+        self.sent.as_ref().is_none_or(|s| newest.differs_from(s))
     }
 }
 
 /// A sink's place in its cell; detaches (and stops direct delivery) on drop.
 struct Attachment {
-    app: AppState,
-    tag: (char, i64),
-    slot: Option<usize>,
+    cell: Arc<Cell>,
+    slot: usize,
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        let Some(slot) = self.slot else { return };
-        match self.tag {
-            ('r', key) => self.app.hub.runs.with(&key, |c| c.detach(slot)),
-            (_, key) => self.app.hub.packs.with(&key, |c| c.detach(slot)),
-        };
+        self.cell.detach(self.slot);
     }
 }
 
-/// Waits for any item to change; returns its index (None if a cell closed, which only
-/// happens if the hub itself is gone).
-async fn next_change(items: &mut [Item]) -> Option<usize> {
-    if let [only] = items {
-        return only.changed().await.then_some(0);
-    }
-    let (ok, index, _) = select_all(items.iter_mut().map(|i| i.changed().boxed())).await;
-    ok.then_some(index)
+pub struct Items {
+    entries: Vec<Entry>,
+    /// Direct delivery, for a single item on a socket.
+    direct: Option<(Arc<Sink>, Attachment)>,
 }
 
-/// The SSE `id:` of the stream's current position: the item's own id for a single item (a
-/// run's version), a digest of every item's id for a set.
-fn position(items: &[Item], views: &[View]) -> String {
-    if let [view] = views {
-        return view.id();
-    }
-    // FNV-1a: stable across processes and instances, so any instance can answer 204.
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for (item, view) in items.iter().zip(views) {
-        let (kind, key) = item.tag();
-        for b in format!("{kind}{key}:{};", view.id()).bytes() {
-            hash ^= b as u64;
-            hash = hash.wrapping_mul(0x100000001b3);
-        }
-    }
-    format!("{hash:016x}")
+/// What opening an item stream gave.
+pub enum Opened {
+    /// The client's `Last-Event-ID` is the final position already: 204, nothing to stream.
+    AlreadySeen,
+    Stream(Box<Stream>),
 }
 
-/// Subscribes to the cells of these runs and tenants' packs, checks access (404/403 before
-/// anything streams) and seeds the cells.
-pub async fn subscribe(
-    app: &AppState,
-    user_id: i64,
+/// Opens a stream of these runs and tenants' review packs: caps (429/503), then access
+/// (404/403 before anything streams, for the whole set), then the cells.
+pub async fn open(
+    streams: &Streams,
+    claims: Claims,
+    kind: StreamKind,
+    topic: String,
     run_ids: &[i64],
     tenant_ids: &[i64],
-) -> Result<Vec<Item>, ApiError> {
-    let mut items = Vec::with_capacity(run_ids.len() + tenant_ids.len());
-    items.extend(
-        run_ids
-            .iter()
-            .map(|id| Item::Run(app.hub.runs.subscribe(*id))),
+    last_event_id: Option<&str>,
+) -> Result<Opened, OpenError> {
+    let permit = streams.permit(claims.user_id)?;
+    let user = streams.epochs.user(claims.user_id);
+    let keys = run_ids
+        .iter()
+        .map(|id| ItemKey::Run(*id))
+        .chain(tenant_ids.iter().map(|t| ItemKey::Pack { tenant: *t }));
+    let subs: Vec<ItemSubscription> = keys.map(|k| streams.hub.items.subscribe(k)).collect();
+    let stamp = user.now();
+    let states = access::read_items(&streams.batcher, claims.user_id, run_ids, tenant_ids).await?;
+    let mut entries = Vec::with_capacity(subs.len());
+    for (sub, state) in subs.into_iter().zip(states) {
+        let owner = state.owner.ok_or(AccessError::NotFound)?;
+        let grant = Grant::new(&user, stamp, Scope::Owner(owner));
+        sub.channel().publish_initial(Arc::new(state));
+        entries.push(Entry {
+            sub,
+            grant,
+            sent: None,
+        });
+    }
+    let mut items = Items {
+        entries,
+        direct: None,
+    };
+    let newest: Vec<Arc<State>> = items.entries.iter_mut().map(|e| e.newest().1).collect();
+    if newest.iter().all(|s| s.terminal) && already_seen(last_event_id, &position(&newest)) {
+        return Ok(Opened::AlreadySeen);
+    }
+    // The youngest item sets the pace: fresh work changes fast.
+    let now = Utc::now();
+    let retry = newest
+        .iter()
+        .map(|s| retry_ms(s.created_at, now))
+        .min()
+        .unwrap_or(10_000);
+    let guard = StreamGuard::new(
+        Arc::clone(&streams.metrics),
+        kind,
+        claims.user_id,
+        topic,
+        permit,
     );
-    items.extend(
-        tenant_ids
-            .iter()
-            .map(|id| Item::Pack(app.hub.packs.subscribe(*id))),
-    );
-    if !run_ids.is_empty() {
-        for row in access::authorize_runs(&app.batcher, user_id, run_ids).await? {
-            let state = Arc::new(RunState::from_row(&row));
-            app.hub
-                .runs
-                .with(&row.id, |cell| publish_initial(cell, state));
-        }
-    }
-    if !tenant_ids.is_empty() {
-        for (tenant_id, pack) in access::authorize_packs(&app.batcher, user_id, tenant_ids).await? {
-            let state = Arc::new(PackState::new(tenant_id, pack.as_ref()));
-            app.hub
-                .packs
-                .with(&tenant_id, |cell| publish_initial(cell, state));
-        }
-    }
-    Ok(items)
-}
-
-/// Re-checks access to every item (after the user's memberships changed).
-async fn still_allowed(app: &AppState, user_id: i64, items: &[Item]) -> Result<(), ApiError> {
-    let (mut runs, mut tenants) = (Vec::new(), Vec::new());
-    for item in items {
-        match item {
-            Item::Run(s) => runs.push(s.key()),
-            Item::Pack(s) => tenants.push(s.key()),
-        }
-    }
-    if !runs.is_empty() {
-        access::authorize_runs(&app.batcher, user_id, &runs).await?;
-    }
-    if !tenants.is_empty() {
-        access::authorize_packs(&app.batcher, user_id, &tenants).await?;
-    }
-    Ok(())
+    Ok(Opened::Stream(Box::new(Stream {
+        streams: streams.clone(),
+        user,
+        deadlines: Deadlines::new(claims.exp, streams.max_lifetime_secs),
+        guard,
+        retry_ms: retry,
+        source: Source::Items(items),
+    })))
 }
 
 /// Whether a reconnecting client's `Last-Event-ID` is exactly the stream's current position.
@@ -239,247 +136,137 @@ pub fn already_seen(last_event_id: Option<&str>, position: &str) -> bool {
     last_event_id.is_some_and(|seen| seen.trim() == position)
 }
 
-enum Wake {
-    Changed(usize),
-    AccessChanged,
-    KeepAlive,
-    TokenExpired,
-    Lifetime,
-    Shutdown,
-    Gone,
-}
-
-/// A single-item stream on direct delivery: takes over when a delivery hands it the stream
-/// (slow client, terminal state, contention), and does everything besides updates. Returns
-/// how it ended; `end` is written here, the body's terminator by the connection front.
-#[allow(clippy::too_many_arguments)]
-async fn direct_stream(
-    app: &AppState,
-    user_id: i64,
-    item: &Item,
-    snapshot: &View,
-    sink: &Arc<Sink>,
-    deadlines: &Deadlines,
-    keepalive: std::time::Duration,
-    access_epoch: &mut AccessSubscription,
-    guard: &StreamGuard,
-) -> CloseReason {
-    let _attachment = item.attach(app, sink);
-    // The cell may have moved on since the snapshot was read.
-    match item.latest(app) {
-        Some((seq, latest)) if latest.id() == snapshot.id() => sink.advance(seq),
-        _ => sink.hand_over(),
+/// The SSE `id:` of a stream's position: the item's own id for a single item (a run's
+/// version), a digest of every item's id for a set.
+fn position(states: &[Arc<State>]) -> String {
+    if let [state] = states {
+        return state.event_id.to_string();
     }
-    // One timer for the token's expiry, the lifetime and the keep-alive (the earliest of
-    // them): a stream is mostly waiting, and every timer is memory per stream.
-    let next_deadline = |last_write: tokio::time::Instant| {
-        let mut at = deadlines.token_expires.min(last_write + keepalive);
-        if let Some(ends) = deadlines.lifetime_ends {
-            at = at.min(ends);
-        }
-        at
-    };
-    let shutdown = app.shutdown.cancelled();
-    let timer = tokio::time::sleep_until(next_deadline(sink.last_write()));
-    tokio::pin!(shutdown, timer);
-    let end = |reason: &str| direct::chunk(&sse::end(reason));
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => return CloseReason::shutdown,
-            _ = &mut timer => {
-                let now = tokio::time::Instant::now();
-                if now >= deadlines.token_expires {
-                    sink.set_direct(false);
-                    let _ = sink.write(&[&end("token_expired")], None).await;
-                    return CloseReason::token_expired;
-                }
-                if deadlines.lifetime_ends.is_some_and(|ends| now >= ends) {
-                    return CloseReason::lifetime;
-                }
-                // Keep-alive only after `keepalive` of silence: events count as traffic.
-                if now >= sink.last_write() + keepalive
-                    && sink.write(&[&direct::chunk(&sse::keepalive())], None).await.is_err()
-                {
-                    return CloseReason::client_gone;
-                }
-                timer.as_mut().reset(next_deadline(sink.last_write()));
-            }
-            r = access_epoch.changed() => {
-                if r.is_err() {
-                    return CloseReason::shutdown;
-                }
-                if let Err(ApiError::Forbidden | ApiError::NotFound) =
-                    Box::pin(still_allowed(app, user_id, std::slice::from_ref(item))).await
-                {
-                    sink.set_direct(false);
-                    let _ = sink.write(&[&end("forbidden")], None).await;
-                    return CloseReason::forbidden;
-                }
-            }
-            _ = sink.handed_over() => {
-                // Finish what a delivery left, then skip to the newest state.
-                if sink.flush().await.is_err() {
-                    return CloseReason::client_gone;
-                }
-                let Some((seq, latest)) = item.latest(app) else {
-                    return CloseReason::shutdown;
-                };
-                let terminal = latest.terminal();
-                if terminal {
-                    sink.set_direct(false);
-                }
-                match sink.write(&[&latest.update_chunk()], Some(seq)).await {
-                    Ok(true) => guard.sent(1),
-                    Ok(false) => {}
-                    Err(_) => return CloseReason::client_gone,
-                }
-                if terminal {
-                    let _ = sink.write(&[&end("terminal")], None).await;
-                    return CloseReason::terminal;
-                }
-            }
-        }
-    }
-}
-
-/// Answers a stream request for already subscribed and authorised `items`: `204 No Content`
-/// when the client already saw the final state (`Last-Event-ID`), the SSE stream otherwise.
-#[allow(clippy::too_many_arguments)]
-pub fn respond(
-    app: &AppState,
-    claims: Claims,
-    kind: StreamKind,
-    topic: String,
-    mut items: Vec<Item>,
-    last_event_id: Option<&str>,
-    guard_permit: super::limits::StreamPermit,
-    sink: Option<Arc<Sink>>,
-) -> Response {
-    let views: Vec<View> = items.iter_mut().map(Item::current).collect();
-    let at = position(&items, &views);
-    let all_terminal = views.iter().all(View::terminal);
-    if all_terminal && already_seen(last_event_id, &at) {
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    // The youngest item sets the pace: fresh work changes fast.
-    let now = Utc::now();
-    let retry = views
-        .iter()
-        .map(|v| retry_ms(v.created_at(), now))
-        .min()
-        .unwrap_or(10_000);
-
-    let app = app.clone();
-    let mut guard = StreamGuard::new(
-        Arc::clone(&app.metrics),
-        kind,
-        claims.user_id,
-        topic,
-        guard_permit,
-    );
-    let deadlines = Deadlines::new(claims.exp, app.settings.max_stream_lifetime_secs);
-    let mut access_epoch = app.hub.access.subscribe(claims.user_id);
-    let shutdown = app.shutdown.clone();
-    let keepalive = app.keepalive();
-    let single = items.len() == 1;
-    // Direct delivery for single-item streams served by the connection front (which hands
-    // over the socket's sink); sets and hyper-served streams wake their task per change.
-    if let Some(sink) = sink.filter(|_| single && !all_terminal) {
-        // Its own generator: a stream on direct delivery carries none of the loop below.
-        let frames = async_stream::stream! {
-            yield sse::retry(retry);
-            yield views[0].frame("snapshot", None, true);
-            guard.sent(1);
-            // Both frames are on the wire (the front writes each before asking for the next):
-            // from here on the socket is written through the sink, by deliveries and by
-            // this task.
-            let reason = direct_stream(
-                &app, claims.user_id, &items[0], &views[0], &sink, &deadlines, keepalive,
-                &mut access_epoch, &guard,
-            )
-            .await;
-            guard.close(reason);
+    // FNV-1a: stable across processes and instances, so any instance can answer 204.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for state in states {
+        let (kind, key) = match state.key {
+            ItemKey::Run(id) => ('r', id),
+            ItemKey::Pack { tenant } => ('p', tenant),
         };
-        return sse::response(frames);
+        for b in format!("{kind}{key}:{};", state.event_id).bytes() {
+            hash ^= b as u64;
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+impl Items {
+    fn single(&self) -> bool {
+        self.entries.len() == 1
     }
 
-    let frames = async_stream::stream! {
-        yield sse::retry(retry);
-        let mut views = views;
-        for (i, view) in views.iter().enumerate() {
-            // Only the last snapshot carries the position: a client cut off halfway through
-            // a set must not claim to have seen all of it.
-            let id = (i + 1 == views.len()).then_some(at.as_str());
-            yield view.frame("snapshot", id, single);
+    /// What is pending, in order: the end if an item is gone; a decision if any newest state
+    /// is not admitted by its grant; else the next unsent state, as a snapshot (before the
+    /// first) or an update; else the end once every item is terminal.
+    pub(super) fn step(&mut self) -> Step {
+        let newest: Vec<(u64, Arc<State>)> = self.entries.iter_mut().map(Entry::newest).collect();
+        if newest.iter().any(|(_, s)| s.is_gone()) {
+            return Step::End(super::driver::End::Gone);
         }
-        guard.sent(views.len() as u64);
-        let mut done = all_terminal;
-        // Long-lived futures are created once, not on every wake-up: a stream may wake
-        // thousands of times, and each of these registers with a timer or a shared list.
-        let shutdown = shutdown.cancelled();
-        let token_expiry = tokio::time::sleep_until(deadlines.token_expires);
-        let lifetime = deadlines.lifetime();
-        // The keep-alive timer is re-armed lazily from `last_sent` when it fires, not reset on
-        // every event: a reset is a timer-wheel operation per event per stream.
-        let mut last_sent = tokio::time::Instant::now();
-        let idle = tokio::time::sleep(keepalive);
-        tokio::pin!(shutdown, token_expiry, lifetime, idle);
-        while !done {
-            let wake = tokio::select! {
-                biased;
-                _ = &mut shutdown => Wake::Shutdown,
-                _ = &mut token_expiry => Wake::TokenExpired,
-                _ = &mut lifetime => Wake::Lifetime,
-                r = access_epoch.changed() => if r.is_ok() { Wake::AccessChanged } else { Wake::Gone },
-                i = next_change(&mut items) => i.map_or(Wake::Gone, Wake::Changed),
-                _ = &mut idle => Wake::KeepAlive,
-            };
-            match wake {
-                Wake::Changed(i) => {
-                    views[i] = items[i].current();
-                    let at = if single { None } else { Some(position(&items, &views)) };
-                    yield views[i].frame("update", at.as_deref(), single);
-                    guard.sent(1);
-                    done = views.iter().all(View::terminal);
-                }
-                Wake::KeepAlive => {
-                    let due = last_sent + keepalive;
-                    if tokio::time::Instant::now() < due {
-                        idle.as_mut().reset(due);
-                        continue;
-                    }
-                    yield sse::keepalive();
-                    idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
-                }
-                Wake::AccessChanged => {
-                    if let Err(ApiError::Forbidden | ApiError::NotFound) =
-                        still_allowed(&app, claims.user_id, &items).await
-                    {
-                        yield sse::end("forbidden");
-                        guard.close(CloseReason::forbidden);
-                        return;
-                    }
-                    continue;
-                }
-                Wake::TokenExpired => {
-                    yield sse::end("token_expired");
-                    guard.close(CloseReason::token_expired);
-                    return;
-                }
-                Wake::Lifetime => {
-                    guard.close(CloseReason::lifetime);
-                    return;
-                }
-                Wake::Shutdown | Wake::Gone => {
-                    guard.close(CloseReason::shutdown);
-                    return;
+        let admitted = |(e, (_, s)): (&Entry, &(u64, Arc<State>))| e.grant.admits(s.owner.as_ref());
+        if !self.entries.iter().zip(&newest).all(admitted) {
+            return Step::Decide;
+        }
+        let next = self
+            .entries
+            .iter()
+            .zip(&newest)
+            .position(|(e, (_, s))| e.unsent(s));
+        let Some(i) = next else {
+            if newest.iter().all(|(_, s)| s.terminal) {
+                return Step::End(super::driver::End::Terminal);
+            }
+            return Step::Idle;
+        };
+        let (seq, state) = &newest[i];
+        let name = if self.entries[i].sent.is_some() {
+            "update"
+        } else {
+            "snapshot"
+        };
+        self.entries[i].sent = Some(Arc::clone(state));
+        if self.single() {
+            let frame = sse::event(name, Some(&state.event_id), state.json.get());
+            return Step::Write(frame, Some(*seq));
+        }
+        // A set's id is its whole position, and only once every item has been sent: a
+        // client cut off halfway through the snapshots must not claim to have seen them all.
+        let sent: Option<Vec<Arc<State>>> = self.entries.iter().map(|e| e.sent.clone()).collect();
+        let id = sent.map(|sent| position(&sent));
+        Step::Write(sse::event(name, id.as_deref(), state.json.get()), None)
+    }
+
+    /// Decides afresh for the owners of the newest states that their grants do not admit.
+    pub(super) async fn decide(
+        &mut self,
+        streams: &Streams,
+        user: &Arc<UserAccess>,
+    ) -> Result<(), AccessError> {
+        let mut owners: Vec<Owner> = Vec::new();
+        for entry in &mut self.entries {
+            let (_, state) = entry.newest();
+            if let Some(owner) = state.owner {
+                if !entry.grant.admits(Some(&owner)) && !owners.contains(&owner) {
+                    owners.push(owner);
                 }
             }
-            last_sent = tokio::time::Instant::now();
         }
-        yield sse::end("terminal");
-        guard.close(CloseReason::terminal);
-    };
-    sse::response(frames)
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let grants = access::decide(&streams.batcher, user, &owners).await?;
+        for entry in &mut self.entries {
+            let (_, state) = entry.newest();
+            let covering = grants
+                .iter()
+                .find(|g| state.owner.is_some_and(|o| g.scope == Scope::Owner(o)));
+            if let Some(grant) = covering {
+                entry.grant = grant.clone();
+            }
+        }
+        if let Some((sink, _)) = &self.direct {
+            sink.admit(Some(self.entries[0].grant.clone()));
+        }
+        Ok(())
+    }
+
+    /// Switches a single item on a socket to direct delivery, once its snapshot is written.
+    pub(super) fn attach(&mut self, sink: &Arc<Sink>) {
+        let [entry] = &mut self.entries[..] else {
+            return;
+        };
+        if entry.sent.as_ref().is_none_or(|s| s.terminal) {
+            return;
+        }
+        sink.admit(Some(entry.grant.clone()));
+        let cell = Arc::clone(entry.sub.channel());
+        let slot = cell.attach(Arc::clone(sink) as Arc<dyn Direct>);
+        self.direct = Some((Arc::clone(sink), Attachment { cell, slot }));
+        // Anything published before the attachment is the driver's: it looks again now.
+        sink.hand_over();
+    }
+
+    /// Resolves when an item may have a new state (false: a cell closed, which only happens
+    /// if the hub itself is gone). On direct delivery only the sink's hand-overs wake it.
+    pub(super) async fn changed(&mut self) -> bool {
+        if let Some((sink, _)) = &self.direct {
+            sink.handed_over().await;
+            // Finish what a delivery left half-written; a failure shows at the next write.
+            let _ = sink.flush().await;
+            return true;
+        }
+        if let [only] = &mut self.entries[..] {
+            return only.sub.changed().await.is_ok();
+        }
+        let waits = self.entries.iter_mut().map(|e| e.sub.changed().boxed());
+        let (ok, _, _) = select_all(waits).await;
+        ok.is_ok()
+    }
 }

@@ -1,7 +1,7 @@
 //! Stream caps: per user (429) and per process (503). A permit is taken before any database
 //! work and released when the stream's guard drops, however the stream ends.
 
-use crate::http::ApiError;
+use super::OpenError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -26,14 +26,14 @@ impl StreamLimiter {
         })
     }
 
-    pub fn acquire(self: &Arc<Self>, user_id: i64) -> Result<StreamPermit, ApiError> {
+    pub fn acquire(self: &Arc<Self>, user_id: i64) -> Result<StreamPermit, OpenError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.global {
-            return Err(ApiError::Overloaded);
+            return Err(OpenError::Overloaded);
         }
         let mine = open.by_user.entry(user_id).or_default();
         if *mine >= self.per_user {
-            return Err(ApiError::TooManyStreams);
+            return Err(OpenError::TooManyStreams);
         }
         *mine += 1;
         open.total += 1;

@@ -2,26 +2,76 @@
 //!
 //! Every stream speaks the same protocol (docs/api.md): a `retry:` hint, `event: snapshot`
 //! with the current state, `event: update` on each change, and `event: end` with a reason
-//! once there is nothing more to say. All SSE formatting lives in [`sse`]; the per-item
-//! streams (one run, one pack, or a set of both) are in [`items`]; the workspace feed, which
-//! never ends because runs finish, is in [`workspace`].
+//! once there is nothing more to say. All SSE formatting lives in [`sse`].
 //!
-//! Streams read the hub's cells and never talk to the listener. A stream ends by returning:
-//! the guard it owns records why, and the client going away drops it mid-flight.
+//! Every stream runs in one [`driver`]: it owns the writes, the access gate, the deadlines
+//! (token expiry, lifetime, keep-alive: one timer) and shutdown. What a stream watches is its
+//! *source*: [`items`] (one run, one pack, or a set of both, ending once all are terminal) or
+//! [`workspace`] (the workspace feed, which never ends because runs finish). Sources only say
+//! what changed, whether the stream's access decisions cover it, and how it renders.
+//! [`sink`] is the driver's fast path: the watcher writes a single item's update straight
+//! into the socket, through the same gate.
+//!
+//! Streams read the hub's cells and never talk to the listener.
 
-pub mod direct;
+pub mod driver;
 pub mod items;
 pub mod limits;
+pub mod sink;
 pub mod sse;
 pub mod workspace;
 
 use crate::access::token::now_secs;
+use crate::access::{AccessError, Batcher, Epochs};
 use crate::metrics::{CloseReason, KindLabel, Metrics, ReasonLabel, StreamKind};
-use limits::StreamPermit;
+use crate::watch::hub::Hub;
+use limits::{StreamLimiter, StreamPermit};
 use rand::Rng;
+use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use driver::{Out, Stream};
+
+/// Everything streams need, cheap to clone.
+#[derive(Clone)]
+pub struct Streams {
+    pub pool: PgPool,
+    pub hub: Arc<Hub>,
+    pub epochs: Arc<Epochs>,
+    /// Batches the access reads of streams opened (or re-checked) together.
+    pub batcher: Arc<Batcher>,
+    pub limiter: Arc<StreamLimiter>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: every open stream ends (without `end`, so clients reconnect to
+    /// another instance).
+    pub shutdown: CancellationToken,
+    pub keepalive: Duration,
+    pub max_lifetime_secs: u64,
+}
+
+impl Streams {
+    /// A stream slot for `user_id`, taken before any database work, so an over-limit client
+    /// costs nothing.
+    fn permit(&self, user_id: i64) -> Result<StreamPermit, OpenError> {
+        self.limiter.acquire(user_id).inspect_err(|_| {
+            self.metrics.streams_rejected.inc();
+        })
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("too many open streams for this user")]
+    TooManyStreams,
+    #[error("the server is at its stream limit")]
+    Overloaded,
+}
 
 /// Owned by each open stream: counts it open, and records how it closed.
 pub struct StreamGuard {
@@ -90,10 +140,14 @@ pub struct Deadlines {
     pub lifetime_ends: Option<Instant>,
 }
 
+/// Further out than any stream lives; keeps far-future token expiries from overflowing.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl Deadlines {
     pub fn new(token_exp: u64, max_lifetime_secs: u64) -> Self {
         let now = Instant::now();
-        let token_expires = now + Duration::from_secs(token_exp.saturating_sub(now_secs()));
+        let left = Duration::from_secs(token_exp.saturating_sub(now_secs())).min(FAR_FUTURE);
+        let token_expires = now + left;
         let lifetime_ends = (max_lifetime_secs > 0).then(|| {
             let secs = max_lifetime_secs as f64 * rand::thread_rng().gen_range(0.9..1.1);
             now + Duration::from_secs_f64(secs)
@@ -101,17 +155,6 @@ impl Deadlines {
         Deadlines {
             token_expires,
             lifetime_ends,
-        }
-    }
-
-    /// Resolves when the lifetime is over (never, without one).
-    pub fn lifetime(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let ends = self.lifetime_ends;
-        async move {
-            match ends {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
         }
     }
 }

@@ -1,16 +1,9 @@
-//! The one place that formats SSE messages.
-//!
-//! Messages are rendered to `Bytes` frames. A state's `update` is rendered once per state and
-//! shared by every subscriber through [`FrameCache`] (a run with 10,000 watchers formats its
-//! update once, not 10,000 times).
+//! The one place that formats SSE messages. Messages are rendered to `Bytes` frames; the
+//! frames a state shares with every subscriber are rendered once, into the state (a run with
+//! 10,000 watchers formats its update once, not 10,000 times).
 
-use axum::body::Body;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use crate::model::State;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
-use std::convert::Infallible;
-use std::sync::OnceLock;
 
 /// One SSE message, ready to write.
 pub type Frame = Bytes;
@@ -49,56 +42,24 @@ pub fn event(name: &str, id: Option<&str>, data: &str) -> Frame {
     out.freeze()
 }
 
-/// Why a stream ended: `terminal`, `forbidden` or `token_expired`.
+/// Why a stream ended: `terminal`, `forbidden`, `token_expired`, `unavailable` or `gone`.
 pub fn end(reason: &str) -> Frame {
     event("end", None, &format!(r#"{{"reason":"{reason}"}}"#))
 }
 
-/// The frames of one state that are worth sharing, rendered on first use. Snapshots are not
-/// cached: each is written once per subscriber anyway, and a cached copy would stay in memory
-/// for as long as anyone watches the item (with one viewer per run, that is a second copy of
-/// every run's JSON).
-#[derive(Debug, Default)]
-pub struct FrameCache {
-    /// The `update` with the state's id as an HTTP/1.1 chunk, as direct delivery writes it to
-    /// every subscriber.
-    update_chunk: OnceLock<Bytes>,
-    /// An `update` without an id, as the workspace feed sends it.
-    feed_update: OnceLock<Frame>,
+/// A state's `update` with its own id, as one HTTP/1.1 chunk: what direct delivery writes
+/// into every viewer's socket, rendered on first use.
+pub fn update_chunk(state: &State) -> &Bytes {
+    state.update_wire.get_or_init(|| {
+        crate::wire::chunk(&event("update", Some(&state.event_id), state.json.get()))
+    })
 }
 
-impl FrameCache {
-    /// `id` is only called the first time: the hot path is a clone of the cached chunk.
-    pub fn update_chunk(&self, id: impl FnOnce() -> String, data: &str) -> Bytes {
-        self.update_chunk
-            .get_or_init(|| super::direct::chunk(&event("update", Some(&id()), data)))
-            .clone()
-    }
-
-    pub fn feed_update(&self, data: &str) -> Frame {
-        self.feed_update
-            .get_or_init(|| event("update", None, data))
-            .clone()
-    }
-}
-
-/// The streaming response: SSE headers, and `X-Accel-Buffering: no` so nginx-style proxies
-/// pass events through immediately.
-pub fn response<S>(frames: S) -> Response
-where
-    S: Stream<Item = Frame> + Send + 'static,
-{
-    let body = Body::from_stream(frames.map(Ok::<_, Infallible>));
-    let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+/// A run's `update` in the workspace feed (no id), rendered on first use.
+pub fn feed_update(state: &State) -> &Bytes {
+    state
+        .feed_wire
+        .get_or_init(|| event("update", None, state.json.get()))
 }
 
 #[cfg(test)]

@@ -1,56 +1,38 @@
-//! The workspace operations feed: a snapshot of the active runs the user may see, then an
-//! update for every change of any visible run (terminal ones included). It never ends
-//! because runs finish; it ends on lost access, token expiry, lifetime or shutdown.
+//! The source of the workspace operations feed: a snapshot of the active runs the user may
+//! see, then an update for every change of any visible run (terminal ones included). It
+//! never ends because runs finish; it ends on lost access, token expiry, lifetime or
+//! shutdown.
 //!
-//! The feed's channel is a bounded broadcast. A subscriber that falls behind it, or that
-//! missed changes while the listener reconnected, re-reads and sends a fresh snapshot
-//! (clients replace their list on every snapshot) instead of queueing without bound.
+//! The feed's channel is a bounded broadcast. A subscriber that falls behind it, that missed
+//! changes while the listener reconnected, whose visible tenants changed, or that sees a run
+//! it showed move out of sight or disappear, re-reads and sends a fresh snapshot (clients
+//! replace their list on every snapshot) instead of queueing without bound.
 
-use super::{sse, Deadlines, StreamGuard};
-use crate::access::{self, Claims};
-use crate::http::{ApiError, AppState};
-use crate::metrics::{CloseReason, StreamKind};
-use crate::model::RunState;
+use super::driver::{Source, Step, Stream};
+use super::{sse, Deadlines, OpenError, StreamGuard, Streams};
+use crate::access::{self, AccessError, Claims, Grant, UserAccess};
+use crate::metrics::StreamKind;
+use crate::model::State;
 use crate::store;
-use axum::response::Response;
+use crate::watch::hub::WorkspaceSubscription;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
+use tokio::sync::watch;
 
-/// What the user may see of the workspace, and what they have been sent.
-struct Visible {
+pub struct Feed {
     workspace_id: i64,
-    tenants: HashSet<i64>,
-    /// active run id → newest version sent, so duplicate re-reads send nothing.
+    /// What the user may see of the workspace, and since when.
+    grant: Grant,
+    rx: WorkspaceSubscription,
+    resynced: watch::Receiver<u64>,
+    /// Run changes received and not yet looked at.
+    queue: VecDeque<Arc<State>>,
+    snapshot_due: bool,
+    /// Active run id → newest version sent, so duplicate re-reads send nothing.
     sent: HashMap<i64, i64>,
-}
-
-impl Visible {
-    fn may_see(&self, run: &RunState) -> bool {
-        run.workspace_id == self.workspace_id
-            && run.tenant_id.is_none_or(|t| self.tenants.contains(&t))
-    }
-
-    /// Whether `run` is news to this subscriber; records it as sent if so.
-    fn take(&mut self, run: &RunState) -> bool {
-        if !self.may_see(run) {
-            return false;
-        }
-        if self.sent.get(&run.id).is_some_and(|v| *v >= run.version) {
-            return false;
-        }
-        // Terminal runs are forgotten so a long-lived feed does not grow with every run the
-        // workspace ever had (a repeated re-read of one would be sent again, unchanged).
-        if run.terminal {
-            self.sent.remove(&run.id);
-        } else {
-            self.sent.insert(run.id, run.version);
-        }
-        true
-    }
 }
 
 #[derive(Serialize)]
@@ -61,147 +43,130 @@ struct Snapshot<'a> {
     runs: Vec<&'a RawValue>,
 }
 
-/// Reads the active runs the user may see and renders the snapshot, resetting what was sent.
-async fn snapshot(app: &AppState, visible: &mut Visible) -> Result<String, ApiError> {
-    let tenants: Vec<i64> = visible.tenants.iter().copied().collect();
-    let rows = store::active_runs(&app.pool, visible.workspace_id, &tenants).await?;
-    let runs: Vec<RunState> = rows.iter().map(RunState::from_row).collect();
-    visible.sent = runs.iter().map(|r| (r.id, r.version)).collect();
-    let body = Snapshot {
-        kind: "workspace_runs",
-        workspace_id: visible.workspace_id,
-        runs: runs.iter().map(|r| r.json.as_ref()).collect(),
-    };
-    Ok(serde_json::to_string(&body).expect("snapshot serialises"))
-}
-
-enum Wake {
-    Run(Arc<RunState>),
-    Resnapshot,
-    KeepAlive,
-    AccessChanged,
-    TokenExpired,
-    Lifetime,
-    Shutdown,
-}
-
 pub async fn open(
-    app: &AppState,
+    streams: &Streams,
     claims: Claims,
     workspace_id: i64,
-    permit: super::limits::StreamPermit,
-) -> Result<Response, ApiError> {
-    // Subscribe before reading the snapshot, so no change falls between the two.
-    let mut feed = app.hub.workspaces.subscribe(workspace_id);
-    let mut resynced = app.hub.resynced.subscribe();
-    let tenants = access::authorize_workspace(&app.pool, claims.user_id, workspace_id).await?;
-    let mut visible = Visible {
-        workspace_id,
-        tenants: tenants.into_iter().collect(),
-        sent: HashMap::new(),
-    };
-    let first = snapshot(app, &mut visible).await?;
-
-    let app = app.clone();
-    let mut guard = StreamGuard::new(
-        Arc::clone(&app.metrics),
+) -> Result<Stream, OpenError> {
+    let permit = streams.permit(claims.user_id)?;
+    let user = streams.epochs.user(claims.user_id);
+    // Subscribe before deciding and reading, so no change falls between them.
+    let rx = streams.hub.workspaces.subscribe(workspace_id);
+    let resynced = streams.hub.resynced.subscribe();
+    let grant = access::decide_workspace(&streams.pool, &user, workspace_id).await?;
+    let guard = StreamGuard::new(
+        Arc::clone(&streams.metrics),
         StreamKind::workspace,
         claims.user_id,
         format!("workspace:{workspace_id}"),
         permit,
     );
-    let deadlines = Deadlines::new(claims.exp, app.settings.max_stream_lifetime_secs);
-    let mut access_epoch = app.hub.access.subscribe(claims.user_id);
-    let shutdown = app.shutdown.clone();
-    let keepalive = app.keepalive();
+    Ok(Stream {
+        streams: streams.clone(),
+        user,
+        deadlines: Deadlines::new(claims.exp, streams.max_lifetime_secs),
+        guard,
+        retry_ms: 1000,
+        source: Source::Feed(Feed {
+            workspace_id,
+            grant,
+            rx,
+            resynced,
+            queue: VecDeque::new(),
+            snapshot_due: true,
+            sent: HashMap::new(),
+        }),
+    })
+}
 
-    let frames = async_stream::stream! {
-        yield sse::retry(1000);
-        yield sse::event("snapshot", None, &first);
-        guard.sent(1);
-        // Created once (see items.rs): wake-ups must not re-register timers and waiters.
-        let shutdown = shutdown.cancelled();
-        let token_expiry = tokio::time::sleep_until(deadlines.token_expires);
-        let lifetime = deadlines.lifetime();
-        // Re-armed lazily from `last_sent` (see items.rs).
-        let mut last_sent = Instant::now();
-        let idle = tokio::time::sleep(keepalive);
-        tokio::pin!(shutdown, token_expiry, lifetime, idle);
+impl Feed {
+    /// What is pending: a decision if the grant is stale; a snapshot if one is due; else the
+    /// next received run change the grant admits and the client has not seen.
+    pub(super) async fn step(&mut self, streams: &Streams) -> Step {
         loop {
-            let wake = tokio::select! {
-                biased;
-                _ = &mut shutdown => Wake::Shutdown,
-                _ = &mut token_expiry => Wake::TokenExpired,
-                _ = &mut lifetime => Wake::Lifetime,
-                r = access_epoch.changed() => if r.is_ok() { Wake::AccessChanged } else { Wake::Shutdown },
-                r = resynced.changed() => if r.is_ok() { Wake::Resnapshot } else { Wake::Shutdown },
-                r = feed.recv() => match r {
-                    Ok(run) => Wake::Run(run),
-                    Err(RecvError::Lagged(_)) => Wake::Resnapshot,
-                    Err(RecvError::Closed) => Wake::Shutdown,
-                },
-                _ = &mut idle => Wake::KeepAlive,
-            };
-            match wake {
-                Wake::Run(run) => {
-                    if !visible.take(&run) {
-                        continue;
-                    }
-                    yield run.frames.feed_update(run.json.get());
-                    guard.sent(1);
-                }
-                Wake::KeepAlive => {
-                    let due = last_sent + keepalive;
-                    if Instant::now() < due {
-                        idle.as_mut().reset(due);
-                        continue;
-                    }
-                    yield sse::keepalive();
-                    idle.as_mut().reset(Instant::now() + keepalive);
-                }
-                Wake::Resnapshot => {
-                    // A failed read (database down) leaves the stream open; the next resync
-                    // after the database returns sends the snapshot.
-                    let Ok(body) = snapshot(&app, &mut visible).await else { continue };
-                    yield sse::event("snapshot", None, &body);
-                    guard.sent(1);
-                }
-                Wake::AccessChanged => {
-                    match access::authorize_workspace(&app.pool, claims.user_id, workspace_id).await {
-                        Ok(tenants) => {
-                            let tenants: HashSet<i64> = tenants.into_iter().collect();
-                            if tenants == visible.tenants {
-                                continue;
-                            }
-                            visible.tenants = tenants;
-                            let Ok(body) = snapshot(&app, &mut visible).await else { continue };
-                            yield sse::event("snapshot", None, &body);
-                            guard.sent(1);
-                        }
-                        Err(ApiError::NotFound | ApiError::Forbidden) => {
-                            yield sse::end("forbidden");
-                            guard.close(CloseReason::forbidden);
-                            return;
-                        }
-                        Err(_) => continue,
-                    }
-                }
-                Wake::TokenExpired => {
-                    yield sse::end("token_expired");
-                    guard.close(CloseReason::token_expired);
-                    return;
-                }
-                Wake::Lifetime => {
-                    guard.close(CloseReason::lifetime);
-                    return;
-                }
-                Wake::Shutdown => {
-                    guard.close(CloseReason::shutdown);
-                    return;
-                }
+            if !self.grant.current() {
+                return Step::Decide;
             }
-            last_sent = Instant::now();
+            if self.snapshot_due {
+                let Ok(rows) = store::active_runs(&streams.pool, self.workspace_id).await else {
+                    return Step::Failed;
+                };
+                if !self.grant.current() {
+                    continue; // decide first, then read again
+                }
+                let runs: Vec<State> = rows
+                    .iter()
+                    .map(State::run)
+                    .filter(|r| self.grant.admits(r.owner.as_ref()))
+                    .collect();
+                self.sent = runs
+                    .iter()
+                    .map(|r| (r.run_id().unwrap_or(0), r.version))
+                    .collect();
+                self.snapshot_due = false;
+                let body = Snapshot {
+                    kind: "workspace_runs",
+                    workspace_id: self.workspace_id,
+                    runs: runs.iter().map(|r| r.json.as_ref()).collect(),
+                };
+                let body = serde_json::to_string(&body).expect("snapshot serialises");
+                return Step::Write(sse::event("snapshot", None, &body), None);
+            }
+            let Some(run) = self.queue.pop_front() else {
+                return Step::Idle;
+            };
+            let id = run.run_id().unwrap_or(0);
+            if !self.grant.admits(run.owner.as_ref()) {
+                if !self.grant.current() {
+                    self.queue.push_front(run);
+                    return Step::Decide;
+                }
+                // Out of sight (moved, deleted): if the client shows it, replace its list.
+                if self.sent.remove(&id).is_some() {
+                    self.snapshot_due = true;
+                }
+                continue;
+            }
+            if self.sent.get(&id).is_some_and(|v| *v >= run.version) {
+                continue;
+            }
+            // Terminal runs are forgotten so a long-lived feed does not grow with every run
+            // the workspace ever had (a repeated re-read of one would be sent again).
+            if run.terminal {
+                self.sent.remove(&id);
+            } else {
+                self.sent.insert(id, run.version);
+            }
+            return Step::Write(sse::feed_update(&run).clone(), None);
         }
-    };
-    Ok(sse::response(frames))
+    }
+
+    /// Decides afresh what the user may see; a different answer re-sends the snapshot.
+    pub(super) async fn decide(
+        &mut self,
+        streams: &Streams,
+        user: &Arc<UserAccess>,
+    ) -> Result<(), AccessError> {
+        let grant = access::decide_workspace(&streams.pool, user, self.workspace_id).await?;
+        if grant.scope != self.grant.scope {
+            self.snapshot_due = true;
+        }
+        self.grant = grant;
+        Ok(())
+    }
+
+    pub(super) async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.rx.recv() => match r {
+                Ok(run) => self.queue.push_back(run),
+                Err(RecvError::Lagged(_)) => self.snapshot_due = true,
+                Err(RecvError::Closed) => return false,
+            },
+            r = self.resynced.changed() => match r {
+                Ok(()) => self.snapshot_due = true,
+                Err(_) => return false,
+            },
+        }
+        true
+    }
 }

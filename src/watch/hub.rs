@@ -1,21 +1,24 @@
 //! The hub: one shared cell per watched item, created by the first subscriber and dropped
 //! with the last one.
 //!
-//! A run or pack cell is a `tokio::sync::watch` channel holding the newest state only. Every
+//! A cell is a `tokio::sync::watch` channel holding the item's newest [`State`] only. Every
 //! subscriber reads the same `Arc`, a slow subscriber simply skips to the newest state when it
-//! next looks, and the cell's memory does not grow with subscribers or with updates.
+//! next looks, and the cell's memory does not grow with subscribers or with updates. A cell
+//! also lists its *direct* subscribers ([`Direct`]): streams whose sockets the watcher writes
+//! an update into itself instead of waking their tasks (see `stream::sink`). The hub knows
+//! them only through that trait; it never sees a socket or a byte of HTTP.
 //!
 //! Workspace feeds are different: they report changes of *many* runs, so a state cell would
 //! drop one run's change when another follows it. They use a bounded `broadcast` channel
 //! instead; a subscriber that lags behind it re-reads a fresh snapshot instead of growing a
 //! queue.
 //!
-//! Per-user access "epochs" (also watch channels) wake a user's streams when their
-//! memberships change, so each stream re-checks its access.
+//! Locks, in the only order they are ever taken: a registry's map (only to find, add or
+//! remove a cell — never held while a cell is used), then a cell's `attached` (publishing,
+//! attaching), then the watch channel's own. A direct subscriber's own lock is taken by
+//! deliveries after the cell's is released.
 
-use crate::model::{PackState, RunState};
-use crate::stream::direct::{Delivery, Sink};
-use bytes::Bytes;
+use crate::model::{ItemKey, State};
 use slab::Slab;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -25,6 +28,27 @@ use tokio::sync::{broadcast, watch};
 
 /// How many run changes a workspace feed may fall behind before it re-reads a snapshot.
 const WORKSPACE_FEED_CAPACITY: usize = 256;
+/// Direct subscribers one delivery task writes to: small enough that both cores share a
+/// burst, large enough that a 10,000-subscriber update is a few dozen tasks, not 10,000.
+const DELIVERY_BATCH: usize = 128;
+
+/// What a delivery did for one direct subscriber.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Sent,
+    /// Not for this subscriber (not taking direct writes, or it has this state already).
+    Skipped,
+    /// Its task must take over (it blocks, the state is terminal, access must be decided…).
+    Wake,
+}
+
+/// A stream that takes updates written by the watcher's deliveries.
+pub trait Direct: Send + Sync + 'static {
+    /// Writes `state` (the cell's publish number `seq`) if it can without waiting.
+    fn offer(&self, state: &Arc<State>, seq: u64) -> Offer;
+    /// Wakes the stream's task to take over.
+    fn hand_over(&self);
+}
 
 /// A channel kind that can live in a [`Registry`].
 pub trait Channel: Send + Sync + 'static {
@@ -34,53 +58,92 @@ pub trait Channel: Send + Sync + 'static {
     fn receiver_count(&self) -> usize;
 }
 
-/// A state cell: the newest state of one item (None until first read), and the streams
-/// that take its updates by direct delivery.
-pub struct Cell<T> {
-    tx: watch::Sender<Option<Arc<T>>>,
-    direct: Mutex<Attached>,
+/// A state cell: the newest state of one item (None until first read), and its direct
+/// subscribers.
+pub struct Cell {
+    tx: watch::Sender<Option<Arc<State>>>,
+    attached: Mutex<Attached>,
 }
 
-/// The directly written streams of a cell and the cell's publish counter, under one lock so
-/// that a stream attaching and a state being published see each other in one order.
+/// The direct subscribers of a cell and the cell's publish counter, under one lock so that a
+/// stream attaching and a state being published see each other in one order.
 #[derive(Default)]
 struct Attached {
     seq: u64,
-    sinks: Slab<Arc<Sink>>,
+    subscribers: Slab<Arc<dyn Direct>>,
 }
 
-impl<T> Cell<T> {
+impl Cell {
     fn attached(&self) -> std::sync::MutexGuard<'_, Attached> {
-        self.direct.lock().unwrap_or_else(|p| p.into_inner())
+        // Every critical section leaves this consistent; a poisoned lock is still usable.
+        self.attached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches a stream's sink and enables direct delivery to it; returns its slot.
-    pub fn attach(&self, sink: &Arc<Sink>) -> usize {
-        let mut attached = self.attached();
-        sink.set_direct(true);
-        attached.sinks.insert(Arc::clone(sink))
+    /// Attaches a direct subscriber; returns its slot.
+    pub fn attach(&self, subscriber: Arc<dyn Direct>) -> usize {
+        self.attached().subscribers.insert(subscriber)
     }
 
     pub fn detach(&self, slot: usize) {
-        let mut attached = self.attached();
-        if let Some(sink) = attached.sinks.try_remove(slot) {
-            sink.set_direct(false);
-        }
+        self.attached().subscribers.try_remove(slot);
     }
 
     /// The newest state and its publish counter.
-    pub fn current(&self) -> (u64, Option<Arc<T>>) {
+    pub fn current(&self) -> (u64, Option<Arc<State>>) {
         let attached = self.attached();
         (attached.seq, self.tx.borrow().clone())
     }
+
+    /// Publishes a state read by the watcher: replaces the cell's value when it differs,
+    /// waking its task-driven subscribers. Returns None when nothing changed (a duplicate or
+    /// forged notification re-reads an unchanged row, and sends nothing), else the delivery
+    /// to the direct subscribers, for the caller to run outside the cell's lock.
+    pub fn publish(&self, state: Arc<State>) -> Option<Delivery> {
+        let mut attached = self.attached();
+        let changed = self.tx.send_if_modified(|current| match current {
+            Some(cur) if !state.differs_from(cur) => false,
+            _ => {
+                *current = Some(Arc::clone(&state));
+                true
+            }
+        });
+        if !changed {
+            return None;
+        }
+        attached.seq += 1;
+        let subscribers = attached.subscribers.iter().map(|(_, s)| Arc::clone(s));
+        Some(Delivery {
+            seq: attached.seq,
+            subscribers: subscribers.collect(),
+            state,
+        })
+    }
+
+    /// Publishes a state read when a stream opened, only into a cell nobody has filled yet:
+    /// once the watcher has published, its value is at least as new as any read that raced
+    /// with it.
+    pub fn publish_initial(&self, state: Arc<State>) {
+        let mut attached = self.attached();
+        let seeded = self.tx.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(state);
+                true
+            } else {
+                false
+            }
+        });
+        if seeded {
+            attached.seq += 1;
+        }
+    }
 }
 
-impl<T: Send + Sync + 'static> Channel for Cell<T> {
-    type Rx = watch::Receiver<Option<Arc<T>>>;
+impl Channel for Cell {
+    type Rx = watch::Receiver<Option<Arc<State>>>;
     fn create() -> Self {
         Cell {
             tx: watch::Sender::new(None),
-            direct: Mutex::new(Attached::default()),
+            attached: Mutex::new(Attached::default()),
         }
     }
     fn subscribe(&self) -> Self::Rx {
@@ -91,8 +154,8 @@ impl<T: Send + Sync + 'static> Channel for Cell<T> {
     }
 }
 
-impl Channel for broadcast::Sender<Arc<RunState>> {
-    type Rx = broadcast::Receiver<Arc<RunState>>;
+impl Channel for broadcast::Sender<Arc<State>> {
+    type Rx = broadcast::Receiver<Arc<State>>;
     fn create() -> Self {
         broadcast::Sender::new(WORKSPACE_FEED_CAPACITY)
     }
@@ -104,22 +167,46 @@ impl Channel for broadcast::Sender<Arc<RunState>> {
     }
 }
 
-impl Channel for watch::Sender<u64> {
-    type Rx = watch::Receiver<u64>;
-    fn create() -> Self {
-        watch::Sender::new(0)
-    }
-    fn subscribe(&self) -> Self::Rx {
-        watch::Sender::subscribe(self)
-    }
-    fn receiver_count(&self) -> usize {
-        watch::Sender::receiver_count(self)
+/// A new state for the direct subscribers of one cell.
+pub struct Delivery {
+    seq: u64,
+    state: Arc<State>,
+    subscribers: Vec<Arc<dyn Direct>>,
+}
+
+impl Delivery {
+    /// Offers the state to every direct subscriber, a batch per task, and hands the rest to
+    /// their tasks. Returns how many were written and handed over, counted by the tasks.
+    pub fn deliver(self, counted: impl Fn(u64, u64) + Clone + Send + 'static) {
+        let Delivery {
+            seq,
+            state,
+            mut subscribers,
+        } = self;
+        while !subscribers.is_empty() {
+            let batch = subscribers.split_off(subscribers.len().saturating_sub(DELIVERY_BATCH));
+            let (state, counted) = (Arc::clone(&state), counted.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut handed_over) = (0, 0);
+                for subscriber in batch {
+                    match subscriber.offer(&state, seq) {
+                        Offer::Sent => sent += 1,
+                        Offer::Skipped => {}
+                        Offer::Wake => {
+                            subscriber.hand_over();
+                            handed_over += 1;
+                        }
+                    }
+                }
+                counted(sent, handed_over);
+            });
+        }
     }
 }
 
 /// Channels by key, each alive while it has subscribers.
 pub struct Registry<K, C> {
-    map: Mutex<HashMap<K, C>>,
+    map: Mutex<HashMap<K, Arc<C>>>,
 }
 
 impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
@@ -130,17 +217,20 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
     }
 
     pub fn subscribe(self: &Arc<Self>, key: K) -> Subscription<K, C> {
-        let rx = self.lock().entry(key).or_insert_with(C::create).subscribe();
+        let mut map = self.lock();
+        let channel = map.entry(key).or_insert_with(|| Arc::new(C::create()));
+        let rx = channel.subscribe();
         Subscription {
             key,
+            channel: Arc::clone(channel),
             rx: Some(rx),
             registry: Arc::clone(self),
         }
     }
 
-    /// Runs `f` on the channel of `key` if anyone watches it.
-    pub fn with<R>(&self, key: &K, f: impl FnOnce(&C) -> R) -> Option<R> {
-        self.lock().get(key).map(f)
+    /// The channel of `key` if anyone watches it.
+    pub fn get(&self, key: &K) -> Option<Arc<C>> {
+        self.lock().get(key).cloned()
     }
 
     pub fn contains(&self, key: &K) -> bool {
@@ -151,8 +241,8 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
         self.lock().keys().copied().collect()
     }
 
-    pub fn for_each(&self, mut f: impl FnMut(&C)) {
-        self.lock().values().for_each(&mut f)
+    pub fn channels(&self) -> Vec<Arc<C>> {
+        self.lock().values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -163,9 +253,9 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, C>> {
-        // A panic while holding this lock cannot leave the map inconsistent (every critical
-        // section is a single map operation), so a poisoned lock is still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Arc<C>>> {
+        // Every critical section is a single map operation, so a poisoned lock is still
+        // consistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -173,6 +263,7 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
 /// A subscriber's handle on a channel; dropping the last one removes the channel.
 pub struct Subscription<K: Eq + Hash + Copy + Send + 'static, C: Channel> {
     key: K,
+    channel: Arc<C>,
     rx: Option<C::Rx>,
     registry: Arc<Registry<K, C>>,
 }
@@ -180,6 +271,10 @@ pub struct Subscription<K: Eq + Hash + Copy + Send + 'static, C: Channel> {
 impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Subscription<K, C> {
     pub fn key(&self) -> K {
         self.key
+    }
+
+    pub fn channel(&self) -> &Arc<C> {
+        &self.channel
     }
 }
 
@@ -200,146 +295,36 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Drop for Subscription<K, 
     fn drop(&mut self) {
         drop(self.rx.take());
         let mut map = self.registry.lock();
-        if map.get(&self.key).is_some_and(|c| c.receiver_count() == 0) {
+        if map
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.channel) && c.receiver_count() == 0)
+        {
             map.remove(&self.key);
         }
     }
 }
 
-pub type RunCells = Registry<i64, Cell<RunState>>;
-pub type PackCells = Registry<i64, Cell<PackState>>;
-pub type WorkspaceFeeds = Registry<i64, broadcast::Sender<Arc<RunState>>>;
-pub type AccessEpochs = Registry<i64, watch::Sender<u64>>;
-
-pub type RunSubscription = Subscription<i64, Cell<RunState>>;
-pub type PackSubscription = Subscription<i64, Cell<PackState>>;
-pub type WorkspaceSubscription = Subscription<i64, broadcast::Sender<Arc<RunState>>>;
-pub type AccessSubscription = Subscription<i64, watch::Sender<u64>>;
-
-/// What decides whether a new state is a change worth sending.
-pub trait Versioned {
-    type Key: PartialEq;
-    fn change_key(&self) -> Self::Key;
-}
-
-impl Versioned for RunState {
-    type Key = i64;
-    fn change_key(&self) -> i64 {
-        self.version
-    }
-}
-
-impl Versioned for PackState {
-    type Key = Option<(i64, i64)>;
-    fn change_key(&self) -> Option<(i64, i64)> {
-        self.key
-    }
-}
-
-/// A state with an `update` frame for direct delivery.
-pub trait Deliverable {
-    fn terminal(&self) -> bool;
-    /// The `update` frame as an HTTP/1.1 chunk.
-    fn update_chunk(&self) -> Bytes;
-}
-
-impl Deliverable for RunState {
-    fn terminal(&self) -> bool {
-        self.terminal
-    }
-    fn update_chunk(&self) -> Bytes {
-        self.frames
-            .update_chunk(|| self.event_id(), self.json.get())
-    }
-}
-
-impl Deliverable for PackState {
-    fn terminal(&self) -> bool {
-        self.terminal
-    }
-    fn update_chunk(&self) -> Bytes {
-        self.frames
-            .update_chunk(|| self.event_id(), self.json.get())
-    }
-}
-
-/// Publishes a state read by the watcher: replaces the cell's value when it differs, waking
-/// its task-driven subscribers. Returns None when nothing changed (a duplicate or forged
-/// notification re-reads an unchanged row, and sends nothing), else the delivery to its
-/// direct subscribers, for the caller to run outside the hub's locks.
-pub fn publish<T: Versioned + Deliverable>(cell: &Cell<T>, state: Arc<T>) -> Option<Delivery> {
-    let mut attached = cell.attached();
-    let changed = cell.tx.send_if_modified(|current| match current {
-        Some(cur) if cur.change_key() == state.change_key() => false,
-        _ => {
-            *current = Some(Arc::clone(&state));
-            true
-        }
-    });
-    if !changed {
-        return None;
-    }
-    attached.seq += 1;
-    let sinks: Vec<Arc<Sink>> = attached.sinks.iter().map(|(_, s)| Arc::clone(s)).collect();
-    let wire = (!sinks.is_empty() && !state.terminal()).then(|| state.update_chunk());
-    Some(Delivery {
-        seq: attached.seq,
-        wire,
-        sinks,
-    })
-}
-
-/// Publishes a state read when a stream opened, only into a cell nobody has filled yet: once
-/// the watcher has published, its value is at least as new as any read that raced with it.
-pub fn publish_initial<T>(cell: &Cell<T>, state: Arc<T>) {
-    let mut attached = cell.attached();
-    let seeded = cell.tx.send_if_modified(|current| {
-        if current.is_none() {
-            *current = Some(state);
-            true
-        } else {
-            false
-        }
-    });
-    if seeded {
-        attached.seq += 1;
-    }
-}
+pub type ItemCells = Registry<ItemKey, Cell>;
+pub type WorkspaceFeeds = Registry<i64, broadcast::Sender<Arc<State>>>;
+pub type ItemSubscription = Subscription<ItemKey, Cell>;
+pub type WorkspaceSubscription = Subscription<i64, broadcast::Sender<Arc<State>>>;
 
 /// Every cell and channel of the process.
 pub struct Hub {
-    pub runs: Arc<RunCells>,
-    pub packs: Arc<PackCells>,
+    pub items: Arc<ItemCells>,
     pub workspaces: Arc<WorkspaceFeeds>,
-    pub access: Arc<AccessEpochs>,
-    /// Bumped after the listener reconnected and every cell was re-read; workspace feeds
-    /// re-snapshot on it.
+    /// Bumped when workspace feeds may have missed changes (the listener reconnected, a
+    /// table was truncated); they re-snapshot on it.
     pub resynced: watch::Sender<u64>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
-            runs: Registry::new(),
-            packs: Registry::new(),
+            items: Registry::new(),
             workspaces: Registry::new(),
-            access: Registry::new(),
             resynced: watch::Sender::new(0),
         }
-    }
-}
-
-impl Hub {
-    /// Wakes every open stream of `user_id` to re-check its access.
-    pub fn access_changed(&self, user_id: i64) {
-        self.access
-            .with(&user_id, |epoch| epoch.send_modify(|e| *e += 1));
-    }
-
-    /// Wakes every stream of every user to re-check access (membership notifications may have
-    /// been lost while the listener was down).
-    pub fn access_changed_for_all(&self) {
-        self.access.for_each(|epoch| epoch.send_modify(|e| *e += 1));
     }
 }
 
@@ -350,12 +335,26 @@ mod tests {
     #[test]
     fn cells_live_while_subscribed() {
         let hub = Hub::default();
-        let a = hub.runs.subscribe(1);
-        let b = hub.runs.subscribe(1);
-        assert_eq!(hub.runs.len(), 1);
+        let a = hub.items.subscribe(ItemKey::Run(1));
+        let b = hub.items.subscribe(ItemKey::Run(1));
+        assert_eq!(hub.items.len(), 1);
         drop(a);
-        assert!(hub.runs.contains(&1));
+        assert!(hub.items.contains(&ItemKey::Run(1)));
         drop(b);
-        assert!(hub.runs.is_empty());
+        assert!(hub.items.is_empty());
+    }
+
+    #[test]
+    fn publishing_sends_only_changes() {
+        let cell = Cell::create();
+        let rx = cell.subscribe();
+        cell.publish_initial(Arc::new(State::pack(1, None)));
+        assert_eq!(cell.current().0, 1);
+        assert!(cell.publish(Arc::new(State::pack(1, None))).is_none());
+        assert!(cell
+            .publish(Arc::new(State::gone(ItemKey::Pack { tenant: 1 })))
+            .is_some());
+        assert_eq!(cell.current().0, 2);
+        assert!(rx.borrow().as_ref().unwrap().is_gone());
     }
 }

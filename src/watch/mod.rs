@@ -1,31 +1,39 @@
 //! Watching Postgres: the single `LISTEN` connection and the hub of per-item state cells.
 //!
-//! [`Watcher`] is the only task that receives notifications. For each burst it collects the
-//! ids of watched items, re-reads them with one query per kind, and publishes the rows into
-//! the [`Hub`]. It never trusts a payload: a payload only says *what* to re-read, so a forged
-//! `NOTIFY` can at most cause a harmless re-read.
+//! [`Watcher`] is the only task that receives notifications. For each burst it applies the
+//! access changes it announces (memberships, tenants, workspaces, users: see the trigger
+//! file) to the access epochs *first*, then re-reads the watched items it names with one
+//! query per kind, and publishes the rows into the [`Hub`]. It never trusts a payload: a
+//! payload only says *what* to re-read, so a forged `NOTIFY` can at most cause a harmless
+//! re-read (or a harmless access re-check).
+//!
+//! Before publishing what a re-read returned, the watcher makes one round trip on the
+//! listener connection (the *fence*). Postgres queues a transaction's notifications before
+//! its commit is acknowledged, and sends them ahead of any later query result on that
+//! connection; so after the fence, every access change that committed before the re-read
+//! ran has been applied, and no state is published ahead of the revocation that preceded it.
 //!
 //! Losing the connection (an error, `Ok(None)` from `try_recv`, or a heartbeat that goes
 //! unanswered on a silently dead socket) makes the watcher open a fresh connection, `LISTEN`
-//! again and then re-read every watched item, so no transition is lost to the gap.
+//! again, mark every access decision stale (changes may have been missed) and then re-read
+//! every watched item, so no transition is lost to the gap.
 
 pub mod hub;
 
+use crate::access::Epochs;
 use crate::metrics::Metrics;
-use crate::model::{PackState, RunState};
+use crate::model::{ItemKey, State};
 use crate::store;
 use futures_util::FutureExt;
 use hub::Hub;
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use sqlx::PgPool;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-pub use hub::{publish, publish_initial};
 
 /// The channel runwire's triggers notify on.
 pub const CHANNEL: &str = "runwire";
@@ -52,6 +60,10 @@ pub struct Doorbell {
     pub w: Option<i64>,
     pub t: Option<i64>,
     pub u: Option<i64>,
+    /// The run's workspace before an update moved it.
+    pub ow: Option<i64>,
+    /// The pack's tenant before an update moved it.
+    pub ot: Option<i64>,
 }
 
 impl Doorbell {
@@ -90,6 +102,7 @@ enum Stop {
 
 pub struct Watcher {
     pool: PgPool,
+    epochs: Arc<Epochs>,
     /// Where the LISTEN connection goes.
     listen_options: PgConnectOptions,
     hub: Arc<Hub>,
@@ -104,6 +117,7 @@ impl Watcher {
         pool: PgPool,
         listen_options: Option<PgConnectOptions>,
         hub: Arc<Hub>,
+        epochs: Arc<Epochs>,
         metrics: Arc<Metrics>,
         status: Arc<ListenerStatus>,
         heartbeat: Duration,
@@ -112,6 +126,7 @@ impl Watcher {
             listen_options.unwrap_or_else(|| pool.connect_options().as_ref().clone());
         Watcher {
             pool,
+            epochs,
             listen_options,
             hub,
             metrics,
@@ -138,9 +153,9 @@ impl Watcher {
                         self.metrics.listener_reconnects.inc();
                     }
                     first = false;
-                    match self.resync().await {
+                    match self.resync(&mut listener).await {
                         Ok(()) => self.pump(&mut listener, &shutdown).await,
-                        Err(e) => Stop::Lost(format!("resync failed: {e}")),
+                        Err(stop) => stop,
                     }
                 }
                 Err(e) => Stop::Lost(format!("connect failed: {e}")),
@@ -184,17 +199,22 @@ impl Watcher {
     }
 
     /// Re-reads every watched item; run after every (re)connect, once `LISTEN` is in place.
-    async fn resync(&self) -> Result<(), sqlx::Error> {
-        let runs = self.hub.runs.keys();
-        for chunk in runs.chunks(RESYNC_CHUNK) {
-            self.reread_runs(chunk).await?;
-        }
-        let packs = self.hub.packs.keys();
-        for chunk in packs.chunks(RESYNC_CHUNK) {
-            self.reread_packs(chunk).await?;
+    /// Access changes may have been missed meanwhile: every decision is marked stale before
+    /// anything is published.
+    async fn resync(&self, listener: &mut PgListener) -> Result<(), Stop> {
+        self.epochs.everyone_changed();
+        let keys = self.hub.items.keys();
+        for chunk in keys.chunks(RESYNC_CHUNK) {
+            let mut plan = Plan::default();
+            for key in chunk {
+                match *key {
+                    ItemKey::Run(id) => plan.runs.insert(id),
+                    ItemKey::Pack { tenant } => plan.packs.insert(tenant),
+                };
+            }
+            self.process(listener, plan).await?;
         }
         self.hub.resynced.send_modify(|n| *n += 1);
-        self.hub.access_changed_for_all();
         Ok(())
     }
 
@@ -222,23 +242,10 @@ impl Watcher {
             };
             // Drain what has already arrived so a burst costs one re-read.
             let mut burst = vec![first];
-            let mut lost = None;
-            while burst.len() < MAX_BURST {
-                match listener.try_recv().now_or_never() {
-                    Some(Ok(Some(n))) => burst.push(n),
-                    Some(Ok(None)) => {
-                        lost = Some("connection closed".to_string());
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        lost = Some(e.to_string());
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if let Err(e) = self.handle_burst(&burst).await {
-                return Stop::Lost(format!("re-read failed: {e}"));
+            let lost = drain(listener, &mut burst);
+            let plan = self.plan(&burst);
+            if let Err(stop) = self.process(listener, plan).await {
+                return stop;
             }
             if let Some(why) = lost {
                 return Stop::Lost(why);
@@ -246,10 +253,10 @@ impl Watcher {
         }
     }
 
-    /// Turns a burst of doorbells into at most one re-read per kind.
-    pub async fn handle_burst(&self, burst: &[PgNotification]) -> Result<(), sqlx::Error> {
-        let mut runs = BTreeSet::new();
-        let mut packs = BTreeSet::new();
+    /// Turns a burst of doorbells into a plan of re-reads, applying the access changes it
+    /// announces at once: they must be known before any state of the burst is published.
+    pub fn plan(&self, burst: &[PgNotification]) -> Plan {
+        let mut plan = Plan::default();
         let mut ignored = 0u64;
         for n in burst {
             let Some(bell) = Doorbell::parse(n.payload()) else {
@@ -258,75 +265,189 @@ impl Watcher {
             };
             match (bell.k.as_str(), bell.id, bell.t, bell.u) {
                 ("run", Some(id), _, _) => {
-                    let feed = bell.w.is_some_and(|w| self.hub.workspaces.contains(&w));
-                    if feed || self.hub.runs.contains(&id) {
-                        runs.insert(id);
+                    let feeds: Vec<i64> = [bell.w, bell.ow]
+                        .into_iter()
+                        .flatten()
+                        .filter(|w| self.hub.workspaces.contains(w))
+                        .collect();
+                    if !feeds.is_empty() || self.hub.items.contains(&ItemKey::Run(id)) {
+                        plan.runs.insert(id);
+                        plan.feeds.entry(id).or_default().extend(feeds);
                     }
                 }
                 ("pack", _, Some(tenant), _) => {
-                    if self.hub.packs.contains(&tenant) {
-                        packs.insert(tenant);
+                    for tenant in [Some(tenant), bell.ot].into_iter().flatten() {
+                        if self.hub.items.contains(&ItemKey::Pack { tenant }) {
+                            plan.packs.insert(tenant);
+                        }
                     }
                 }
-                ("member", _, _, Some(user)) => self.hub.access_changed(user),
+                ("member", _, _, Some(user)) => self.epochs.user_changed(user),
+                ("tenant", _, Some(tenant), _) => {
+                    // Moved to another workspace, or deleted: anyone's access may differ.
+                    self.epochs.everyone_changed();
+                    if self.hub.items.contains(&ItemKey::Pack { tenant }) {
+                        plan.packs.insert(tenant);
+                    }
+                }
+                ("access", _, _, _) => self.epochs.everyone_changed(),
+                ("runs", _, _, _) => {
+                    // Truncated: every watched run may be gone, every feed re-reads.
+                    for key in self.hub.items.keys() {
+                        if let ItemKey::Run(id) = key {
+                            plan.runs.insert(id);
+                        }
+                    }
+                    plan.resnapshot_feeds = true;
+                }
+                ("packs", _, _, _) => {
+                    for key in self.hub.items.keys() {
+                        if let ItemKey::Pack { tenant } = key {
+                            plan.packs.insert(tenant);
+                        }
+                    }
+                }
                 _ => ignored += 1,
             }
         }
         self.metrics.notifications.inc_by(burst.len() as u64);
         self.metrics.notifications_ignored.inc_by(ignored);
-        if !runs.is_empty() {
-            self.reread_runs(&runs.into_iter().collect::<Vec<_>>())
-                .await?;
-        }
-        if !packs.is_empty() {
-            self.reread_packs(&packs.into_iter().collect::<Vec<_>>())
-                .await?;
-        }
-        Ok(())
+        plan
     }
 
-    async fn reread_runs(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
-        let started = Instant::now();
-        let rows = bounded(store::runs_by_ids(&self.pool, ids)).await?;
-        self.metrics.observe_reread(ids.len(), started.elapsed());
-        for row in &rows {
-            let state = Arc::new(RunState::from_row(row));
-            // None: nobody watches the run; Some(None): unchanged.
-            let published = self
-                .hub
-                .runs
-                .with(&state.id, |cell| publish(cell, Arc::clone(&state)));
-            if !matches!(published, Some(None)) {
-                // Feeds de-duplicate by version themselves; a send error only means nobody
-                // watches this workspace right now.
-                self.hub.workspaces.with(&state.workspace_id, |feed| {
-                    feed.send(Arc::clone(&state)).ok()
+    /// Re-reads what `plan` names, fences, and publishes; repeats for whatever arrived
+    /// meanwhile.
+    async fn process(&self, listener: &mut PgListener, mut plan: Plan) -> Result<(), Stop> {
+        loop {
+            if plan.resnapshot_feeds {
+                self.hub.resynced.send_modify(|n| *n += 1);
+            }
+            let states = self
+                .reread(&plan)
+                .await
+                .map_err(|e| Stop::Lost(format!("re-read failed: {e}")))?;
+            if states.is_empty() {
+                return Ok(());
+            }
+            // The fence (see the module docs): every notification of a transaction the
+            // re-read may have seen is in hand after this round trip.
+            let fence = sqlx::query("SELECT 1").execute(&mut *listener);
+            match tokio::time::timeout(REREAD_TIMEOUT, fence).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Stop::Lost(format!("fence failed: {e}"))),
+                Err(_) => return Err(Stop::Lost("fence timed out".into())),
+            }
+            let mut arrived = Vec::new();
+            let lost = drain(listener, &mut arrived);
+            let next = self.plan(&arrived);
+            self.publish(states, &plan);
+            if let Some(why) = lost {
+                return Err(Stop::Lost(why));
+            }
+            if next.is_empty() {
+                return Ok(());
+            }
+            plan = next;
+        }
+    }
+
+    async fn reread(&self, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
+        let mut states = Vec::new();
+        if !plan.runs.is_empty() {
+            let ids: Vec<i64> = plan.runs.iter().copied().collect();
+            let started = Instant::now();
+            let rows = bounded(store::runs_by_ids(&self.pool, &ids)).await?;
+            self.metrics.observe_reread(ids.len(), started.elapsed());
+            let mut missing = plan.runs.clone();
+            for row in &rows {
+                missing.remove(&row.id);
+                states.push(Arc::new(State::run(row)));
+            }
+            states.extend(
+                missing
+                    .into_iter()
+                    .map(|id| Arc::new(State::gone(ItemKey::Run(id)))),
+            );
+        }
+        if !plan.packs.is_empty() {
+            let tenants: Vec<i64> = plan.packs.iter().copied().collect();
+            let started = Instant::now();
+            let rows = bounded(store::latest_packs(&self.pool, &tenants)).await?;
+            self.metrics
+                .observe_reread(tenants.len(), started.elapsed());
+            for row in &rows {
+                let state = match row.exists {
+                    true => State::pack(row.tenant_id, row.pack.as_ref()),
+                    false => State::gone(ItemKey::Pack {
+                        tenant: row.tenant_id,
+                    }),
+                };
+                states.push(Arc::new(state));
+            }
+        }
+        Ok(states)
+    }
+
+    fn publish(&self, states: Vec<Arc<State>>, plan: &Plan) {
+        for state in states {
+            let cell = self.hub.items.get(&state.key);
+            // None: nobody watches the item; Some(None): unchanged.
+            let published = cell.map(|cell| cell.publish(Arc::clone(&state)));
+            if let Some(id) = state.run_id() {
+                if !matches!(published, Some(None)) {
+                    // Feeds de-duplicate by version themselves; a send error only means
+                    // nobody watches that workspace right now.
+                    let mut feeds = plan.feeds.get(&id).cloned().unwrap_or_default();
+                    feeds.extend(state.workspace());
+                    feeds.sort_unstable();
+                    feeds.dedup();
+                    for workspace in feeds {
+                        if let Some(feed) = self.hub.workspaces.get(&workspace) {
+                            let _ = feed.send(Arc::clone(&state));
+                        }
+                    }
+                }
+            }
+            if let Some(Some(delivery)) = published {
+                let metrics = Arc::clone(&self.metrics);
+                delivery.deliver(move |sent, handed_over| {
+                    metrics.events_sent.inc_by(sent);
+                    metrics.direct_handovers.inc_by(handed_over);
                 });
-            }
-            if let Some(Some(delivery)) = published {
-                delivery.deliver(&self.metrics);
                 self.metrics.observe_commit_lag(state.updated_at);
             }
         }
-        Ok(())
     }
+}
 
-    async fn reread_packs(&self, tenant_ids: &[i64]) -> Result<(), sqlx::Error> {
-        let started = Instant::now();
-        let rows = bounded(store::latest_packs(&self.pool, tenant_ids)).await?;
-        self.metrics
-            .observe_reread(tenant_ids.len(), started.elapsed());
-        for (tenant_id, pack) in &rows {
-            let state = Arc::new(PackState::new(*tenant_id, pack.as_ref()));
-            let published = self
-                .hub
-                .packs
-                .with(tenant_id, |cell| publish(cell, Arc::clone(&state)));
-            if let Some(Some(delivery)) = published {
-                delivery.deliver(&self.metrics);
-                self.metrics.observe_commit_lag(state.updated_at);
-            }
-        }
-        Ok(())
+/// What one burst asks the watcher to re-read.
+#[derive(Debug, Default)]
+pub struct Plan {
+    runs: BTreeSet<i64>,
+    /// Tenants whose review-pack card to re-read.
+    packs: BTreeSet<i64>,
+    /// Workspace feeds that must hear of a run besides its current workspace's (the one it
+    /// moved from, or the one it was deleted from).
+    feeds: BTreeMap<i64, Vec<i64>>,
+    resnapshot_feeds: bool,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.packs.is_empty() && !self.resnapshot_feeds
     }
+}
+
+/// Takes every notification that has already arrived (up to a burst's worth); returns why
+/// the connection was lost, if it was.
+fn drain(listener: &mut PgListener, into: &mut Vec<PgNotification>) -> Option<String> {
+    while into.len() < MAX_BURST {
+        match listener.try_recv().now_or_never() {
+            Some(Ok(Some(n))) => into.push(n),
+            Some(Ok(None)) => return Some("connection closed".to_string()),
+            Some(Err(e)) => return Some(e.to_string()),
+            None => break,
+        }
+    }
+    None
 }

@@ -1,31 +1,30 @@
-//! Direct delivery: the watcher writes an update straight into the sockets of a run's (or a
-//! pack's) single-item streams, instead of waking one task per stream.
+//! The write side of a stream's connection, shared by the stream's driver and the watcher's
+//! deliveries: the driver's fast path for single-item streams.
 //!
-//! Why: with 10,000 streams on one run, waking 10,000 tasks so that each writes one frame
-//! cost about a quarter of the server's CPU per update on top of the socket writes
-//! themselves (BENCHMARKS.md, "Where the bytes and the time go"). Here the new state's frame
-//! is written by a few delivery tasks, each looping over a slice of the subscribers with
-//! non-blocking writes.
+//! Why direct delivery: with 10,000 streams on one run, waking 10,000 tasks so that each
+//! writes one frame cost about a quarter of the server's CPU per update on top of the socket
+//! writes themselves (BENCHMARKS.md, "Where the bytes and the time go"). Instead the watcher's
+//! delivery tasks loop over a cell's sinks with non-blocking writes.
 //!
-//! A stream's task stays in charge of everything else, and takes over whenever the fast path
-//! cannot finish: a socket that would block (a slow client: its task flushes and then skips
-//! to the newest state), a terminal state (the task writes it and `end`), a lock held by the
-//! task. Every write to the socket — by the task or a delivery — goes through the [`Sink`]'s
-//! lock, and a state is written only if it is newer than the last one written (`seq`, the
-//! cell's publish counter), so the two never interleave or reorder.
+//! A delivery writes only what the driver would write itself: the sink holds the driver's
+//! current access [`Grant`], and a state is offered through the same gate
+//! ([`Grant::admits`]). Whatever the fast path cannot finish goes to the driver: a socket
+//! that would block (a slow client: the driver flushes and then skips to the newest state), a
+//! terminal or gone state, a stale or non-matching grant, a lock held by the driver. Every
+//! write — by the driver or a delivery — goes through the sink's lock, and a state is written
+//! only if it is newer than the last one written (`seq`, the cell's publish counter), so the
+//! two never interleave or reorder.
 
-use crate::metrics::Metrics;
-use bytes::Bytes;
+use crate::access::Grant;
+use crate::model::State;
+use crate::stream::sse;
+use crate::watch::hub::{Direct, Offer};
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// Subscribers one delivery task writes to: small enough that both cores share a burst,
-/// large enough that a 10,000-subscriber update is a few dozen tasks, not 10,000.
-const DELIVERY_BATCH: usize = 128;
 
 /// The write side of a stream's connection, shared by its task and the deliveries.
 pub struct Sink {
@@ -35,9 +34,9 @@ pub struct Sink {
 }
 
 struct SinkState {
-    /// Deliveries may write (the response head and the snapshot are on the wire, and the
-    /// stream has not ended).
-    direct: bool,
+    /// What deliveries may write: states this grant admits. None until the head and the
+    /// snapshot are on the wire, and again once the stream ends.
+    grant: Option<Grant>,
     /// The publish counter of the newest state written.
     seq: u64,
     /// Bytes the socket did not take yet; only the stream's task writes them.
@@ -45,22 +44,12 @@ struct SinkState {
     last_write: Instant,
 }
 
-/// What a delivery did for one sink.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Offer {
-    Sent,
-    /// Not for this sink (not direct, or it already has this state or a newer one).
-    Skipped,
-    /// Its task must take over.
-    Wake,
-}
-
 impl Sink {
     pub fn new(socket: TcpStream) -> Arc<Self> {
         Arc::new(Sink {
             socket,
             state: Mutex::new(SinkState {
-                direct: false,
+                grant: None,
                 seq: 0,
                 pending: Vec::new(),
                 last_write: Instant::now(),
@@ -87,15 +76,29 @@ impl Sink {
         self.wake.notified()
     }
 
-    /// Lets deliveries write from now on (`on`), or never again.
-    pub fn set_direct(&self, on: bool) {
-        self.lock().direct = on;
+    /// Lets deliveries write what `grant` admits from now on, or nothing (None).
+    pub fn admit(&self, grant: Option<Grant>) {
+        self.lock().grant = grant;
     }
 
     /// Records that the client already has the state `seq` (it was in the snapshot).
     pub fn advance(&self, seq: u64) {
         let mut state = self.lock();
         state.seq = state.seq.max(seq);
+    }
+
+    /// Resolves when the client closed its side or sent anything (streams read nothing).
+    pub async fn closed(&self) {
+        let mut probe = [0u8; 16];
+        loop {
+            if self.socket.readable().await.is_err() {
+                return;
+            }
+            match self.socket.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                _ => return,
+            }
+        }
     }
 
     pub fn last_write(&self) -> Instant {
@@ -167,106 +170,64 @@ impl Sink {
             Err(e) => Err(e),
         }
     }
+}
 
-    /// A delivery's attempt to write the state `seq` (already chunk-framed) without waiting.
-    pub fn offer(&self, wire: &[u8], seq: u64) -> Offer {
-        let mut state = match self.state.try_lock() {
-            Ok(state) => state,
+impl Direct for Sink {
+    /// A delivery's attempt to write the state `seq` without waiting.
+    fn offer(&self, state: &Arc<State>, seq: u64) -> Offer {
+        let mut sink = match self.state.try_lock() {
+            Ok(sink) => sink,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            // The task is writing: it looks for newer states when it is done.
+            // The driver is writing: it looks for newer states when it is done.
             Err(TryLockError::WouldBlock) => return Offer::Wake,
         };
-        if !state.direct || seq <= state.seq {
+        let Some(grant) = &sink.grant else {
+            return Offer::Skipped;
+        };
+        if seq <= sink.seq {
             return Offer::Skipped;
         }
-        if !state.pending.is_empty() {
-            return Offer::Wake; // a slow client: its task catches up to the newest state
+        // The gate; and the driver writes terminal states itself, followed by `end`.
+        if state.terminal || !grant.admits(state.owner.as_ref()) {
+            return Offer::Wake;
         }
-
+        if !sink.pending.is_empty() {
+            return Offer::Wake; // a slow client: its driver catches up to the newest state
+        }
+        let wire = sse::update_chunk(state);
         match self.try_write(&[wire]) {
             Ok(n) if n == wire.len() => {
-                state.seq = seq;
-                state.last_write = Instant::now();
+                sink.seq = seq;
+                sink.last_write = Instant::now();
                 Offer::Sent
             }
             Ok(0) => Offer::Wake,
             Ok(n) => {
                 // Part of the frame is out: the rest must follow before anything else.
-                state.seq = seq;
-                state.last_write = Instant::now();
-                state.pending.extend_from_slice(&wire[n..]);
+                sink.seq = seq;
+                sink.last_write = Instant::now();
+                sink.pending.extend_from_slice(&wire[n..]);
                 Offer::Wake
             }
-            // A broken connection: the task notices it on its own next write or read.
+            // A broken connection: the driver notices it on its own next write or read.
             Err(_) => {
-                state.direct = false;
+                sink.grant = None;
                 Offer::Wake
             }
         }
     }
 
-    /// Wakes the stream's task to take over (flush, then skip to the newest state).
-    pub fn hand_over(&self) {
+    /// Wakes the stream's driver to take over (flush, then skip to the newest state).
+    fn hand_over(&self) {
         self.wake.notify_one();
     }
-}
-
-/// A new state for the direct subscribers of one cell.
-pub struct Delivery {
-    pub seq: u64,
-    /// The `update` frame as one HTTP/1.1 chunk; None for a terminal state, which every
-    /// stream's task writes itself (with `end`).
-    pub wire: Option<Bytes>,
-    pub sinks: Vec<Arc<Sink>>,
-}
-
-impl Delivery {
-    /// Writes the state to every sink, a batch per task, and hands the rest to their tasks.
-    pub fn deliver(self, metrics: &Arc<Metrics>) {
-        if self.sinks.is_empty() {
-            return;
-        }
-        let Some(wire) = self.wire else {
-            self.sinks.iter().for_each(|s| s.hand_over());
-            metrics.direct_handovers.inc_by(self.sinks.len() as u64);
-            return;
-        };
-        let seq = self.seq;
-        let mut sinks = self.sinks;
-        while !sinks.is_empty() {
-            let batch: Vec<Arc<Sink>> = sinks.split_off(sinks.len().saturating_sub(DELIVERY_BATCH));
-            let (wire, metrics) = (wire.clone(), Arc::clone(metrics));
-            tokio::spawn(async move {
-                let (mut sent, mut handed_over) = (0, 0);
-                for sink in batch {
-                    match sink.offer(&wire, seq) {
-                        Offer::Sent => sent += 1,
-                        Offer::Skipped => {}
-                        Offer::Wake => {
-                            sink.hand_over();
-                            handed_over += 1;
-                        }
-                    }
-                }
-                metrics.events_sent.inc_by(sent);
-                metrics.direct_handovers.inc_by(handed_over);
-            });
-        }
-    }
-}
-
-/// Frames `data` as one HTTP/1.1 chunk.
-pub fn chunk(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 12);
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::{Epochs, Scope};
+    use crate::model::{Owner, RunRow};
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -278,33 +239,88 @@ mod tests {
         (Sink::new(accepted.unwrap().0), client.unwrap())
     }
 
+    fn run(version: i64, tenant: Option<i64>, padding: usize) -> Arc<State> {
+        let counts = format!(r#"{{"pad":"{}"}}"#, "x".repeat(padding));
+        Arc::new(State::run(&RunRow {
+            id: 1,
+            workspace_id: 1,
+            tenant_id: tenant,
+            run_type: "sync".into(),
+            status: "running".into(),
+            outcome: "pending".into(),
+            summary_counts: sqlx::types::Json(
+                serde_json::value::RawValue::from_string(counts).unwrap(),
+            ),
+            created_at: None,
+            started_at: None,
+            completed_at: None,
+            updated_at: None,
+            version,
+        }))
+    }
+
+    fn granted(epochs: &Arc<Epochs>, tenant: Option<i64>) -> Grant {
+        let user = epochs.user(1);
+        let owner = Owner::Run {
+            workspace: 1,
+            tenant,
+        };
+        Grant::new(&user, user.now(), Scope::Owner(owner))
+    }
+
     #[tokio::test]
-    async fn offers_write_only_newer_states_and_only_when_direct() {
+    async fn offers_write_only_newer_admitted_states() {
+        let epochs = Arc::new(Epochs::default());
         let (sink, mut client) = pair().await;
-        assert_eq!(sink.offer(b"a", 1), Offer::Skipped, "not direct yet");
-        sink.set_direct(true);
-        assert_eq!(sink.offer(b"b", 2), Offer::Sent);
-        assert_eq!(sink.offer(b"c", 2), Offer::Skipped, "same state again");
-        assert_eq!(sink.offer(b"d", 1), Offer::Skipped, "older state");
-        // The task's own writes obey the same order.
+        assert_eq!(
+            sink.offer(&run(1, None, 0), 1),
+            Offer::Skipped,
+            "no grant yet"
+        );
+        sink.admit(Some(granted(&epochs, None)));
+        assert_eq!(sink.offer(&run(2, None, 0), 2), Offer::Sent);
+        assert_eq!(
+            sink.offer(&run(2, None, 0), 2),
+            Offer::Skipped,
+            "same state again"
+        );
+        assert_eq!(
+            sink.offer(&run(1, None, 0), 1),
+            Offer::Skipped,
+            "older state"
+        );
+        assert_eq!(
+            sink.offer(&run(3, Some(9), 0), 3),
+            Offer::Wake,
+            "moved elsewhere"
+        );
+        epochs.user_changed(1);
+        assert_eq!(sink.offer(&run(4, None, 0), 4), Offer::Wake, "stale grant");
+        // The driver's own writes obey the same order.
         assert!(!sink.write(&[b"e"], Some(2)).await.unwrap());
-        assert!(sink.write(&[b"f"], Some(3)).await.unwrap());
+        assert!(sink.write(&[b"f"], Some(5)).await.unwrap());
         assert!(sink.write(&[b"g"], None).await.unwrap());
-        sink.set_direct(false);
-        assert_eq!(sink.offer(b"h", 9), Offer::Skipped, "stream over");
+        sink.admit(None);
+        assert_eq!(
+            sink.offer(&run(9, None, 0), 9),
+            Offer::Skipped,
+            "stream over"
+        );
         drop(sink);
         let mut got = String::new();
         client.read_to_string(&mut got).await.unwrap();
-        assert_eq!(got, "bfg");
+        let update = String::from_utf8(sse::update_chunk(&run(2, None, 0)).to_vec()).unwrap();
+        assert_eq!(got, format!("{update}fg"));
     }
 
     #[tokio::test]
     async fn nothing_overtakes_the_rest_of_a_partly_written_frame() {
+        let epochs = Arc::new(Epochs::default());
         let (sink, mut client) = pair().await;
-        sink.set_direct(true);
+        sink.admit(Some(granted(&epochs, None)));
         // As if an earlier frame went out only in part, and the socket has room again.
         sink.lock().pending.extend_from_slice(b"rest-of-1;");
-        assert_eq!(sink.offer(b"frame-2;", 2), Offer::Wake);
+        assert_eq!(sink.offer(&run(2, None, 0), 2), Offer::Wake);
         sink.flush().await.unwrap();
         assert!(sink.write(&[b"frame-3;"], Some(3)).await.unwrap());
         drop(sink);
@@ -314,24 +330,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_that_stops_reading_is_handed_to_its_task() {
+    async fn a_client_that_stops_reading_is_handed_to_its_driver() {
+        let epochs = Arc::new(Epochs::default());
         let (sink, client) = pair().await;
-        sink.set_direct(true);
-        let frame = vec![b'x'; 64 * 1024];
+        sink.admit(Some(granted(&epochs, None)));
         let mut seq = 0;
         // Fill the client's receive buffer and the server's send buffer.
         let handed_over = loop {
             seq += 1;
             assert!(seq < 10_000, "the socket never filled");
-            match sink.offer(&frame, seq) {
+            match sink.offer(&run(seq as i64, None, 64 * 1024), seq) {
                 Offer::Sent => continue,
                 other => break other,
             }
         };
         assert_eq!(handed_over, Offer::Wake);
         // Whatever is left of a partly written frame stays ahead of everything else: later
-        // offers go to the task too, and the task's flush waits for the client.
-        assert_eq!(sink.offer(&frame, seq + 1), Offer::Wake);
+        // offers go to the driver too, and the driver's flush waits for the client.
+        assert_eq!(
+            sink.offer(&run(seq as i64 + 1, None, 10), seq + 1),
+            Offer::Wake
+        );
         let mut flushed = tokio::spawn({
             let sink = Arc::clone(&sink);
             async move { sink.flush().await }
