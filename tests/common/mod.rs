@@ -235,6 +235,11 @@ impl Sse {
         }
     }
 
+    /// The next message if one arrives within `wait` (Some(None): the stream closed).
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Option<Msg>> {
+        tokio::time::timeout(wait, self.next()).await.ok()
+    }
+
     /// The next message, which must exist and be of this type.
     pub async fn expect(&mut self, event: &str) -> Msg {
         let msg = self
@@ -243,6 +248,11 @@ impl Sse {
             .unwrap_or_else(|| panic!("stream ended, expected {event}"));
         assert_eq!(msg.event, event, "unexpected message {msg:?}");
         msg
+    }
+
+    /// The next message, which must exist.
+    pub async fn expect_any(&mut self) -> Msg {
+        self.next().await.expect("stream ended")
     }
 
     /// Expects `end` with this reason, then the end of the response.

@@ -1,0 +1,519 @@
+//! Fail-closed access: no byte of a state reaches a stream unless the user's access to the
+//! item, as the item is in that state, was decided at an access epoch no older than the
+//! newest access change known. Moves, revocations racing with updates, re-checks that cannot
+//! be made, revocations while the listener is away, deletes and truncates.
+//!
+//! A leak is any message carrying a state written after the revocation or move: every such
+//! state here carries a marker (`leaked`) or the destination's ids, and every message a test
+//! reads is checked for it.
+
+mod common;
+
+use common::*;
+use sqlx::PgPool;
+use std::time::Duration;
+
+const MARK: &str = "leaked";
+
+/// Reads until `end`, failing on any message that carries `MARK` or `tenant`.
+async fn expect_end_without_leak(s: &mut Sse, reason: &str, forbidden_tenant: Option<i64>) {
+    loop {
+        let msg = s.next().await.expect("stream ended without `end`");
+        let text = msg.data.to_string();
+        assert!(
+            !text.contains(MARK),
+            "leaked a post-revocation state: {msg:?}"
+        );
+        if let Some(t) = forbidden_tenant {
+            assert_ne!(msg.data["tenant_id"], t, "leaked a moved state: {msg:?}");
+        }
+        if msg.event == "end" {
+            assert_eq!(msg.data["reason"], reason, "{msg:?}");
+            assert!(s.next().await.is_none(), "stream continued after end");
+            return;
+        }
+    }
+}
+
+/// Reads the feed until a snapshot arrives, failing on any leak; returns the snapshot's
+/// run ids.
+async fn next_feed_snapshot_without_leak(s: &mut Sse, forbidden: Option<i64>) -> Vec<i64> {
+    loop {
+        let msg = s.next().await.expect("feed ended");
+        let text = msg.data.to_string();
+        assert!(
+            !text.contains(MARK),
+            "leaked a post-revocation state: {msg:?}"
+        );
+        if let Some(t) = forbidden {
+            assert!(
+                !text.contains(&format!("\"tenant_id\":{t}")),
+                "leaked a moved state: {msg:?}"
+            );
+        }
+        if msg.event == "snapshot" {
+            return ids(&msg);
+        }
+    }
+}
+
+fn ids(snapshot: &Msg) -> Vec<i64> {
+    snapshot.data["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::query(sql).execute(pool).await.unwrap();
+}
+
+fn feed(w: &World) -> String {
+    format!("/v1/workspaces/{}/runs/events", w.workspace)
+}
+
+#[tokio::test]
+async fn a_run_moved_to_a_tenant_the_user_cannot_see_ends_its_streams() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let keep = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut single = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut set = app.sse(&format!("/v1/streams?runs={run},{keep}"), &t).await;
+    let mut ws = app.sse(&feed(&w), &t).await;
+    single.expect("snapshot").await;
+    set.expect("snapshot").await;
+    set.expect("snapshot").await;
+    assert!(ids(&ws.expect("snapshot").await).contains(&run));
+
+    set_run(app.pool(), run, &format!("tenant_id = {}", w.tenant_b)).await;
+    set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
+    expect_end_without_leak(&mut single, "forbidden", Some(w.tenant_b)).await;
+    expect_end_without_leak(&mut set, "forbidden", Some(w.tenant_b)).await;
+    // The feed replaces its list: the run is gone from it, and nothing of it was sent.
+    let now = next_feed_snapshot_without_leak(&mut ws, Some(w.tenant_b)).await;
+    assert_eq!(now, vec![keep]);
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
+        403
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_moved_to_another_workspace_ends_its_streams() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut single = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut set = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
+    let mut ws = app.sse(&feed(&w), &t).await;
+    single.expect("snapshot").await;
+    set.expect("snapshot").await;
+    assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
+
+    set_run(
+        app.pool(),
+        run,
+        &format!("workspace_id = {}, outcome = '{MARK}'", w.other_workspace),
+    )
+    .await;
+    expect_end_without_leak(&mut single, "forbidden", None).await;
+    expect_end_without_leak(&mut set, "forbidden", None).await;
+    assert!(next_feed_snapshot_without_leak(&mut ws, None)
+        .await
+        .is_empty());
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
+        404
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the_feed() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    let mut ws = app.sse(&feed(&w), &t).await;
+    ps.expect("snapshot").await;
+    assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
+
+    exec(
+        app.pool(),
+        &format!(
+            "UPDATE tenants SET workspace_id = {} WHERE id = {}",
+            w.other_workspace, w.tenant
+        ),
+    )
+    .await;
+    set_pack(app.pool(), pack, &format!("status = '{MARK}'")).await;
+    set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
+    expect_end_without_leak(&mut ps, "forbidden", None).await;
+    assert!(next_feed_snapshot_without_leak(&mut ws, None)
+        .await
+        .is_empty());
+    app.stop().await;
+}
+
+/// Which stream a race repetition watches.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Run,
+    Pack,
+    Set,
+    Feed,
+}
+
+/// One repetition: open the stream, then revoke the owner's access to the tenant and write a
+/// marked state, in one transaction or in two back to back. Nothing marked may arrive.
+async fn revoke_while_updating(app: &TestApp, w: &World, kind: Kind, one_transaction: bool) {
+    let t = token(w.owner);
+    exec(
+        app.pool(),
+        &format!(
+            "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = 'owner'",
+            w.tenant, w.owner
+        ),
+    )
+    .await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let other = create_run(app.pool(), w.workspace, None, "running").await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let path = match kind {
+        Kind::Run => format!("/v1/runs/{run}/events"),
+        Kind::Pack => format!("/v1/tenants/{}/review-pack/events", w.tenant),
+        Kind::Set => format!("/v1/streams?runs={run}&review_pack_tenants={}", w.tenant),
+        Kind::Feed => feed(w),
+    };
+    let mut s = app.sse(&path, &t).await;
+    let first = s.expect("snapshot").await;
+    if let Kind::Set = kind {
+        s.expect("snapshot").await;
+    }
+    // Packs: a role without review_pack.view; otherwise the tenant membership goes.
+    let revoke = match kind {
+        Kind::Pack => format!(
+            "UPDATE tenant_memberships SET role = 'readonly' WHERE tenant_id = {} AND user_id = {}",
+            w.tenant, w.owner
+        ),
+        _ => format!(
+            "DELETE FROM tenant_memberships WHERE tenant_id = {} AND user_id = {}",
+            w.tenant, w.owner
+        ),
+    };
+    let update = match kind {
+        Kind::Pack => format!(
+            "UPDATE review_packs SET status = '{MARK}', updated_at = now() WHERE id = {pack}"
+        ),
+        _ => format!(
+            "UPDATE operation_runs SET outcome = '{MARK}', updated_at = now() WHERE id = {run}"
+        ),
+    };
+    if one_transaction {
+        let mut tx = app.pool().begin().await.unwrap();
+        sqlx::query(&revoke).execute(&mut *tx).await.unwrap();
+        sqlx::query(&update).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    } else {
+        exec(app.pool(), &revoke).await;
+        exec(app.pool(), &update).await;
+    }
+    match kind {
+        Kind::Feed => {
+            assert!(ids(&first).contains(&run));
+            assert_eq!(
+                next_feed_snapshot_without_leak(&mut s, None).await,
+                vec![other]
+            );
+            // And it goes on with what the user may still see.
+            set_run(app.pool(), other, "status = 'completed'").await;
+            loop {
+                let msg = s.expect_any().await;
+                assert!(!msg.data.to_string().contains(MARK), "leaked: {msg:?}");
+                if msg.event == "update" && msg.data["id"] == other {
+                    break;
+                }
+            }
+        }
+        _ => expect_end_without_leak(&mut s, "forbidden", None).await,
+    }
+    exec(
+        app.pool(),
+        &format!("UPDATE operation_runs SET status = 'completed' WHERE id IN ({run}, {other})"),
+    )
+    .await;
+}
+
+async fn race(kind: Kind) {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    for one_transaction in [true, false] {
+        for _ in 0..20 {
+            revoke_while_updating(&app, &w, kind, one_transaction).await;
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn revocation_racing_an_update_never_leaks_a_run_stream() {
+    race(Kind::Run).await;
+}
+
+#[tokio::test]
+async fn revocation_racing_an_update_never_leaks_a_pack_stream() {
+    race(Kind::Pack).await;
+}
+
+#[tokio::test]
+async fn revocation_racing_an_update_never_leaks_a_set() {
+    race(Kind::Set).await;
+}
+
+#[tokio::test]
+async fn revocation_racing_an_update_never_leaks_the_feed() {
+    race(Kind::Feed).await;
+}
+
+/// The re-check after a revocation blocks on a locked table: nothing is written meanwhile;
+/// once the table is free the decision is made (forbidden), and a stream that cannot get a
+/// decision for 10 s ends with `unavailable`.
+#[tokio::test]
+async fn a_recheck_that_cannot_be_made_writes_nothing_and_fails_closed() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    for hold in [Duration::from_secs(2), Duration::from_secs(12)] {
+        exec(
+            app.pool(),
+            &format!(
+                "INSERT INTO workspace_memberships VALUES ({}, {}, 'owner') ON CONFLICT DO NOTHING",
+                w.workspace, w.owner
+            ),
+        )
+        .await;
+        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        s.expect("snapshot").await;
+        // A migration holds the membership table: every access re-check waits on it.
+        let mut lock = app.pool().begin().await.unwrap();
+        sqlx::query("LOCK TABLE tenant_memberships IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        exec(
+            app.pool(),
+            &format!(
+                "DELETE FROM workspace_memberships WHERE workspace_id = {} AND user_id = {}",
+                w.workspace, w.owner
+            ),
+        )
+        .await;
+        set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
+        // Nothing arrives while the decision cannot be made.
+        assert!(
+            s.next_within(Duration::from_millis(1500)).await.is_none(),
+            "a state was written before access was decided"
+        );
+        let released = tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            lock.rollback().await.unwrap();
+        });
+        let reason = if hold.as_secs() < 10 {
+            "forbidden"
+        } else {
+            "unavailable"
+        };
+        expect_end_without_leak(&mut s, reason, None).await;
+        released.await.unwrap();
+    }
+    app.stop().await;
+}
+
+/// Revoked and updated while the listener is disconnected: the resync must not publish the
+/// new state to a stream whose access was decided before the gap.
+#[tokio::test]
+async fn revocation_while_the_listener_is_away_never_leaks() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    for _ in 0..5 {
+        exec(
+            app.pool(),
+            &format!(
+                "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner') ON CONFLICT DO NOTHING",
+                w.tenant, w.owner
+            ),
+        )
+        .await;
+        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        s.expect("snapshot").await;
+        assert!(app.running.wait_ready(WAIT).await);
+        let pid = app.running.state.listener.backend_pid().unwrap();
+        exec(app.pool(), &format!("SELECT pg_terminate_backend({pid})")).await;
+        let mut tx = app.pool().begin().await.unwrap();
+        sqlx::query(&format!(
+            "DELETE FROM tenant_memberships WHERE tenant_id = {} AND user_id = {}",
+            w.tenant, w.owner
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            "UPDATE operation_runs SET outcome = '{MARK}' WHERE id = {run}"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        expect_end_without_leak(&mut s, "forbidden", None).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_run_ends_its_streams_with_gone_and_frees_their_slots() {
+    let mut settings = settings();
+    settings.max_streams_per_user = 2;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut single = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut set = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
+    single.expect("snapshot").await;
+    set.expect("snapshot").await;
+    let other = create_run(app.pool(), w.workspace, None, "running").await;
+    assert_eq!(
+        app.get(&format!("/v1/runs/{other}/events"), Some(&t))
+            .await
+            .status(),
+        429,
+        "both slots are taken"
+    );
+    exec(
+        app.pool(),
+        &format!("DELETE FROM operation_runs WHERE id = {run}"),
+    )
+    .await;
+    single.expect_end("gone").await;
+    set.expect_end("gone").await;
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}/events"), Some(&t))
+            .await
+            .status(),
+        404
+    );
+    // The slots are free again.
+    let mut s = app.sse(&format!("/v1/runs/{other}/events"), &t).await;
+    assert_eq!(s.status, 200);
+    s.expect("snapshot").await;
+    // Truncation ends every stream of a run too.
+    exec(app.pool(), "TRUNCATE operation_runs").await;
+    s.expect_end("gone").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_run_leaves_the_feed_and_a_deleted_tenant_ends_its_pack_stream() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut ws = app.sse(&feed(&w), &t).await;
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
+    ps.expect("snapshot").await;
+    exec(
+        app.pool(),
+        &format!("DELETE FROM operation_runs WHERE id = {run}"),
+    )
+    .await;
+    assert!(next_feed_snapshot_without_leak(&mut ws, None)
+        .await
+        .is_empty());
+    // Deleting the tenant deletes the memberships too: whichever the stream learns first,
+    // the tenant is gone or the access is, it ends without another state.
+    exec(
+        app.pool(),
+        &format!("DELETE FROM tenants WHERE id = {}", w.tenant),
+    )
+    .await;
+    let end = ps.expect("end").await;
+    assert!(
+        end.data["reason"] == "gone" || end.data["reason"] == "forbidden",
+        "{end:?}"
+    );
+    ps.expect_closed().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pack_moved_between_tenants_updates_both_cards() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    exec(
+        app.pool(),
+        &format!(
+            "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')",
+            w.tenant_b, w.owner
+        ),
+    )
+    .await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut a = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    let mut b = app
+        .sse(
+            &format!("/v1/tenants/{}/review-pack/events", w.tenant_b),
+            &t,
+        )
+        .await;
+    assert_eq!(a.expect("snapshot").await.data["pack"]["id"], pack);
+    assert!(b.expect("snapshot").await.data["pack"].is_null());
+    b.expect_end("terminal").await;
+    let mut b = app
+        .sse(
+            &format!("/v1/tenants/{}/review-pack/events", w.tenant_b),
+            &t,
+        )
+        .await;
+    assert!(b.expect("snapshot").await.data["pack"].is_null());
+    b.expect_end("terminal").await;
+
+    // Watch B's card through a set that stays open on an active run.
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut set = app
+        .sse(
+            &format!("/v1/streams?runs={run}&review_pack_tenants={}", w.tenant_b),
+            &t,
+        )
+        .await;
+    set.expect("snapshot").await;
+    set.expect("snapshot").await;
+    set_pack(app.pool(), pack, &format!("tenant_id = {}", w.tenant_b)).await;
+    let left = a.expect("update").await;
+    assert!(left.data["pack"].is_null(), "{left:?}");
+    a.expect_end("terminal").await;
+    let arrived = set.expect("update").await;
+    assert_eq!(arrived.data["tenant_id"], w.tenant_b);
+    assert_eq!(arrived.data["pack"]["id"], pack);
+    app.stop().await;
+}
