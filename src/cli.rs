@@ -2,7 +2,7 @@
 
 use crate::access::Tokens;
 use crate::config::{Command, DatabaseArgs, LogFormat, Settings};
-use crate::{connect_database, telemetry, Server, MIGRATOR};
+use crate::{connect_database, telemetry, Server};
 use anyhow::Context;
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -17,7 +17,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .database_url
                 .context("set DATABASE_URL (or --database-url) to the database to migrate")?;
             let pool = connect_database(&url, 1).await?;
-            MIGRATOR.run(&pool).await.context("migrations failed")?;
+            crate::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -52,7 +52,7 @@ pub async fn database(
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (url, embedded) = database(&settings.database).await?;
     let pool = connect_database(&url, settings.db_pool_size).await?;
-    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    crate::migrate(&pool).await?;
     let running = Server::build(settings, pool).await?.start();
     shutdown_signal().await;
     tracing::info!("shutting down");

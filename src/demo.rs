@@ -5,8 +5,7 @@
 
 use crate::access::Tokens;
 use crate::config::Settings;
-use crate::{connect_database, Server, MIGRATOR};
-use anyhow::Context;
+use crate::{connect_database, Server};
 use rand::Rng;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -34,7 +33,7 @@ pub struct DemoWorld {
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let (url, embedded) = crate::cli::database(&settings.database).await?;
     let pool = connect_database(&url, settings.db_pool_size).await?;
-    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    crate::migrate(&pool).await?;
     let secret = settings
         .jwt_secret
         .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()))

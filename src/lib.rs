@@ -38,3 +38,29 @@ pub use config::Settings;
 
 /// Migrations: the host tables (for standalone use) and runwire's triggers, in separate files.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The version of the integration migration (the trigger file), which is idempotent.
+const INTEGRATION_MIGRATION: i64 = 20260101000001;
+
+/// Applies the migrations. The integration file is re-applied when a newer runwire changed
+/// it (it only replaces runwire's own functions and triggers), instead of refusing the
+/// database as a modified migration.
+pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    // One session throughout: a refused run returns without releasing sqlx's advisory lock.
+    let mut conn = pool.acquire().await.context("cannot connect to Postgres")?;
+    match MIGRATOR.run(&mut *conn).await {
+        Err(sqlx::migrate::MigrateError::VersionMismatch(INTEGRATION_MIGRATION)) => {
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+                .bind(INTEGRATION_MIGRATION)
+                .execute(&mut *conn)
+                .await
+                .context("cannot replace the older integration migration")?;
+            MIGRATOR.run(&mut *conn).await.context("migrations failed")
+        }
+        r => r.context("migrations failed"),
+    }
+}
