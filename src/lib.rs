@@ -4,18 +4,23 @@
 //! Data flows one way:
 //!
 //! ```text
-//! Postgres trigger ─NOTIFY─▶ watch::Watcher ─re-read─▶ watch::Hub cell ─▶ stream::* ─SSE─▶ client
+//! Postgres trigger ─NOTIFY─▶ watch::Watcher ─re-read─▶ watch::Hub cell ─▶ stream::driver ─SSE─▶ client
+//!                                  └─access changes─▶ access::Epochs ─(gate)─┘
 //! ```
 //!
 //! * [`watch`] owns the single process-wide `LISTEN` connection. A notification is only a
-//!   doorbell: the watcher re-reads the rows (one query per burst) and publishes the new state
-//!   into the hub, which keeps one shared cell per watched item. It knows nothing about HTTP.
-//! * [`stream`] turns a cell's states into SSE messages (snapshot, update, end) and decides
-//!   when a stream ends. It never talks to the listener.
-//! * [`access`] verifies tokens and holds every 401/403/404 rule.
+//!   doorbell: the watcher applies the access changes of a burst first, re-reads the rows (one
+//!   query per burst) and publishes the new states into the hub, which keeps one shared cell
+//!   per watched item. It knows nothing about HTTP.
+//! * [`stream`] runs every stream in one driver: it turns a cell's states into SSE messages
+//!   (snapshot, update, end), passes each through the access gate, and decides when a stream
+//!   ends. It never talks to the listener.
+//! * [`access`] verifies tokens, holds every 401/403/404 rule, and the epochs and grants
+//!   that say whether a decision is still current.
 //! * [`http`] is the axum router, handlers, the error type, the embedded static files, and
-//!   the connection front that writes SSE bodies itself (hyper serves everything else).
-//! * [`model`] defines run and pack state and the one definition of "terminal".
+//!   the connection front that hands SSE sockets to the stream driver (hyper serves
+//!   everything else). [`wire`] writes every HTTP/1.1 byte that is written by hand.
+//! * [`model`] defines the state of a watched item and the one definition of "terminal".
 //! * [`store`] holds every SQL statement runwire runs.
 
 pub mod access;
