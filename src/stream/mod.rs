@@ -93,7 +93,11 @@ pub struct Deadlines {
 impl Deadlines {
     pub fn new(token_exp: u64, max_lifetime_secs: u64) -> Self {
         let now = Instant::now();
-        let token_expires = now + Duration::from_secs(token_exp.saturating_sub(now_secs()));
+        // Saturating: a token valid for millennia must not overflow the clock (a panic).
+        let valid_for = Duration::from_secs(token_exp.saturating_sub(now_secs()));
+        let token_expires = now
+            .checked_add(valid_for)
+            .unwrap_or(now + Duration::from_secs(u64::from(u32::MAX)));
         let lifetime_ends = (max_lifetime_secs > 0).then(|| {
             let secs = max_lifetime_secs as f64 * rand::thread_rng().gen_range(0.9..1.1);
             now + Duration::from_secs_f64(secs)
