@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
@@ -47,16 +47,39 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable
-            }
-            e => {
-                tracing::error!(error = %e, "database error");
-                ApiError::Internal
-            }
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable
+        } else {
+            tracing::error!(error = %e, "database error");
+            ApiError::Internal
         }
+    }
+}
+
+/// Whether an error means "the database cannot answer now" (503, try again) rather than a bug
+/// in a query (500): no connection, a lost one, a timeout, a server shutting down or out of
+/// room, a database that was dropped or a password that changed.
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // SQLSTATE classes: 08 connection exception, 28 invalid authorization, 53
+            // insufficient resources (too many connections, disk full), 57 operator
+            // intervention (statement timeout, admin shutdown, database dropped); 3D000 no
+            // such database; 55P03 lock not available (lock_timeout).
+            ["08", "28", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "3D000"
+                || code == "55P03"
+        }),
+        _ => false,
     }
 }
 
