@@ -840,3 +840,36 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn start_up_with_a_wrong_password_logs_the_cause() {
+    // The shared cluster trusts local connections and never asks for a password; a private
+    // one does.
+    let root = std::env::temp_dir().join(format!("runwire-pw-{}", rand::random::<u32>()));
+    let pg = runwire::embedded_pg::EmbeddedPostgres::start_with_password(&root, "right-password")
+        .await
+        .expect("a private PostgreSQL (needs its binaries installed)");
+    let wrong = pg.url().replace("right-password", "wrong-password");
+    // Waiting: the cause is logged on every attempt.
+    let waiting = runwire(
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("DATABASE_URL", &wrong), strong_secret()],
+    );
+    let line = waiting.line("cannot connect to Postgres; waiting").await;
+    assert!(
+        line.contains(r#"password authentication failed for user \"postgres\""#),
+        "{line}"
+    );
+    drop(waiting);
+    // Failing fast: the same cause, and the exit.
+    let (ok, out) = runwire(
+        &["serve", "--bind", "127.0.0.1:0", "--database-fail-fast"],
+        &[("DATABASE_URL", &wrong), strong_secret()],
+    )
+    .exit()
+    .await;
+    assert!(!ok);
+    assert!(out.contains("password authentication failed"), "{out}");
+    drop(pg);
+    let _ = std::fs::remove_dir_all(root);
+}

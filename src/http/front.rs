@@ -181,7 +181,9 @@ async fn connection(
             drop(head);
             let _ = stream(socket, router, request).await;
         }
-        Ok(Ok(_)) => hand_to_hyper(socket, head, router, limits, shutdown).await,
+        // Boxed: hyper's connection state is large, and inline it would size this future —
+        // which every open stream keeps for hours — for the hyper case.
+        Ok(Ok(_)) => Box::pin(hand_to_hyper(socket, head, router, limits, shutdown)).await,
         Ok(Err(HeadError::TooLarge)) => {
             refuse(
                 socket,
