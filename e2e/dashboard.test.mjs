@@ -15,7 +15,7 @@ import { chromium } from "playwright-core";
 const ADMIN_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
 const BIN = new URL("../target/debug/runwire", import.meta.url).pathname;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SECRET = "e2e-secret";
+const SECRET = "e2e-secret-e2e-secret-e2e-secret-e2e"; // runwire requires >= 32 bytes
 const ARTIFACTS = new URL("./artifacts/", import.meta.url).pathname;
 // The contract: the page shows a change within a second of the commit.
 const WITHIN = 1000;

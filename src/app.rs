@@ -1,22 +1,29 @@
 //! Startup and shutdown: build the application from settings and a pool, bind, run the
 //! watcher beside the HTTP server, and stop both promptly.
 //!
+//! `serve` binds and answers HTTP first, then waits for the database (logging why it cannot
+//! reach it, with backoff), migrates, and only then starts the watcher: `/healthz` answers
+//! throughout and `/readyz` says what start-up is waiting for.
+//!
 //! Shutdown cancels one token. The watcher stops, every open stream returns (without an
 //! `end` event, so browsers reconnect, to another instance if there is one), the connection
 //! front stops accepting and waits for in-flight responses; a hard deadline stops the wait
 //! regardless.
 
+use crate::access::batch::Deadline;
+use crate::access::token::check_secret;
 use crate::access::{Batcher, Epochs, Tokens};
 use crate::config::Settings;
-use crate::http::{self, AppState, Inner};
+use crate::http::front::ConnectionLimits;
+use crate::http::{self, AppState, Health, Inner};
 use crate::metrics::Metrics;
 use crate::stream::limits::StreamLimiter;
 use crate::stream::Streams;
 use crate::watch::hub::Hub;
 use crate::watch::{ListenerStatus, Watcher};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -45,19 +52,125 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Opens the query pool. Acquiring a connection gives up after a few seconds so requests
-/// made while the database is down answer 503 instead of hanging.
-pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)
+/// Postgres connection options from a URL, named `runwire` in `pg_stat_activity`.
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a valid Postgres URL")?
-        .application_name("runwire");
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_with(options)
+        .application_name("runwire"))
+}
+
+/// The query pool's options. Every query has a deadline: each connection carries
+/// `statement_timeout` (Postgres cancels a query that runs or waits for a lock longer, and
+/// the connection is free again), and waiting for a connection gives up after the acquire
+/// timeout. Either way the request answers 503 `database_unavailable` instead of hanging.
+pub fn pool_options(settings: &Settings) -> PgPoolOptions {
+    let statement_timeout_ms = settings.query_timeout().as_millis();
+    PgPoolOptions::new()
+        .max_connections(settings.db_pool_size.max(1))
+        .acquire_timeout(settings.acquire_timeout())
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                sqlx::query(&format!("SET statement_timeout = {statement_timeout_ms}"))
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+}
+
+/// Opens the query pool (connecting once now, so a bad URL or password fails here).
+pub async fn connect_database(url: &str, settings: &Settings) -> anyhow::Result<PgPool> {
+    pool_options(settings)
+        .connect_with(connect_options(url)?)
         .await
-        .context("cannot connect to Postgres")?;
-    Ok(pool)
+        .context("cannot connect to Postgres")
+}
+
+/// How long one connection attempt may take (a host that drops packets never refuses).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two attempts while waiting for the database.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Connects to the database, retrying with backoff until it answers, and logs the real cause
+/// of every failed attempt (connection refused, unknown host, a wrong password, a missing
+/// database). With `fail_fast`, the first failure is returned instead. `health` shows the
+/// cause on `/readyz` meanwhile.
+pub async fn wait_for_database(
+    options: &PgConnectOptions,
+    fail_fast: bool,
+    health: &Health,
+) -> anyhow::Result<PgConnection> {
+    let mut backoff = Duration::from_millis(250);
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options
+            .get_database()
+            .unwrap_or_else(|| options.get_username())
+    );
+    loop {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+            .await
+            .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| cause(&e)));
+        match attempt {
+            Ok(conn) => return Ok(conn),
+            Err(cause) if fail_fast => {
+                bail!("cannot connect to Postgres at {target}: {cause}")
+            }
+            Err(cause) => {
+                health.set_starting(format!("waiting for the database at {target}: {cause}"));
+                tracing::warn!(database = %target, %cause, retry_in = ?backoff, "cannot connect to Postgres; waiting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_CONNECT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The cause of a connection failure, without sqlx's wrapping ("error communicating with
+/// database: Connection refused" → "Connection refused (os error 111)").
+fn cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Waits for the database (see [`wait_for_database`]) and applies the migrations, on a
+/// connection of their own: it has no statement timeout, since a migration of a large host
+/// table may rightly take long.
+pub async fn prepare_database(
+    options: &PgConnectOptions,
+    fail_fast: bool,
+    health: &Health,
+) -> anyhow::Result<()> {
+    let mut conn = wait_for_database(options, fail_fast, health).await?;
+    health.set_starting("applying migrations");
+    crate::migrate_connection(&mut conn).await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// File descriptors kept free for everything but client connections besides the query pool
+/// and the listener: the listening socket, stdio, tokio's epoll and wake-up descriptors, a
+/// listener being replaced, files opened now and then.
+const FD_HEADROOM: u64 = 64;
+
+/// The default connection cap: the process's open-files limit minus what the query pool, the
+/// listener and [`FD_HEADROOM`] need, so runwire refuses a connection before the kernel
+/// refuses it a file (after which `accept` fails in a loop and nothing gets an answer).
+pub fn default_max_connections(db_pool_size: u32) -> usize {
+    let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _hard)| soft)
+        .unwrap_or(1024);
+    let reserved = FD_HEADROOM + u64::from(db_pool_size) + 2;
+    let cap = open_files.saturating_sub(reserved).max(1);
+    usize::try_from(cap)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
 }
 
 /// A built, bound server that is not yet running.
@@ -65,6 +178,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     state: AppState,
     watcher: Watcher,
+    limits: ConnectionLimits,
 }
 
 /// A running server.
@@ -72,7 +186,9 @@ pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
     serve: JoinHandle<()>,
-    watcher: JoinHandle<()>,
+    /// The watcher, until [`Running::start_watcher`] starts it.
+    watcher: Option<Watcher>,
+    watching: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -83,8 +199,9 @@ impl Server {
             .clone()
             .filter(|s| !s.is_empty())
             .context(
-            "set RUNWIRE_JWT_SECRET (or --jwt-secret): the HS256 secret shared with the host app",
+            "set RUNWIRE_JWT_SECRET (or --jwt-secret): the HS256 secret shared with the host app; generate one with `openssl rand -hex 32`",
         )?;
+        check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
         let hub = Arc::new(Hub::default());
         let epochs = Arc::new(Epochs::default());
         let metrics = Arc::new(Metrics::default());
@@ -106,14 +223,32 @@ impl Server {
             Arc::clone(&status),
             Duration::from_secs(settings.heartbeat_secs.max(1)),
         );
+        let max_connections = settings
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(settings.db_pool_size));
+        if settings.max_streams >= max_connections {
+            tracing::warn!(
+                max_streams = settings.max_streams,
+                max_connections,
+                "--max-streams is not below the connection cap, so connections run out before \
+                 streams are refused with 503: raise the open-files limit (ulimit -n) or lower \
+                 --max-streams"
+            );
+        }
+        let limits = ConnectionLimits {
+            max_connections,
+            head_timeout: Duration::from_secs(settings.request_head_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(settings.idle_timeout_secs.max(1)),
+        };
         let listener =
             listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
         let shutdown = CancellationToken::new();
+        let deadline = Deadline(settings.query_timeout());
         let streams = Streams {
             pool: pool.clone(),
             hub,
             epochs,
-            batcher: Arc::new(Batcher::start(pool.clone())),
+            batcher: Arc::new(Batcher::start(pool.clone(), Arc::clone(&status), deadline)),
             limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
@@ -126,6 +261,7 @@ impl Server {
             metrics,
             tokens: Tokens::new(secret.as_bytes()),
             listener: status,
+            health: Arc::new(Health::starting("connecting to the database")),
             settings,
             shutdown,
         });
@@ -133,6 +269,7 @@ impl Server {
             listener,
             state,
             watcher,
+            limits,
         })
     }
 
@@ -142,27 +279,51 @@ impl Server {
             .expect("bound socket has an address")
     }
 
-    /// Starts the watcher and the HTTP server in the background.
+    /// Starts the watcher and the HTTP server in the background, for a database that is
+    /// known to be up and migrated.
     pub fn start(self) -> Running {
+        let mut running = self.start_http();
+        running.start_watcher();
+        running
+    }
+
+    /// Starts only the HTTP server: `/healthz` answers, `/readyz` says why not ready, and
+    /// requests that need the database get 503 until [`Running::start_watcher`].
+    pub fn start_http(self) -> Running {
         let addr = self.local_addr();
         let shutdown = self.state.shutdown.clone();
-        let watcher = tokio::spawn(self.watcher.run(shutdown.clone()));
         let app = http::router(self.state.clone());
         // Each connection gets a clone of the finished router (an `Arc`). (axum::serve with
         // a `Router` re-applies its state per connection, rebuilding the route table: ~9 KB
         // per open stream, measured.)
-        let serve = tokio::spawn(http::front::serve(self.listener, app, shutdown.clone()));
-        tracing::info!(%addr, "runwire listening");
+        let serve = tokio::spawn(http::front::serve(
+            self.listener,
+            app,
+            self.limits,
+            Arc::clone(&self.state.metrics),
+            shutdown,
+        ));
+        tracing::info!(%addr, max_connections = self.limits.max_connections, "runwire listening");
         Running {
             addr,
             state: self.state,
             serve,
-            watcher,
+            watcher: Some(self.watcher),
+            watching: None,
         }
     }
 }
 
 impl Running {
+    /// Starts the watcher: start-up is over once its listener connects.
+    pub fn start_watcher(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            self.state.health.started();
+            let shutdown = self.state.shutdown.clone();
+            self.watching = Some(tokio::spawn(watcher.run(shutdown)));
+        }
+    }
+
     /// Waits until the listener's first connection is up (streams opened before that would
     /// miss nothing, but readiness is clearer for callers and tests).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
@@ -181,7 +342,9 @@ impl Running {
         self.state.shutdown.cancel();
         let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = self.serve.await;
-            let _ = self.watcher.await;
+            if let Some(watching) = self.watching {
+                let _ = watching.await;
+            }
         })
         .await;
         if finished.is_err() {

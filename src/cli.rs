@@ -1,8 +1,11 @@
 //! What each subcommand does.
 
+use crate::access::token::check_secret;
 use crate::access::Tokens;
+use crate::app::{connect_options, pool_options, prepare_database};
 use crate::config::{Command, DatabaseArgs, LogFormat, Settings};
-use crate::{connect_database, telemetry, Server};
+use crate::http::Health;
+use crate::{telemetry, Server};
 use anyhow::Context;
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -16,12 +19,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let url = db
                 .database_url
                 .context("set DATABASE_URL (or --database-url) to the database to migrate")?;
-            let pool = connect_database(&url, 1).await?;
-            crate::migrate(&pool).await?;
+            let health = Health::default();
+            prepare_database(&connect_options(&url)?, true, &health).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Token(args) => {
+            check_secret(&args.jwt_secret)
+                .context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
             println!(
                 "{}",
                 Tokens::new(args.jwt_secret.as_bytes()).issue(args.user, args.ttl)
@@ -49,12 +54,29 @@ pub async fn database(
     }
 }
 
+/// Serves HTTP at once, then waits for the database and migrates it before watching it: see
+/// [`crate::app`].
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (url, embedded) = database(&settings.database).await?;
-    let pool = connect_database(&url, settings.db_pool_size).await?;
-    crate::migrate(&pool).await?;
-    let running = Server::build(settings, pool).await?.start();
-    shutdown_signal().await;
+    let options = connect_options(&url)?;
+    let pool = pool_options(&settings).connect_lazy_with(options.clone());
+    let fail_fast = settings.database_fail_fast;
+    let mut running = Server::build(settings, pool).await?.start_http();
+    let prepared = tokio::select! {
+        p = prepare_database(&options, fail_fast, &running.state.health) => Some(p),
+        _ = shutdown_signal() => None,
+    };
+    match prepared {
+        Some(Ok(())) => {
+            running.start_watcher();
+            shutdown_signal().await;
+        }
+        Some(Err(e)) => {
+            running.shutdown().await;
+            return Err(e);
+        }
+        None => {}
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     drop(embedded);

@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +44,7 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,
+    /// HS256 secret shared with the host app: at least 32 bytes (`openssl rand -hex 32`).
     #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
 }
@@ -65,7 +67,8 @@ pub struct Settings {
     /// Address to listen on.
     #[arg(long, env = "RUNWIRE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    /// HS256 secret shared with the host app, which mints the tokens.
+    /// HS256 secret shared with the host app, which mints the tokens: at least 32 bytes
+    /// (generate one with `openssl rand -hex 32`).
     #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Seconds between SSE keep-alive comments.
@@ -94,6 +97,30 @@ pub struct Settings {
     /// Maximum database connections in the query pool (the listener has its own).
     #[arg(long, env = "RUNWIRE_DB_POOL_SIZE", default_value_t = 10)]
     pub db_pool_size: u32,
+    /// Open client connections allowed (streams included); beyond, new connections are
+    /// closed as soon as they are accepted. Default: the open-files limit minus room for the
+    /// query pool, the listener and files.
+    #[arg(long, env = "RUNWIRE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send each request head, counted from the moment the
+    /// connection is ready for it (accepted, or idle after the previous response).
+    #[arg(long, env = "RUNWIRE_REQUEST_HEAD_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_head_timeout_secs: u64,
+    /// A connection (other than a stream) on which no byte moves for this many seconds is
+    /// closed.
+    #[arg(long, env = "RUNWIRE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Longest a request waits for its database read, queueing included; also the
+    /// `statement_timeout` of every query connection. Beyond: 503 `database_unavailable`.
+    #[arg(long, env = "RUNWIRE_QUERY_TIMEOUT_SECS", default_value_t = 5)]
+    pub query_timeout_secs: u64,
+    /// Longest a request waits for a free query connection (then 503).
+    #[arg(long, env = "RUNWIRE_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 3)]
+    pub db_acquire_timeout_secs: u64,
+    /// Exit with the cause when the database cannot be reached at start-up, instead of
+    /// waiting for it (with backoff, logging the cause of every failed attempt).
+    #[arg(long, env = "RUNWIRE_DATABASE_FAIL_FAST", default_value_t = false)]
+    pub database_fail_fast: bool,
     #[arg(long, env = "RUNWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -102,5 +129,13 @@ impl Settings {
     /// Settings with every default, for tests and embedding.
     pub fn defaults() -> Self {
         Settings::parse_from(["runwire"])
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_secs(self.query_timeout_secs.max(1))
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_acquire_timeout_secs.max(1))
     }
 }

@@ -3,9 +3,13 @@
 //! it creates operation runs and review packs and walks them through their lifecycles —
 //! progress counts, failures and all — by writing to the tables, exactly as a host would.
 
+use crate::access::token::check_secret;
 use crate::access::Tokens;
+use crate::app::{connect_options, prepare_database};
 use crate::config::Settings;
+use crate::http::Health;
 use crate::{connect_database, Server};
+use anyhow::Context;
 use rand::Rng;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -31,13 +35,21 @@ pub struct DemoWorld {
 }
 
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
-    let (url, embedded) = crate::cli::database(&settings.database).await?;
-    let pool = connect_database(&url, settings.db_pool_size).await?;
-    crate::migrate(&pool).await?;
+    // A secret of the demo's own (32 hex digits) unless one is given; a given one must be
+    // strong enough, as for `serve`.
     let secret = settings
         .jwt_secret
         .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()))
         .clone();
+    check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
+    let (url, embedded) = crate::cli::database(&settings.database).await?;
+    prepare_database(
+        &connect_options(&url)?,
+        settings.database_fail_fast,
+        &Health::default(),
+    )
+    .await?;
+    let pool = connect_database(&url, &settings).await?;
     let world = seed(&pool).await?;
     let running = Server::build(settings, pool.clone()).await?.start();
     let tokens = Tokens::new(secret.as_bytes());

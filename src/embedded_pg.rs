@@ -59,6 +59,33 @@ impl EmbeddedPostgres {
     pub fn url(&self) -> String {
         self.url.clone()
     }
+
+    /// A throwaway private PostgreSQL under `root` whose user `postgres` must give `password`
+    /// (scram-sha-256), stopped when dropped: for testing how start-up reports a wrong
+    /// password, which a server that trusts local connections never asks for. The URL
+    /// carries the password.
+    pub async fn start_with_password(root: &Path, password: &str) -> anyhow::Result<Self> {
+        let root = root.to_path_buf();
+        let password = password.to_string();
+        let (private, url) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&root)?;
+            let pwfile = root.join("pwfile");
+            std::fs::write(&pwfile, &password)?;
+            let auth = format!("--pwfile={}", pwfile.display());
+            let (private, port) = start_private_at(&root, &["--auth=scram-sha-256", &auth])?;
+            anyhow::Ok((
+                private,
+                format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres"),
+            ))
+        })
+        .await
+        .context("starting PostgreSQL")??;
+        wait_until_up(&url).await?;
+        Ok(EmbeddedPostgres {
+            url,
+            private: Some(private),
+        })
+    }
 }
 
 impl Drop for EmbeddedPostgres {
@@ -102,11 +129,21 @@ async fn default_server() -> Option<String> {
 }
 
 fn start_private() -> anyhow::Result<(Private, String)> {
+    let root = std::env::current_dir()?.join(".runwire");
+    let (private, port) = start_private_at(&root, &["--auth=trust"])?;
+    Ok((
+        private,
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+    ))
+}
+
+/// Starts a private server with its data in `root/pg` (initialised with `auth` if new);
+/// returns it and its port.
+fn start_private_at(root: &Path, auth: &[&str]) -> anyhow::Result<(Private, u16)> {
     let bin = find_binaries().context(
         "no DATABASE_URL set and no PostgreSQL found: install PostgreSQL (e.g. `apt-get install postgresql`) or set DATABASE_URL",
     )?;
     let run_as = running_as_root().then_some("nobody");
-    let root = std::env::current_dir()?.join(".runwire");
     let data = root.join("pg");
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     if let Some(user) = run_as {
@@ -120,21 +157,11 @@ fn start_private() -> anyhow::Result<(Private, String)> {
     }
     let data_s = data.display().to_string();
     if !data.join("PG_VERSION").exists() {
-        let out = as_user(
-            run_as,
-            &bin.join("initdb"),
-            &[
-                "-D",
-                &data_s,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-        )
-        .output()
-        .context("cannot run initdb")?;
+        let mut args = vec!["-D", &data_s, "-U", "postgres", "-E", "UTF8"];
+        args.extend_from_slice(auth);
+        let out = as_user(run_as, &bin.join("initdb"), &args)
+            .output()
+            .context("cannot run initdb")?;
         if !out.status.success() {
             bail!(
                 "initdb failed: {}",
@@ -162,7 +189,6 @@ fn start_private() -> anyhow::Result<(Private, String)> {
     .stderr(log)
     .spawn()
     .context("cannot start postgres")?;
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     Ok((
         Private {
             bin,
@@ -170,7 +196,7 @@ fn start_private() -> anyhow::Result<(Private, String)> {
             run_as,
             child,
         },
-        url,
+        port,
     ))
 }
 

@@ -52,8 +52,14 @@ const INTEGRATION_MIGRATION: i64 = 20260101000001;
 /// database as a modified migration.
 pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     use anyhow::Context;
-    // One session throughout: a refused run returns without releasing sqlx's advisory lock.
     let mut conn = pool.acquire().await.context("cannot connect to Postgres")?;
+    migrate_connection(&mut conn).await
+}
+
+/// [`migrate`] on one connection. One session throughout: a refused run returns without
+/// releasing sqlx's advisory lock.
+pub async fn migrate_connection(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    use anyhow::Context;
     match MIGRATOR.run(&mut *conn).await {
         Err(sqlx::migrate::MigrateError::VersionMismatch(INTEGRATION_MIGRATION)) => {
             sqlx::query("SELECT pg_advisory_unlock_all()")

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub commit_to_publish_seconds: Histogram,
     pub db_pool_connections: Gauge,
     pub db_pool_idle: Gauge,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +80,8 @@ impl Default for Metrics {
             commit_to_publish_seconds: Histogram::new(exponential_buckets(0.0005, 2.5, 12)),
             db_pool_connections: Gauge::default(),
             db_pool_idle: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -146,6 +150,16 @@ impl Default for Metrics {
             "db_pool_idle",
             "Idle query pool connections",
             m.db_pool_idle.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Open client connections, streams included",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            m.connections_refused.clone(),
         );
         // Create every labelled series up front so dashboards see zeros, not gaps.
         for kind in [

@@ -366,3 +366,15 @@ pub async fn workspace_info(
     .fetch_optional(db)
     .await
 }
+
+/// Readiness: whether the tables runwire reads can be read now. `LIMIT 0` reads no row, but
+/// the statement still takes each table's lock, so a host migration holding one makes it wait.
+pub async fn probe(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT 1 FROM operation_runs, review_packs, tenants, workspace_memberships,
+                tenant_memberships LIMIT 0",
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}

@@ -9,22 +9,47 @@
 //! whole batch. A lone request goes out at once, so nothing waits on a timer; batches only
 //! grow while earlier queries are in flight.
 //!
-//! Each kind of read has its own slots, so a table that is locked (runs, say) cannot starve
-//! the reads of the others.
+//! Each kind of read has its own collector and its own slots, so a table that is locked or
+//! slow for one kind cannot starve the others: a host migration holding `operation_runs`
+//! leaves review-pack requests and access re-checks untouched.
+//!
+//! Nothing waits without a bound. A request gives up after the [`Deadline`] (the query
+//! timeout, which is also the `statement_timeout` of every query connection) and answers
+//! 503, however long it queued; a batch whose callers all gave up is not run. While the
+//! listener is down the database is known to be unreachable, and a request answers 503 at
+//! once instead of queueing.
 
 use super::rules::AccessError;
 use crate::model::Owner;
 use crate::store::{self, OwnerFacts, PackForUser, RunForUser};
+use crate::watch::ListenerStatus;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Most (user, item) pairs in one query.
 const MAX_BATCH: usize = 1024;
-/// Queries of one kind in flight at once (the pool also serves the watcher's re-reads).
-const SLOTS_PER_KIND: usize = 2;
+/// Queries of one kind in flight at once. Three kinds take 9 of the default pool of 10; the
+/// watcher's re-reads and the workspace feed's reads wait for a connection at worst.
+const SLOTS_PER_KIND: usize = 3;
+
+/// How long a request waits for its read in all: queueing for a slot, acquiring a pool
+/// connection and the query. Each query connection carries a `statement_timeout` of the
+/// same length, so Postgres cancels (and frees the connection of) a query that would outlive
+/// its callers.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Duration);
+
+impl Deadline {
+    fn total(&self) -> Duration {
+        // A little beyond the statement timeout, so a query that Postgres cancels reports
+        // its own error first.
+        self.0 + Duration::from_millis(250)
+    }
+}
 
 type Reply<T> = oneshot::Sender<Result<Vec<T>, AccessError>>;
 
@@ -39,6 +64,8 @@ pub struct Batcher {
     runs: mpsc::UnboundedSender<Job<RunForUser>>,
     packs: mpsc::UnboundedSender<Job<PackForUser>>,
     owners: mpsc::UnboundedSender<Job<OwnerFacts>>,
+    listener: Arc<ListenerStatus>,
+    deadline: Deadline,
 }
 
 /// One kind of read: what a request asks about, how to run a batch, and which (user, ask)
@@ -84,18 +111,21 @@ impl Kind for OwnerFacts {
 }
 
 impl Batcher {
-    /// Starts the collectors (on the current tokio runtime).
-    pub fn start(pool: PgPool) -> Batcher {
+    /// Starts the collectors (on the current tokio runtime). `listener` tells whether the
+    /// database is reachable at all.
+    pub fn start(pool: PgPool, listener: Arc<ListenerStatus>, deadline: Deadline) -> Batcher {
         Batcher {
-            runs: spawn_collector(pool.clone()),
-            packs: spawn_collector(pool.clone()),
-            owners: spawn_collector(pool),
+            runs: spawn_collector(pool.clone(), deadline),
+            packs: spawn_collector(pool.clone(), deadline),
+            owners: spawn_collector(pool, deadline),
+            listener,
+            deadline,
         }
     }
 
     /// Access facts and state of these runs for `user_id` (rows of runs that exist).
     pub async fn runs(&self, user_id: i64, ids: &[i64]) -> Result<Vec<RunForUser>, AccessError> {
-        ask(&self.runs, user_id, ids).await
+        self.ask(&self.runs, user_id, ids).await
     }
 
     /// Access facts and latest pack of these tenants for `user_id` (tenants that exist).
@@ -104,7 +134,7 @@ impl Batcher {
         user_id: i64,
         tenant_ids: &[i64],
     ) -> Result<Vec<PackForUser>, AccessError> {
-        ask(&self.packs, user_id, tenant_ids).await
+        self.ask(&self.packs, user_id, tenant_ids).await
     }
 
     /// Access facts of `user_id` towards these owners.
@@ -113,40 +143,44 @@ impl Batcher {
         user_id: i64,
         owners: &[Owner],
     ) -> Result<Vec<OwnerFacts>, AccessError> {
-        ask(&self.owners, user_id, owners).await
+        self.ask(&self.owners, user_id, owners).await
+    }
+
+    async fn ask<T: Kind>(
+        &self,
+        queue: &mpsc::UnboundedSender<Job<T>>,
+        user_id: i64,
+        asks: &[T::Ask],
+    ) -> Result<Vec<T>, AccessError> {
+        if !self.listener.is_connected() {
+            return Err(AccessError::Unavailable);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            user_id,
+            asks: asks.to_vec(),
+            reply,
+        };
+        queue.send(job).map_err(|_| AccessError::Unavailable)?;
+        match tokio::time::timeout(self.deadline.total(), answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Err(AccessError::Unavailable),
+        }
     }
 }
 
-fn spawn_collector<T: Kind>(pool: PgPool) -> mpsc::UnboundedSender<Job<T>> {
+fn spawn_collector<T: Kind>(pool: PgPool, deadline: Deadline) -> mpsc::UnboundedSender<Job<T>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(collect::<T>(
-        pool,
-        rx,
-        Arc::new(Semaphore::new(SLOTS_PER_KIND)),
-    ));
+    tokio::spawn(collect::<T>(pool, rx, deadline));
     tx
-}
-
-async fn ask<T: Kind>(
-    queue: &mpsc::UnboundedSender<Job<T>>,
-    user_id: i64,
-    asks: &[T::Ask],
-) -> Result<Vec<T>, AccessError> {
-    let (reply, answer) = oneshot::channel();
-    let job = Job {
-        user_id,
-        asks: asks.to_vec(),
-        reply,
-    };
-    queue.send(job).map_err(|_| AccessError::Unavailable)?;
-    answer.await.map_err(|_| AccessError::Unavailable)?
 }
 
 async fn collect<T: Kind>(
     pool: PgPool,
     mut queue: mpsc::UnboundedReceiver<Job<T>>,
-    slots: Arc<Semaphore>,
+    deadline: Deadline,
 ) {
+    let slots = Arc::new(Semaphore::new(SLOTS_PER_KIND));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot is what lets a batch grow under load.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -163,15 +197,20 @@ async fn collect<T: Kind>(
                 Err(_) => break,
             }
         }
+        // Callers that gave up (deadline, or the client went away) need no answer.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         let pool = pool.clone();
         tokio::spawn(async move {
-            run_batch(pool, jobs).await;
+            run_batch(pool, jobs, deadline).await;
             drop(slot);
         });
     }
 }
 
-async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>) {
+async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>, deadline: Deadline) {
     let mut users = Vec::new();
     let mut asks = Vec::new();
     for job in &jobs {
@@ -180,7 +219,10 @@ async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>) {
             asks.push(ask.clone());
         }
     }
-    match T::fetch(pool, users, asks).await {
+    let fetched = tokio::time::timeout(deadline.total(), T::fetch(pool, users, asks))
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+    match fetched {
         Ok(rows) => {
             let found: HashMap<(i64, T::Ask), T> = rows.into_iter().map(|r| (r.key(), r)).collect();
             for job in jobs {
@@ -203,14 +245,36 @@ async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>) {
 
 /// Maps a database error to what a caller can do about it (logged once per batch).
 pub fn unavailable_or_internal(e: &sqlx::Error) -> AccessError {
+    if database_unavailable(e) {
+        tracing::warn!(error = %e, "database unavailable");
+        AccessError::Unavailable
+    } else {
+        tracing::error!(error = %e, "database error");
+        AccessError::Internal
+    }
+}
+
+/// Whether a database error means "unreachable or refusing for now" (503), as opposed to a
+/// bug (500).
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::warn!(error = %e, "database unavailable");
-            AccessError::Unavailable
-        }
-        e => {
-            tracing::error!(error = %e, "database error");
-            AccessError::Internal
-        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // SQLSTATE classes: 08 connection exception, 28 invalid authorization, 53
+            // insufficient resources (too many connections, disk full), 57 operator
+            // intervention (statement timeout, admin shutdown, database dropped); 3D000 no
+            // such database; 55P03 lock not available (lock_timeout).
+            ["08", "28", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "3D000"
+                || code == "55P03"
+        }),
+        _ => false,
     }
 }

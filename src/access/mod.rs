@@ -30,10 +30,11 @@ pub use token::{Claims, Tokens};
 pub const COOKIE_NAME: &str = "runwire_token";
 
 /// The raw token of a request: `Authorization: Bearer`, then the cookie, then `access_token`
-/// in the query (EventSource cannot send headers).
+/// in the query (EventSource cannot send headers). An `Authorization` header of another
+/// scheme (Basic, added by a proxy in front) is not ours and hides nothing.
 pub fn token_from_parts(parts: &Parts) -> Option<String> {
-    if parts.headers.contains_key(AUTHORIZATION) {
-        return bearer(&parts.headers).map(str::to_owned);
+    if let Some(token) = bearer(&parts.headers) {
+        return Some(token.to_owned());
     }
     for header in parts.headers.get_all(COOKIE) {
         let Ok(header) = header.to_str() else {
@@ -53,11 +54,12 @@ pub fn token_from_parts(parts: &Parts) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The token of an `Authorization: Bearer` header.
+/// The token of an `Authorization: Bearer` header (the first such header, if several).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    headers.get_all(AUTHORIZATION).iter().find_map(|value| {
+        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    })
 }
 
 /// An authenticated caller. Extracting it answers 401 for a missing or bad token.

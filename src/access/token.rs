@@ -1,10 +1,38 @@
 //! HS256 access tokens: the host app mints them with the shared secret, runwire verifies them.
 //! A token is a bearer credential, so nothing here (or anywhere) logs one.
+//!
+//! Besides the signature and `exp`, every timestamp must be in range (a validly signed token
+//! with `exp` = 10^19 must not overflow a deadline later), and `nbf` and `iat` must not be in
+//! the future beyond a small clock skew.
 
 use crate::http::ApiError;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Shortest secret accepted. HS256 with a shorter key is weaker than the hash itself, and the
+/// host side's JWT libraries refuse such keys too.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The last second of the year 9999: no timestamp in a token may be later.
+const MAX_TIMESTAMP: u64 = 253_402_300_799;
+/// Clock skew tolerated between the host app and runwire for `nbf` and `iat`.
+const CLOCK_LEEWAY_SECS: u64 = 60;
+
+/// A secret that is too short to sign with.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the JWT secret must be at least {MIN_SECRET_BYTES} bytes, this one has {0}: generate one \
+     with `openssl rand -hex 32` and give the same value to the host app"
+)]
+pub struct WeakSecret(pub usize);
+
+/// Refuses secrets shorter than [`MIN_SECRET_BYTES`].
+pub fn check_secret(secret: &str) -> Result<(), WeakSecret> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(WeakSecret(secret.len()));
+    }
+    Ok(())
+}
 
 /// What runwire needs from a token: who, and until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +47,11 @@ struct Wire {
     #[serde(deserialize_with = "user_id", serialize_with = "as_string")]
     sub: i64,
     exp: u64,
+    // Numbers, possibly fractional (RFC 7519 NumericDate); checked after decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<f64>,
 }
 
 fn as_string<S: serde::Serializer>(id: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -62,7 +95,9 @@ impl Tokens {
     pub fn issue(&self, user_id: i64, ttl_secs: u64) -> String {
         let wire = Wire {
             sub: user_id,
-            exp: now_secs() + ttl_secs,
+            exp: now_secs().saturating_add(ttl_secs).min(MAX_TIMESTAMP),
+            nbf: None,
+            iat: None,
         };
         encode(&Header::new(Algorithm::HS256), &wire, &self.encoding)
             .expect("HS256 signing cannot fail")
@@ -70,7 +105,7 @@ impl Tokens {
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         match decode::<Wire>(token, &self.decoding, &self.validation) {
-            Ok(data) => Ok(Claims {
+            Ok(data) => check_times(&data.claims, now_secs()).map(|()| Claims {
                 user_id: data.claims.sub,
                 exp: data.claims.exp,
             }),
@@ -84,6 +119,24 @@ impl Tokens {
             })),
         }
     }
+}
+
+/// The checks `jsonwebtoken` leaves to us (it has already verified `exp` against `now`).
+fn check_times(wire: &Wire, now: u64) -> Result<(), ApiError> {
+    let in_range = |t: f64| (0.0..=MAX_TIMESTAMP as f64).contains(&t);
+    if wire.exp > MAX_TIMESTAMP || !wire.nbf.into_iter().chain(wire.iat).all(in_range) {
+        return Err(ApiError::Unauthorized("token timestamps are out of range"));
+    }
+    let latest = (now + CLOCK_LEEWAY_SECS) as f64;
+    if wire.nbf.is_some_and(|nbf| nbf > latest) {
+        return Err(ApiError::Unauthorized("token is not valid yet (nbf)"));
+    }
+    if wire.iat.is_some_and(|iat| iat > latest) {
+        return Err(ApiError::Unauthorized(
+            "token is issued in the future (iat)",
+        ));
+    }
+    Ok(())
 }
 
 pub fn now_secs() -> u64 {
@@ -110,6 +163,8 @@ mod tests {
             &Wire {
                 sub: 1,
                 exp: now_secs() - 5,
+                nbf: None,
+                iat: None,
             },
             &EncodingKey::from_secret(b"secret"),
         )
@@ -120,11 +175,67 @@ mod tests {
             &Wire {
                 sub: 1,
                 exp: now_secs() + 60,
+                nbf: None,
+                iat: None,
             },
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
         assert!(tokens.verify(&hs512).is_err());
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn timestamps_out_of_range_or_in_the_future() {
+        let tokens = Tokens::new(b"secret");
+        let now = now_secs();
+        let refused = |claims: serde_json::Value| match tokens.verify(&signed(claims.clone())) {
+            Err(ApiError::Unauthorized(why)) => why,
+            other => panic!("{claims} was not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(serde_json::json!({"sub": 1, "exp": 10_000_000_000_000_000_000u64})),
+            "token timestamps are out of range"
+        );
+        for claims in [
+            serde_json::json!({"sub": 1, "exp": now + 60, "nbf": 1e300}),
+            serde_json::json!({"sub": 1, "exp": now + 60, "iat": -1}),
+        ] {
+            assert_eq!(refused(claims), "token timestamps are out of range");
+        }
+        assert_eq!(
+            refused(serde_json::json!({"sub": 1, "exp": now + 600, "nbf": now + 120})),
+            "token is not valid yet (nbf)"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"sub": 1, "exp": now + 600, "iat": now + 120})),
+            "token is issued in the future (iat)"
+        );
+        // Within the leeway, fractional, and far but in range: accepted.
+        for claims in [
+            serde_json::json!({"sub": 1, "exp": now + 600, "nbf": now + 30, "iat": now + 30}),
+            serde_json::json!({"sub": 1, "exp": now + 600, "nbf": now as f64 - 0.5}),
+            serde_json::json!({"sub": 1, "exp": MAX_TIMESTAMP, "iat": now}),
+        ] {
+            assert!(tokens.verify(&signed(claims.clone())).is_ok(), "{claims}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(check_secret("").is_err());
+        assert!(check_secret(&"x".repeat(31)).is_err());
+        assert!(check_secret(&"x".repeat(32)).is_ok());
+        let why = check_secret("short").unwrap_err().to_string();
+        assert!(why.contains("openssl rand -hex 32"), "{why}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The one error type of the HTTP API. Every refusal is JSON:
 //! `{"error":{"code":"...","message":"..."}}`.
 
+pub use crate::access::batch::database_unavailable;
 use crate::access::AccessError;
 use crate::stream::OpenError;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -8,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
@@ -70,15 +71,12 @@ impl From<OpenError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable
-            }
-            e => {
-                tracing::error!(error = %e, "database error");
-                ApiError::Internal
-            }
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable
+        } else {
+            tracing::error!(error = %e, "database error");
+            ApiError::Internal
         }
     }
 }

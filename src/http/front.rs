@@ -11,8 +11,26 @@
 //!
 //! Anything else — other paths, other methods, HTTP/2, a request with a body — is replayed
 //! into hyper with the bytes already read, so the rest of the API is served by hyper as usual.
+//!
+//! Every connection is bounded ([`ConnectionLimits`], docs/operations.md "Limits"):
+//!
+//! * **a cap on open connections**, streams included. Beyond it a new connection is closed as
+//!   soon as it is accepted, without reading or writing a byte: that costs nothing, keeps the
+//!   process below its open-files limit (past which `accept` itself fails and nobody gets an
+//!   answer), and clients retry (EventSource reconnects after its `retry:` delay; load
+//!   balancers mark the attempt failed and try another instance). Stream caps (429/503) stay
+//!   as they are, below this one.
+//! * **a head timeout for every request**: the first head is read here under it; on
+//!   connections handed to hyper, hyper's `header_read_timeout` applies it to every later
+//!   request too. hyper starts that timer as soon as the connection is ready for the next
+//!   request, so it is also how long a kept-alive HTTP/1.1 connection may stay idle.
+//! * **an idle timeout** for connections served by hyper (HTTP/2 included): one on which no
+//!   byte moves in either direction for that long fails its next read, and hyper closes it.
+//!   Streams are not subject to it: they write a keep-alive comment every few seconds and
+//!   end on their own rules (terminal state, token expiry, lifetime).
 
 use super::sse::StreamSlot;
+use crate::metrics::Metrics;
 use crate::stream::sink::Sink;
 use crate::stream::Out;
 use crate::wire;
@@ -20,9 +38,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use axum::Router;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +49,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -37,13 +58,33 @@ use tower::ServiceExt;
 /// Largest request head accepted on the stream path (the rest of the API gets hyper's limits).
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-/// A client must send its request head within this time.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often at most a full connection cap is logged (every refusal is counted in metrics).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The bounds every connection lives within; see the module comment.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at most; beyond, new ones are closed at once.
+    pub max_connections: usize,
+    /// Each request head must arrive within this, counted from when the connection is ready
+    /// for it.
+    pub head_timeout: Duration,
+    /// A connection served by hyper on which no byte moves for this long is closed.
+    pub idle_timeout: Duration,
+}
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, lets open
 /// connections finish (streams end on the same token) and returns once all are done.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused = Refusals::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -51,8 +92,21 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         };
         match accepted {
             Ok((socket, _)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    drop(socket);
+                    metrics.connections_refused.inc();
+                    refused.note(limits.max_connections);
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
-                tracker.spawn(connection(socket, router.clone(), shutdown.clone()));
+                let open = Open::new(slot, Arc::clone(&metrics));
+                tracker.spawn(connection(
+                    socket,
+                    router.clone(),
+                    limits,
+                    open,
+                    shutdown.clone(),
+                ));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(e) => {
@@ -66,27 +120,132 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     tracker.wait().await;
 }
 
-async fn connection(mut socket: TcpStream, router: Router, shutdown: CancellationToken) {
+/// One open connection: holds its slot under the cap and counts it open while it lives.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.connections_open.inc();
+        Open {
+            _slot: slot,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connections_open.dec();
+    }
+}
+
+/// Logs refusals at the cap at most every [`REFUSAL_LOG_EVERY`], with how many there were.
+#[derive(Default)]
+struct Refusals {
+    unlogged: u64,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY)
+        {
+            tracing::warn!(
+                refused = self.unlogged,
+                max_connections,
+                "connection cap reached: closing new connections"
+            );
+            self.unlogged = 0;
+            self.logged_at = Some(Instant::now());
+        }
+    }
+}
+
+async fn connection(
+    mut socket: TcpStream,
+    router: Router,
+    limits: ConnectionLimits,
+    _open: Open,
+    shutdown: CancellationToken,
+) {
     let mut head = Vec::with_capacity(1024);
-    let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)).await;
+    let parsed = tokio::select! {
+        p = tokio::time::timeout(limits.head_timeout, read_head(&mut socket, &mut head)) => p,
+        _ = shutdown.cancelled() => return,
+    };
     match parsed {
         Ok(Ok(Some(request))) if is_stream(&request) => {
             drop(head);
             let _ = stream(socket, router, request).await;
         }
-        Ok(Ok(_)) => hand_to_hyper(socket, head, router, shutdown).await,
+        // Boxed: hyper's connection state is large, and inline it would size this future —
+        // which every open stream keeps for hours — for the hyper case.
+        Ok(Ok(_)) => Box::pin(hand_to_hyper(socket, head, router, limits, shutdown)).await,
         Ok(Err(HeadError::TooLarge)) => {
-            let _ = socket
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
+            refuse(
+                socket,
+                "431 Request Header Fields Too Large",
+                "request_header_fields_too_large",
+                "the request head is larger than 16 KB",
+            )
+            .await
         }
+        Ok(Err(HeadError::Malformed)) => {
+            refuse(
+                socket,
+                "400 Bad Request",
+                "bad_request",
+                "the request is not valid HTTP",
+            )
+            .await
+        }
+        // A head that never completed: close without a word (the client is gone or slow on
+        // purpose).
         Ok(Err(HeadError::Io)) | Err(_) => {}
     }
+}
+
+/// Answers a request the front cannot parse with the API's JSON error shape and closes.
+async fn refuse(mut socket: TcpStream, status: &str, code: &str, message: &str) {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let (number, reason) = status.split_once(' ').unwrap_or((status, ""));
+    let headers = [("content-type", &b"application/json"[..])].into_iter();
+    let mut response = wire::head(
+        number.parse().unwrap_or(400),
+        reason,
+        headers,
+        Some(body.len()),
+    );
+    response.extend_from_slice(body.as_bytes());
+    // Bounded: a client that does not read gets nothing more than this second.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        socket.write_all(&response).await?;
+        socket.shutdown().await?;
+        // Read what the client still sends before closing: closing with unread bytes would
+        // reset the connection, and the client could lose the answer.
+        let mut sink = [0u8; 1024];
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            match socket.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await;
 }
 
 enum HeadError {
     Io,
     TooLarge,
+    Malformed,
 }
 
 /// What a buffer of request bytes holds so far.
@@ -95,8 +254,11 @@ pub enum Head {
     Partial,
     /// A plain HTTP/1.1 request without a body, that the front may serve.
     Plain(Box<Request<Body>>),
-    /// Anything hyper should handle: HTTP/2, HTTP/1.0, bodies, pipelining, malformed input.
+    /// Anything hyper should handle: HTTP/2, HTTP/1.0, bodies, pipelining, more headers than
+    /// the front parses.
     Other,
+    /// Not HTTP (hyper, which parses with the same `httparse`, would refuse it too).
+    Malformed,
 }
 
 /// Parses the bytes read so far. Pure, so it can be fuzzed.
@@ -108,13 +270,12 @@ pub fn parse_head(buf: &[u8]) -> Head {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         // Bytes after the head belong to a body or a pipelined request: hyper's job.
-        Ok(httparse::Status::Complete(len)) if len == buf.len() => {
-            to_request(&req).map_or(Head::Other, |r| Head::Plain(Box::new(r)))
-        }
+        Ok(httparse::Status::Complete(len)) if len == buf.len() => to_request(&req),
         Ok(httparse::Status::Complete(_)) => Head::Other,
         Ok(httparse::Status::Partial) => Head::Partial,
-        // Malformed or too many headers: let hyper answer it properly.
-        Err(_) => Head::Other,
+        // hyper accepts up to 100 headers.
+        Err(httparse::Error::TooManyHeaders) => Head::Other,
+        Err(_) => Head::Malformed,
     }
 }
 
@@ -134,35 +295,46 @@ async fn read_head(
         match parse_head(buf) {
             Head::Plain(request) => return Ok(Some(*request)),
             Head::Other => return Ok(None),
+            Head::Malformed => return Err(HeadError::Malformed),
             Head::Partial if buf.len() < MAX_HEAD => continue,
             Head::Partial => return Err(HeadError::TooLarge),
         }
     }
 }
 
-fn to_request(req: &httparse::Request) -> Option<Request<Body>> {
+/// A complete head as a request the front may serve ([`Head::Plain`]), one for hyper, or
+/// one nobody can serve (a target or header that is not valid HTTP).
+fn to_request(req: &httparse::Request) -> Head {
     if req.version != Some(1) {
-        return None;
+        return Head::Other;
     }
-    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-    let uri: Uri = req.path?.parse().ok()?;
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Head::Malformed;
+    };
+    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), path.parse::<Uri>()) else {
+        return Head::Malformed;
+    };
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Malformed;
+        };
         headers.append(name, value);
     }
     if headers.contains_key(header::CONTENT_LENGTH)
         || headers.contains_key(header::TRANSFER_ENCODING)
     {
-        return None;
+        return Head::Other;
     }
     let mut request = Request::new(Body::empty());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Some(request)
+    Head::Plain(Box::new(request))
 }
 
 /// The requests served here: `GET` on a stream path.
@@ -230,15 +402,17 @@ async fn hand_to_hyper(
     socket: TcpStream,
     read: Vec<u8>,
     router: Router,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(Prefixed {
-        prefix: read,
-        pos: 0,
-        io: socket,
-    });
+    let io = TokioIo::new(HyperIo::new(read, socket, limits.idle_timeout));
     let service = TowerToHyperService::new(router);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout);
+    builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {
@@ -250,14 +424,58 @@ async fn hand_to_hyper(
     }
 }
 
-/// A socket with some bytes already read from it, which are read again first.
-struct Prefixed {
+/// The socket as hyper sees it: the bytes the front already read come first, and once no
+/// byte has moved either way for `idle`, the next read fails (`TimedOut`) and hyper closes
+/// the connection. The timer is re-armed lazily, only when it fires, so traffic costs one
+/// clock read per read or write rather than a timer operation.
+struct HyperIo {
     prefix: Vec<u8>,
     pos: usize,
     io: TcpStream,
+    idle: Duration,
+    last_active: Instant,
+    timer: Pin<Box<Sleep>>,
 }
 
-impl AsyncRead for Prefixed {
+impl HyperIo {
+    fn new(prefix: Vec<u8>, io: TcpStream, idle: Duration) -> Self {
+        let now = Instant::now();
+        HyperIo {
+            prefix,
+            pos: 0,
+            io,
+            idle,
+            last_active: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+        }
+    }
+
+    /// Ready with an error once the connection has been idle for too long.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last_active + self.idle;
+            if due <= Instant::now() {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for too long",
+                ));
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+
+    fn moved<T>(&mut self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.last_active = Instant::now();
+        }
+        poll
+    }
+}
+
+impl AsyncRead for HyperIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -274,24 +492,32 @@ impl AsyncRead for Prefixed {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending => this.poll_idle(cx).map(Err),
+            ready => this.moved(ready),
+        }
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl AsyncWrite for HyperIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.moved(poll)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.moved(poll)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -13,7 +13,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use std::time::Duration;
 
 type Auth = Result<AuthUser, ApiError>;
 
@@ -210,25 +209,23 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// 200 when a new request would be served; else 503 and why (see [`super::health`]).
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&app.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let listener = app.listener.is_connected();
-    let body = Json(json!({
-        "status": if db && listener { "ready" } else { "not_ready" },
-        "database": db,
-        "listener": listener,
-    }));
-    let status = if db && listener {
+    let ready = super::health::check(&app).await;
+    let status = if ready.reason.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, body).into_response()
+    let mut body = json!({
+        "status": if ready.reason.is_none() { "ready" } else { "not_ready" },
+        "database": ready.database,
+        "listener": ready.listener,
+    });
+    if let Some(reason) = ready.reason {
+        body["reason"] = json!(reason);
+    }
+    (status, Json(body)).into_response()
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {

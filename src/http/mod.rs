@@ -6,19 +6,22 @@ mod assets;
 mod error;
 pub mod front;
 mod handlers;
+pub mod health;
 pub mod params;
 pub mod sse;
 
-pub use error::ApiError;
+pub use error::{database_unavailable, ApiError};
+pub use health::Health;
 
 use crate::access::Tokens;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::stream::Streams;
 use crate::watch::ListenerStatus;
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 use sqlx::PgPool;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
     pub listener: Arc<ListenerStatus>,
+    /// Start-up progress and readiness verdicts, for `/readyz`.
+    pub health: Arc<Health>,
     pub settings: Settings,
     /// Cancelled at shutdown: every open stream ends (without `end`, so clients reconnect to
     /// another instance).
@@ -85,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::map_response(json_errors))
         // The span names method and path only: the query may hold an access token.
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -95,6 +101,37 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// Every refusal is JSON (`{"error":{"code","message"}}`), axum's own included: a path that
+/// is not UTF-8 (`/v1/runs/%C0%B1`), a body the handler cannot take. Responses that are
+/// already JSON, and every success, pass untouched.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejections explain themselves in a short text; 5xx details stay in the logs.
+    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let reason = status.canonical_reason().unwrap_or("error");
+    let message = match text.trim() {
+        t if !t.is_empty() && status.is_client_error() => t.chars().take(300).collect(),
+        _ => reason.to_lowercase(),
+    };
+    let code = match status {
+        StatusCode::INTERNAL_SERVER_ERROR => "internal".to_string(),
+        _ => reason.to_lowercase().replace([' ', '-'], "_"),
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = Json(serde_json::json!({ "error": { "code": code, "message": message } }));
+    (parts, body).into_response()
 }
 
 /// CORS for an explicit allow-list only; credentials (the cookie) only for those origins.

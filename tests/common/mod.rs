@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub mod proxy;
 
-pub const SECRET: &str = "test-secret";
+/// At least 32 bytes, as runwire requires.
+pub const SECRET: &str = "test-secret-test-secret-test-secret";
 /// Upper bound for any awaited condition; tests fail rather than hang.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -146,10 +147,9 @@ pub async fn start(db: &TestDb, settings: Settings) -> Running {
 
 /// Starts an instance whose query pool connects with `options` (e.g. through a proxy).
 pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Running {
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(3))
-        // Named like production, so a test can find (and kill) runwire's own backends.
+    // The pool as production builds it (statement timeout included); named like production,
+    // so a test can find (and kill) runwire's own backends.
+    let pool = runwire::app::pool_options(&settings)
         .connect_with(options.application_name("runwire"))
         .await
         .expect("app pool");

@@ -1,0 +1,15 @@
+#![no_main]
+//! The whole request path (head, query, token, handlers) on a real server without a database:
+//! nothing panics or hangs, and every error is JSON. See ../request_path.rs; the corpus in
+//! ../corpus/request_path is replayed by `cargo test` (tests/fuzz_corpus.rs).
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+#[path = "../request_path.rs"]
+mod request_path;
+
+static HARNESS: OnceLock<request_path::Harness> = OnceLock::new();
+
+fuzz_target!(|input: &[u8]| {
+    HARNESS.get_or_init(request_path::Harness::new).run(input);
+});

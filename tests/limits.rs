@@ -1,0 +1,875 @@
+//! Bounded under abuse (issue 10): every connection, request and query has a limit and a
+//! clear answer. Real server, real sockets, real Postgres; start-up is tested on the built
+//! binary, reading its log.
+
+mod common;
+
+use common::*;
+use futures_util::future::join_all;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use runwire::access::token::now_secs;
+use serde_json::{json, Value};
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn signed(claims: Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Asserts the API's error shape and returns the code.
+async fn error_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("application/json".to_string()),
+        "status {status}"
+    );
+    let body: Value = resp.json().await.expect("JSON body");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, code)
+}
+
+/// Sends raw bytes and reads until the server closes (bounded).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, socket.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body from a kept-alive connection.
+async fn read_response(socket: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(WAIT, socket.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a full response: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Resolves when the server closes the connection (EOF or reset), with how long it took.
+async fn closed_within(socket: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, socket.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("still open after {limit:?}"),
+        }
+    }
+}
+
+// ---- inputs ----
+
+#[tokio::test]
+async fn token_timestamps_out_of_range_or_in_the_future_are_401() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let now = now_secs();
+    for claims in [
+        // Used to panic the request: "overflow when adding duration to instant".
+        json!({"sub": w.owner, "exp": 10_000_000_000_000_000_000u64}),
+        json!({"sub": w.owner, "exp": now + 600, "nbf": now + 300}),
+        json!({"sub": w.owner, "exp": now + 600, "iat": now + 300}),
+        json!({"sub": w.owner, "exp": now + 600, "nbf": 1e300}),
+    ] {
+        let t = signed(claims.clone());
+        for path in [format!("/v1/runs/{run}/events"), format!("/v1/runs/{run}")] {
+            let resp = app.get(&path, Some(&t)).await;
+            assert_eq!(
+                error_code(resp).await,
+                (401, "unauthorized".into()),
+                "{claims} {path}"
+            );
+        }
+    }
+    // A token valid until the year 9999 streams normally; nbf/iat a little ahead (clock
+    // skew) are fine.
+    let far = signed(
+        json!({"sub": w.owner, "exp": 253_402_300_799u64, "nbf": now + 30, "iat": now + 30}),
+    );
+    let mut s = app.sse(&format!("/v1/runs/{run}/events"), &far).await;
+    assert_eq!(s.status, 200);
+    s.expect("snapshot").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_refusal_is_json_bad_utf8_and_malformed_heads_included() {
+    let app = TestApp::spawn().await;
+    let t = token(1);
+    for path in [
+        "/v1/runs/%C0%B1",
+        "/v1/runs/%C0%B1/events",
+        "/v1/tenants/%FF/review-pack",
+        "/v1/workspaces/%C0%B1/runs/events",
+    ] {
+        let resp = app.get(path, Some(&t)).await;
+        assert_eq!(
+            error_code(resp).await,
+            (400, "bad_request".into()),
+            "{path}"
+        );
+    }
+    let resp = app.http.post(app.url("/v1/runs/1")).send().await.unwrap();
+    assert_eq!(error_code(resp).await.0, 405);
+    // Heads the front cannot parse get the same shape.
+    let addr = app.running.addr;
+    for head in [
+        &b"GET /v1/runs/1/events HTTP/1.1\r\nbad header\r\n\r\n"[..],
+        b"GET /v1/runs/\xff/events HTTP/1.1\r\nhost: x\r\n\r\n",
+    ] {
+        let answer = raw(addr, head).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"bad_request""#),
+            "{answer}"
+        );
+    }
+    let huge = format!("GET /v1/streams?runs={} HTTP/1.1\r\n", "1,".repeat(10_000));
+    let answer = raw(addr, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_bearer_authorization_header_hides_neither_cookie_nor_query_token() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let t = token(w.owner);
+    let basic = "Basic dXNlcjpwYXNz"; // what a Basic-auth proxy in front adds
+    let via_cookie = app
+        .http
+        .get(app.url(&format!("/v1/runs/{run}")))
+        .header("authorization", basic)
+        .header("cookie", format!("runwire_token={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_cookie.status(), 200);
+    let via_query = app
+        .http
+        .get(app.url(&format!("/v1/runs/{run}/events?access_token={t}")))
+        .header("authorization", basic)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_query.status(), 200);
+    // A Bearer header is still the one that counts.
+    let bad_bearer = app
+        .http
+        .get(app.url(&format!("/v1/runs/{run}?access_token={t}")))
+        .header("authorization", "Bearer nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(bad_bearer).await.0, 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_item_limit_counts_ids_as_sent() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let t = token(w.owner);
+    let copies = vec![run.to_string(); 5001].join(",");
+    let resp = app
+        .get(&format!("/v1/streams?runs={copies}"), Some(&t))
+        .await;
+    assert_eq!(error_code(resp).await, (400, "bad_request".into()));
+    let hundred = vec![run.to_string(); 100].join(",");
+    let mut s = app.sse(&format!("/v1/streams?runs={hundred}"), &t).await;
+    assert_eq!(s.status, 200);
+    s.expect("snapshot").await;
+    app.stop().await;
+}
+
+// ---- connections ----
+
+#[tokio::test]
+async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let addr = app.running.addr;
+    // Each connection is two files in this process (both ends), under its 20,000.
+    const IDLE: usize = 4000;
+    let mut idle = Vec::with_capacity(IDLE);
+    for batch in 0..IDLE / 500 {
+        // Spread over source addresses, as many clients would be.
+        let source = format!("127.0.0.{}:0", 2 + batch % 8);
+        let opened = join_all((0..500).map(|_| {
+            let source: SocketAddr = source.parse().unwrap();
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(source).unwrap();
+                let mut s = socket.connect(addr).await.unwrap();
+                s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let answer = read_response(&mut s).await;
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                s
+            }
+        }))
+        .await;
+        idle.extend(opened);
+    }
+    let asked = Instant::now();
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    let mut s = app
+        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
+        .await;
+    s.expect("snapshot").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?} with {IDLE} idle connections",
+        asked.elapsed()
+    );
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let open: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("runwire_connections_open "))
+        .expect("connections metric")
+        .parse()
+        .unwrap();
+    assert!(open > IDLE, "{open} open connections counted");
+    drop(idle);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_connection_cap_new_connections_are_closed_at_once() {
+    let mut settings = settings();
+    settings.max_connections = Some(20);
+    let app = TestApp::spawn_with(settings).await;
+    let addr = app.running.addr;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The 21st is accepted and closed without a byte.
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let took = closed_within(&mut extra, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A slot frees as soon as a connection closes.
+    held.pop();
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if text.starts_with("HTTP/1.1 200") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        metrics.contains("runwire_connections_refused_total 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
+    let mut settings = settings();
+    settings.request_head_timeout_secs = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let mut s = TcpStream::connect(app.running.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The second head trickles in, a byte every 200 ms.
+    let started = Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n" {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "second head still read after {took:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out).contains("200 OK"),
+        "the slow request was served"
+    );
+    trickle.abort();
+    // The same limit closes a kept-alive connection that sends nothing more.
+    let mut quiet = TcpStream::connect(app.running.addr).await.unwrap();
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut quiet).await;
+    closed_within(&mut quiet, Duration::from_secs(3)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let mut settings = settings();
+    settings.idle_timeout_secs = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let mut s = TcpStream::connect(app.running.addr).await.unwrap();
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "closed early: {took:?}");
+    app.stop().await;
+}
+
+// ---- queries ----
+
+#[tokio::test]
+async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let t = token(w.owner);
+    // A host migration holds the table.
+    let mut migration = app.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE operation_runs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *migration)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Enough run requests, a little apart, to occupy every run query slot.
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let path = if i % 2 == 0 {
+            format!("/v1/runs/{run}")
+        } else {
+            format!("/v1/runs/{run}/events")
+        };
+        let (http, url, t) = (app.http.clone(), app.url(&path), t.clone());
+        runs.push(tokio::spawn(async move {
+            let resp = http.get(url).bearer_auth(t).send().await.unwrap();
+            (error_code(resp).await, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // Review packs live in another table: they answer at once meanwhile.
+    let asked = Instant::now();
+    let pack = app
+        .get(&format!("/v1/tenants/{}/review-pack", w.tenant), Some(&t))
+        .await;
+    assert_eq!(pack.status(), 200);
+    let mut ps = app
+        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
+        .await;
+    ps.expect("snapshot").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "packs waited {:?}",
+        asked.elapsed()
+    );
+    // Not ready while the table is locked, and it says why.
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert!(
+        body["reason"].as_str().unwrap().starts_with("database"),
+        "{body}"
+    );
+    for r in runs {
+        let ((status, code), took) = r.await.unwrap();
+        assert_eq!((status, code.as_str()), (503, "database_unavailable"));
+        // The query timeout (5 s by default), however long the lock is held.
+        assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    }
+    migration.rollback().await.unwrap();
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_statement_timeout_elsewhere_is_503_not_500() {
+    let mut settings = settings();
+    settings.query_timeout_secs = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let mut migration = app.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE workspaces IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *migration)
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let resp = app
+        .get(
+            &format!("/v1/workspaces/{}", w.workspace),
+            Some(&token(w.owner)),
+        )
+        .await;
+    assert_eq!(error_code(resp).await, (503, "database_unavailable".into()));
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    migration.rollback().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn database_errors_that_mean_unavailable() {
+    use runwire::http::database_unavailable;
+    let db = TestDb::new().await;
+    // Statement timeout (57014).
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL statement_timeout = 50")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT pg_sleep(1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(database_unavailable(&e), "{e}");
+    drop(tx);
+    // A missing database (3D000), a role that does not exist (28000), a closed port.
+    for url in [
+        db.options.clone().database("runwire_no_such_database"),
+        db.options.clone().username("runwire_no_such_role"),
+        db.options.clone().port(1),
+    ] {
+        let e = sqlx::PgConnection::connect_with(&url).await.unwrap_err();
+        assert!(database_unavailable(&e), "{e}");
+    }
+    // A backend terminated by an administrator (57P01) or a restart.
+    let mut conn = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(database_unavailable(&e), "{e}");
+    // A bug in a query is not.
+    let e = sqlx::query("SELECT nope FROM nowhere")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(!database_unavailable(&e), "{e}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn while_the_listener_is_down_requests_get_503_at_once() {
+    let db = TestDb::new().await;
+    let proxy = proxy::Proxy::start(
+        format!("{}:{}", db.options.get_host(), db.options.get_port())
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let mut settings = settings();
+    // Only the LISTEN connection goes through the proxy; queries would still work.
+    settings.listener_database_url = Some(format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    ));
+    let running = start(&db, settings).await;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let w = seed(&db.pool).await;
+    let run = create_run(&db.pool, w.workspace, Some(w.tenant), "running").await;
+    let t = token(w.owner);
+    proxy.cut();
+    let deadline = Instant::now() + WAIT;
+    while running.state.listener.is_connected() {
+        assert!(Instant::now() < deadline, "listener never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for path in [
+        format!("/v1/runs/{run}"),
+        format!("/v1/runs/{run}/events"),
+        format!("/v1/tenants/{}/review-pack", w.tenant),
+    ] {
+        let asked = Instant::now();
+        let resp = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(resp).await, (503, "database_unavailable".into()));
+        assert!(
+            asked.elapsed() < Duration::from_millis(300),
+            "{path}: {:?}",
+            asked.elapsed()
+        );
+    }
+    proxy.restore();
+    assert!(running.wait_ready(WAIT).await);
+    let ok = http
+        .get(format!("{base}/v1/runs/{run}"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    running.shutdown().await;
+    db.drop_db().await;
+}
+
+// ---- start-up and secrets: the built binary ----
+
+mod binary {
+    use super::*;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::{Child, Command};
+
+    /// `runwire` run as a subprocess, its JSON log collected line by line.
+    pub struct Proc {
+        pub child: Child,
+        pub lines: Arc<Mutex<Vec<String>>>,
+    }
+
+    pub fn runwire(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runwire"));
+        cmd.args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("RUNWIRE_JWT_SECRET")
+            .env("RUST_LOG", "info")
+            .env("RUNWIRE_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("runwire binary");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let lines = Arc::clone(&lines);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(out).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    impl Proc {
+        /// Waits for a log line containing `needle`; returns it.
+        pub async fn line(&self, needle: &str) -> String {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(l) = self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(needle))
+                {
+                    return l.clone();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no line with {needle:?} in {:#?}",
+                    self.lines.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        pub fn count(&self, needle: &str) -> usize {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+        }
+
+        /// Waits for the process to exit; returns whether it succeeded and its output.
+        pub async fn exit(mut self) -> (bool, String) {
+            let status = tokio::time::timeout(WAIT, self.child.wait())
+                .await
+                .expect("exited in time")
+                .unwrap();
+            // Let the readers drain the pipes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (status.success(), self.lines.lock().unwrap().join("\n"))
+        }
+
+        /// The address from the "runwire listening" line.
+        pub async fn addr(&self) -> String {
+            let line = self.line("runwire listening").await;
+            let v: Value = serde_json::from_str(&line).unwrap();
+            v["fields"]["addr"].as_str().unwrap().to_string()
+        }
+    }
+
+    pub fn strong_secret() -> (&'static str, &'static str) {
+        ("RUNWIRE_JWT_SECRET", SECRET)
+    }
+}
+
+use binary::{runwire, strong_secret};
+
+#[tokio::test]
+async fn short_secrets_are_refused_by_serve_demo_and_token() {
+    let url = ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x");
+    for (args, env) in [
+        (
+            vec!["serve", "--bind", "127.0.0.1:0"],
+            vec![url, ("RUNWIRE_JWT_SECRET", "x")],
+        ),
+        (
+            vec!["demo", "--bind", "127.0.0.1:0"],
+            vec![url, ("RUNWIRE_JWT_SECRET", "x")],
+        ),
+        (
+            vec!["token", "--user", "1"],
+            vec![("RUNWIRE_JWT_SECRET", "")],
+        ),
+        (
+            vec![
+                "token",
+                "--user",
+                "1",
+                "--jwt-secret",
+                "thirty-one-bytes-is-not-enough",
+            ],
+            vec![],
+        ),
+    ] {
+        let (ok, out) = runwire(&args, &env).exit().await;
+        assert!(!ok, "{args:?} accepted a short secret");
+        assert!(out.contains("at least 32 bytes"), "{args:?}: {out}");
+        assert!(out.contains("openssl rand -hex 32"), "{args:?}: {out}");
+    }
+    let (ok, out) = runwire(&["token", "--user", "7"], &[strong_secret()])
+        .exit()
+        .await;
+    assert!(ok, "{out}");
+    assert_eq!(out.split('.').count(), 3, "{out}");
+}
+
+#[tokio::test]
+async fn start_up_with_fail_fast_exits_with_the_real_cause() {
+    let db = TestDb::new().await;
+    let base = |o: sqlx::postgres::PgConnectOptions| {
+        format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("postgres")
+        )
+    };
+    for (url, cause) in [
+        (base(db.options.clone().port(1)), "Connection refused"),
+        (
+            base(db.options.clone().database("runwire_no_such_database")),
+            "runwire_no_such_database\" does not exist",
+        ),
+        (
+            base(db.options.clone().username("runwire_no_such_role")),
+            "runwire_no_such_role\" does not exist",
+        ),
+        (
+            "postgres://postgres@runwire-no-such-host.invalid/x".to_string(),
+            "failed to lookup address",
+        ),
+    ] {
+        let p = runwire(
+            &["serve", "--bind", "127.0.0.1:0", "--database-fail-fast"],
+            &[("DATABASE_URL", &url), strong_secret()],
+        );
+        let (ok, out) = p.exit().await;
+        assert!(!ok, "{url}");
+        assert!(out.contains(cause), "{url}: {out}");
+        assert!(!out.contains("pool timed out"), "{out}");
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_ready() {
+    // A database that does not exist yet; it appears while runwire waits.
+    let name = format!("runwire_test_late_{}", rand::random::<u32>());
+    let admin = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let p = runwire(
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("DATABASE_URL", &url), strong_secret()],
+    );
+    let base = format!("http://{}", p.addr().await);
+    let http = reqwest::Client::new();
+    p.line("does not exist").await;
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for _ in 0..3 {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().await.unwrap();
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.contains("does not exist"), "{reason}");
+    }
+    // Requests that need the database answer 503 at once meanwhile.
+    let t = runwire::access::Tokens::new(SECRET.as_bytes()).issue(1, 60);
+    let r = http
+        .get(format!("{base}/v1/runs/1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (503, "database_unavailable".into()));
+    // Readiness failures are logged once per change, not per probe.
+    assert_eq!(p.count("not ready"), 1, "{:#?}", p.lines.lock().unwrap());
+    assert!(p.count("cannot connect to Postgres; waiting") >= 1);
+
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Migrated: the tables are there.
+    let r = http
+        .get(format!("{base}/v1/runs/1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    drop(p);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn start_up_with_a_wrong_password_logs_the_cause() {
+    // The shared cluster trusts local connections and never asks for a password; a private
+    // one does.
+    let root = std::env::temp_dir().join(format!("runwire-pw-{}", rand::random::<u32>()));
+    let pg = runwire::embedded_pg::EmbeddedPostgres::start_with_password(&root, "right-password")
+        .await
+        .expect("a private PostgreSQL (needs its binaries installed)");
+    let wrong = pg.url().replace("right-password", "wrong-password");
+    // Waiting: the cause is logged on every attempt.
+    let waiting = runwire(
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("DATABASE_URL", &wrong), strong_secret()],
+    );
+    let line = waiting.line("cannot connect to Postgres; waiting").await;
+    assert!(
+        line.contains(r#"password authentication failed for user \"postgres\""#),
+        "{line}"
+    );
+    drop(waiting);
+    // Failing fast: the same cause, and the exit.
+    let (ok, out) = runwire(
+        &["serve", "--bind", "127.0.0.1:0", "--database-fail-fast"],
+        &[("DATABASE_URL", &wrong), strong_secret()],
+    )
+    .exit()
+    .await;
+    assert!(!ok);
+    assert!(out.contains("password authentication failed"), "{out}");
+    drop(pg);
+    let _ = std::fs::remove_dir_all(root);
+}
