@@ -517,3 +517,68 @@ async fn a_pack_moved_between_tenants_updates_both_cards() {
     assert_eq!(arrived.data["pack"]["id"], pack);
     app.stop().await;
 }
+
+/// Streams that hyper serves (here: a request with a `Content-Length`, which the connection
+/// front hands over) run the same driver behind the same gate.
+#[tokio::test]
+async fn a_hyper_served_stream_is_gated_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    for _ in 0..20 {
+        exec(
+            app.pool(),
+            &format!(
+                "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner') ON CONFLICT DO NOTHING",
+                w.tenant, w.owner
+            ),
+        )
+        .await;
+        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        let mut socket = tokio::net::TcpStream::connect(app.running.addr)
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /v1/runs/{run}/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: 0\r\n\r\n"
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains("event: snapshot") {
+            let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed before the snapshot: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        let mut tx = app.pool().begin().await.unwrap();
+        sqlx::query(&format!(
+            "DELETE FROM tenant_memberships WHERE tenant_id = {} AND user_id = {}",
+            w.tenant, w.owner
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            "UPDATE operation_runs SET outcome = '{MARK}' WHERE id = {run}"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        while !seen.contains("event: end") {
+            let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed without end: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(!seen.contains(MARK), "leaked: {seen}");
+        assert!(seen.contains(r#"{"reason":"forbidden"}"#), "{seen}");
+    }
+    app.stop().await;
+}
