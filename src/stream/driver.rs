@@ -343,3 +343,183 @@ impl Stream {
         }
     }
 }
+
+/// The driver as a state machine, under a paused clock: every deadline is exact.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::batch::Deadline;
+    use crate::access::{Batcher, Epochs, Grant, Scope};
+    use crate::metrics::{Metrics, StreamKind};
+    use crate::model::{ItemKey, Owner, RunRow, State};
+    use crate::stream::limits::StreamLimiter;
+    use crate::watch::hub::Hub;
+    use crate::watch::ListenerStatus;
+    use tokio_util::sync::CancellationToken;
+
+    const KEEPALIVE: Duration = Duration::from_secs(15);
+
+    fn run(version: i64) -> Arc<State> {
+        Arc::new(State::run(&RunRow {
+            id: 1,
+            workspace_id: 1,
+            tenant_id: None,
+            run_type: "sync".into(),
+            status: "running".into(),
+            outcome: "pending".into(),
+            summary_counts: sqlx::types::Json(
+                serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            ),
+            created_at: None,
+            started_at: None,
+            completed_at: None,
+            updated_at: None,
+            version,
+        }))
+    }
+
+    /// A stream of one run, driven into a channel, with a database that cannot be reached
+    /// (the listener is "down", so every access read fails at once).
+    struct Rig {
+        streams: Streams,
+        frames: mpsc::Receiver<Bytes>,
+        start: Instant,
+    }
+
+    impl Rig {
+        fn new(token_secs: u64, lifetime_secs: Option<u64>) -> Rig {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+                .unwrap();
+            let metrics = Arc::new(Metrics::default());
+            let streams = Streams {
+                pool: pool.clone(),
+                hub: Arc::new(Hub::default()),
+                epochs: Arc::new(Epochs::default()),
+                batcher: Arc::new(Batcher::start(
+                    pool,
+                    Arc::new(ListenerStatus::default()),
+                    Deadline(Duration::from_secs(1)),
+                )),
+                limiter: StreamLimiter::new(10, 10),
+                metrics: Arc::clone(&metrics),
+                shutdown: CancellationToken::new(),
+                keepalive: KEEPALIVE,
+                max_lifetime_secs: 0,
+            };
+            let user = streams.epochs.user(7);
+            let sub = streams.hub.items.subscribe(ItemKey::Run(1));
+            sub.channel().publish_initial(run(1));
+            let owner = Owner::Run {
+                workspace: 1,
+                tenant: None,
+            };
+            let grant = Grant::new(&user, user.now(), Scope::Owner(owner));
+            let start = Instant::now();
+            let stream = Stream {
+                streams: streams.clone(),
+                user,
+                deadlines: Deadlines {
+                    token_expires: start + Duration::from_secs(token_secs),
+                    lifetime_ends: lifetime_secs.map(|s| start + Duration::from_secs(s)),
+                },
+                guard: StreamGuard::new(
+                    metrics,
+                    StreamKind::run,
+                    7,
+                    "run:1".into(),
+                    streams.limiter.acquire(7).unwrap(),
+                ),
+                retry_ms: 1000,
+                source: Source::Items(Items::seeded(sub, grant)),
+            };
+            let (tx, frames) = mpsc::channel(16);
+            tokio::spawn(stream.run(Out::Channel(tx)));
+            Rig {
+                streams,
+                frames,
+                start,
+            }
+        }
+
+        /// The next frame and when it came (None: the stream closed).
+        async fn next(&mut self) -> Option<(String, Duration)> {
+            let frame = self.frames.recv().await?;
+            Some((
+                String::from_utf8(frame.to_vec()).unwrap(),
+                self.start.elapsed(),
+            ))
+        }
+
+        async fn expect(&mut self, starts: &str, at: Duration) {
+            let (frame, when) = self.next().await.expect("a frame");
+            assert!(frame.starts_with(starts), "{frame:?} is not {starts:?}");
+            assert_eq!(when, at, "{frame:?} at {when:?}, not {at:?}");
+        }
+
+        fn publish(&self, state: Arc<State>) {
+            let cell = self.streams.hub.items.get(&ItemKey::Run(1)).unwrap();
+            cell.publish(state);
+        }
+    }
+
+    const NOW: Duration = Duration::ZERO;
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alives_follow_silence_exactly() {
+        let mut rig = Rig::new(3600, None);
+        rig.expect("retry: 1000", NOW).await;
+        rig.expect("event: snapshot", NOW).await;
+        rig.expect(":", secs(15)).await;
+        tokio::time::sleep(secs(5)).await;
+        rig.publish(run(2));
+        rig.expect("event: update", secs(20)).await;
+        // An event counts as traffic: the next keep-alive is 15 s after it.
+        rig.expect(":", secs(35)).await;
+        rig.expect(":", secs(50)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_when_its_token_expires() {
+        let mut rig = Rig::new(20, None);
+        rig.expect("retry", NOW).await;
+        rig.expect("event: snapshot", NOW).await;
+        rig.expect(":", secs(15)).await;
+        rig.expect("event: end\ndata: {\"reason\":\"token_expired\"}", secs(20))
+            .await;
+        assert!(rig.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_closes_without_end_when_its_lifetime_is_over() {
+        let mut rig = Rig::new(3600, Some(40));
+        rig.expect("retry", NOW).await;
+        rig.expect("event: snapshot", NOW).await;
+        rig.expect(":", secs(15)).await;
+        rig.expect(":", secs(30)).await;
+        let closed = rig.next().await;
+        assert!(closed.is_none(), "{closed:?}");
+        assert_eq!(rig.start.elapsed(), secs(40));
+    }
+
+    /// An access change while the database cannot be reached: no state is written from then
+    /// on (though newer ones are published), and after 10 s without a decision the stream
+    /// ends with `unavailable`.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_decision_nothing_is_written_then_unavailable() {
+        let mut rig = Rig::new(3600, None);
+        rig.expect("retry", NOW).await;
+        rig.expect("event: snapshot", NOW).await;
+        tokio::time::sleep(secs(1)).await;
+        rig.streams.epochs.user_changed(7);
+        rig.publish(run(2));
+        tokio::time::sleep(secs(3)).await;
+        rig.publish(run(3));
+        rig.expect("event: end\ndata: {\"reason\":\"unavailable\"}", secs(11))
+            .await;
+        assert!(rig.next().await.is_none());
+    }
+}

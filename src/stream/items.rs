@@ -158,6 +158,19 @@ fn position(states: &[Arc<State>]) -> String {
 }
 
 impl Items {
+    /// A single item already subscribed, seeded and granted (for the driver's tests).
+    #[cfg(test)]
+    pub(super) fn seeded(sub: ItemSubscription, grant: Grant) -> Items {
+        Items {
+            entries: vec![Entry {
+                sub,
+                grant,
+                sent: None,
+            }],
+            direct: None,
+        }
+    }
+
     fn single(&self) -> bool {
         self.entries.len() == 1
     }
