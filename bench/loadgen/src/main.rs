@@ -2,7 +2,7 @@
 //! updates through Postgres, and measures what a user and an operator care about.
 //!
 //! ```text
-//! cargo run --release --bin loadgen -- --url http://127.0.0.1:8080 \
+//! cargo run --release -p loadgen -- --url http://127.0.0.1:8080 \
 //!     --database-url postgres://postgres@127.0.0.1/runwire_bench --jwt-secret S \
 //!     --streams 10000 --runs 100 --updates 10000 --rate 1000
 //! ```
