@@ -126,9 +126,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings with every default, for tests and embedding.
+    /// Settings with every default, for tests and embedding. The environment is not read:
+    /// a `RUNWIRE_*` variable set where tests run must not change what they test.
     pub fn defaults() -> Self {
-        Settings::parse_from(["runwire"])
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Settings::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["runwire"]);
+        Settings::from_arg_matches(&matches).expect("the defaults parse")
     }
 
     pub fn query_timeout(&self) -> Duration {
@@ -137,5 +141,18 @@ impl Settings {
 
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        // Set for this process only; no other test reads this variable.
+        std::env::set_var("RUNWIRE_KEEPALIVE_SECS", "99");
+        assert_eq!(Settings::defaults().keepalive_secs, 15);
+        std::env::remove_var("RUNWIRE_KEEPALIVE_SECS");
     }
 }

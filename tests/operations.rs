@@ -521,3 +521,24 @@ async fn an_older_integration_migration_is_replaced() {
     assert!(triggers > 0);
     db.drop_db().await;
 }
+
+/// The harness itself: a test that panics still drops its database.
+#[tokio::test]
+async fn a_panicking_test_leaves_no_database() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let panicked = tokio::spawn(async move {
+        let db = TestDb::new().await;
+        tx.send(db.name.clone()).unwrap();
+        panic!("a failing test");
+    })
+    .await;
+    assert!(panicked.is_err());
+    let name = rx.await.unwrap();
+    let admin = TestDb::new().await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&admin.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} was left behind");
+}

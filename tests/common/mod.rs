@@ -26,7 +26,8 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
-/// A database of its own for one test, dropped (forcibly) by [`TestDb::drop_db`].
+/// A database of its own for one test, dropped (forcibly) when the `TestDb` is dropped —
+/// also when the test panics, so no run leaves databases behind and none touches another's.
 pub struct TestDb {
     pub name: String,
     pub options: PgConnectOptions,
@@ -66,18 +67,34 @@ impl TestDb {
         }
     }
 
+    /// Closes the pool first, so the drop is quick; the database goes with `self`.
     pub async fn drop_db(self) {
         self.pool.close().await;
-        let mut admin = PgConnection::connect(&admin_url())
-            .await
-            .expect("admin connection");
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await, and runs while a panicking test unwinds: a thread of its own
+        // with a small runtime does the work.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url()).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
     }
 }
 
