@@ -180,7 +180,7 @@ async fn connection(
         _ = shutdown.cancelled() => return,
     };
     match parsed {
-        Ok(Ok(Some(request))) if is_stream(&request) => {
+        Ok(Ok(Some(request))) if super::is_stream_route(request.method(), request.uri().path()) => {
             drop(head);
             let _ = stream(socket, router, request).await;
         }
@@ -335,14 +335,6 @@ fn to_request(req: &httparse::Request) -> Head {
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
     Head::Plain(Box::new(request))
-}
-
-/// The requests served here: `GET` on a stream path.
-fn is_stream(req: &Request<Body>) -> bool {
-    let path = req.uri().path();
-    req.method() == Method::GET
-        && path.starts_with("/v1/")
-        && (path.ends_with("/events") || path == "/v1/streams")
 }
 
 /// Runs the request through the router and writes the response: a stream's frames as the

@@ -62,22 +62,38 @@ impl AppState {
     }
 }
 
+/// The stream routes (`GET`). The router serves them, and the connection front recognises
+/// them by this same table: it serves them itself, to hand the socket to the stream driver.
+const RUN_EVENTS: &str = "/v1/runs/{run_id}/events";
+const PACK_EVENTS: &str = "/v1/tenants/{tenant_id}/review-pack/events";
+const MULTI_EVENTS: &str = "/v1/streams";
+const WORKSPACE_EVENTS: &str = "/v1/workspaces/{workspace_id}/runs/events";
+const STREAM_ROUTES: [&str; 4] = [RUN_EVENTS, PACK_EVENTS, MULTI_EVENTS, WORKSPACE_EVENTS];
+
+/// Whether a request is for one of the stream routes.
+pub fn is_stream_route(method: &Method, path: &str) -> bool {
+    static TABLE: std::sync::LazyLock<matchit::Router<()>> = std::sync::LazyLock::new(|| {
+        let mut table = matchit::Router::new();
+        for route in STREAM_ROUTES {
+            table
+                .insert(route, ())
+                .expect("stream routes are valid and distinct");
+        }
+        table
+    });
+    method == Method::GET && TABLE.at(path).is_ok()
+}
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.settings.allowed_origins);
     let router = Router::new()
-        .route("/v1/runs/{run_id}/events", get(handlers::run_events))
+        .route(RUN_EVENTS, get(handlers::run_events))
         .route("/v1/runs/{run_id}", get(handlers::run_snapshot))
-        .route(
-            "/v1/tenants/{tenant_id}/review-pack/events",
-            get(handlers::pack_events),
-        )
+        .route(PACK_EVENTS, get(handlers::pack_events))
         .route("/v1/tenants/{tenant_id}/review-pack", get(handlers::pack_snapshot))
-        .route("/v1/streams", get(handlers::multi_events))
-        .route(
-            "/v1/workspaces/{workspace_id}/runs/events",
-            get(handlers::workspace_events),
-        )
+        .route(MULTI_EVENTS, get(handlers::multi_events))
+        .route(WORKSPACE_EVENTS, get(handlers::workspace_events))
         .route("/v1/workspaces/{workspace_id}", get(handlers::workspace_info))
         .route(
             "/v1/session",
@@ -156,4 +172,27 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             ])
             .max_age(Duration::from_secs(600)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_routes_are_one_table() {
+        assert!(is_stream_route(&Method::GET, "/v1/runs/7/events"));
+        assert!(is_stream_route(
+            &Method::GET,
+            "/v1/tenants/7/review-pack/events"
+        ));
+        assert!(is_stream_route(&Method::GET, "/v1/streams"));
+        assert!(is_stream_route(
+            &Method::GET,
+            "/v1/workspaces/1/runs/events"
+        ));
+        assert!(!is_stream_route(&Method::POST, "/v1/streams"));
+        assert!(!is_stream_route(&Method::GET, "/v1/runs/7"));
+        // A future route that merely ends in /events is not a stream by accident.
+        assert!(!is_stream_route(&Method::GET, "/v1/audit/events"));
+    }
 }
