@@ -1,4 +1,5 @@
-//! The core contract (issue: runwire core) against a real Postgres and the real server.
+//! The stream contract against a real Postgres and the real server: lifecycles, events, ids,
+//! the 204 rule, retry hints, the access table, keep-alives, slow clients.
 
 mod common;
 
