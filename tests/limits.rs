@@ -367,30 +367,6 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
 }
 
 #[tokio::test]
-async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    for _ in 0..5 {
-        let request = format!(
-            "GET /v1/runs/{run} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
-            token(w.owner)
-        );
-        let mut s = TcpStream::connect(app.running.addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
-    }
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let mut settings = settings();
     settings.idle_timeout_secs = 1;

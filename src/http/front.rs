@@ -458,10 +458,7 @@ async fn hand_to_hyper(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout)
-        // A client that sends its request and then shuts down its side still gets the
-        // answer (hyper's default drops the connection on that EOF, answer unsent).
-        .half_close(true);
+        .header_read_timeout(limits.head_timeout);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
