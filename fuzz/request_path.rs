@@ -1,5 +1,6 @@
 //! The whole request path under arbitrary input, shared by the `request_path` fuzz target and
-//! the test that replays its corpus on every `cargo test` (tests/fuzz_corpus.rs).
+//! the test that replays its seeds (fuzz/seeds/request_path) on every `cargo test`
+//! (tests/fuzz_corpus.rs).
 //!
 //! A real server (connection front, hyper, router, token checks, handlers) on 127.0.0.1:0,
 //! without a database: the pool points at a closed port and the listener never connects, so
