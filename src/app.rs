@@ -225,7 +225,8 @@ impl Server {
         );
         let max_connections = settings
             .max_connections
-            .unwrap_or_else(|| default_max_connections(settings.db_pool_size));
+            .unwrap_or_else(|| default_max_connections(settings.db_pool_size))
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         if settings.max_streams >= max_connections {
             tracing::warn!(
                 max_streams = settings.max_streams,

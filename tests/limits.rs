@@ -808,8 +808,14 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
         .await
         .unwrap();
     assert_eq!(error_code(r).await, (503, "database_unavailable".into()));
-    // Readiness failures are logged once per change, not per probe.
+    // Readiness failures are logged once per change, not per probe, and nothing at ERROR.
     assert_eq!(p.count("not ready"), 1, "{:#?}", p.lines.lock().unwrap());
+    assert_eq!(
+        p.count(r#""level":"ERROR""#),
+        0,
+        "{:#?}",
+        p.lines.lock().unwrap()
+    );
     assert!(p.count("cannot connect to Postgres; waiting") >= 1);
 
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();

@@ -1,7 +1,8 @@
 #![no_main]
 //! The whole request path (head, query, token, handlers) on a real server without a database:
-//! nothing panics or hangs, and every error is JSON. See ../request_path.rs; the corpus in
-//! ../corpus/request_path is replayed by `cargo test` (tests/fuzz_corpus.rs).
+//! nothing panics or hangs, and every error is JSON. See ../request_path.rs. Run with the seeds:
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run request_path corpus/request_path seeds/request_path`; the
+//! seeds (../seeds/request_path) are replayed by `cargo test` (tests/fuzz_corpus.rs).
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Everything a request may need, cheap to clone.
 #[derive(Clone)]
@@ -107,11 +107,16 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
         .layer(axum::middleware::map_response(json_errors))
-        // The span names method and path only: the query may hold an access token.
+        // The span names method and path only: the query may hold an access token. A 5xx is
+        // logged where its cause is known (a database error, once per readiness change), not
+        // again here at ERROR for every response: during an outage that was a line per probe
+        // and per refused client.
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         );
     match cors {
         Some(cors) => router.layer(cors),
