@@ -560,6 +560,7 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
         format!("/v1/runs/{run}"),
         format!("/v1/runs/{run}/events"),
         format!("/v1/tenants/{}/review-pack", w.tenant),
+        format!("/v1/workspaces/{}/runs/events", w.workspace),
     ] {
         let asked = Instant::now();
         let resp = http

@@ -64,6 +64,7 @@ pub struct Batcher {
     runs: mpsc::UnboundedSender<Job<RunForUser>>,
     packs: mpsc::UnboundedSender<Job<PackForUser>>,
     owners: mpsc::UnboundedSender<Job<OwnerFacts>>,
+    pool: PgPool,
     listener: Arc<ListenerStatus>,
     deadline: Deadline,
 }
@@ -117,7 +118,8 @@ impl Batcher {
         Batcher {
             runs: spawn_collector(pool.clone(), deadline),
             packs: spawn_collector(pool.clone(), deadline),
-            owners: spawn_collector(pool, deadline),
+            owners: spawn_collector(pool.clone(), deadline),
+            pool,
             listener,
             deadline,
         }
@@ -144,6 +146,25 @@ impl Batcher {
         owners: &[Owner],
     ) -> Result<Vec<OwnerFacts>, AccessError> {
         self.ask(&self.owners, user_id, owners).await
+    }
+
+    /// What `user_id` may see of a workspace (one query: a feed's decisions are few and
+    /// per workspace), under the same rules: 503 at once while the database is known to be
+    /// unreachable, and a deadline.
+    pub async fn workspace(
+        &self,
+        user_id: i64,
+        workspace_id: i64,
+    ) -> Result<store::WorkspaceView, AccessError> {
+        if !self.listener.is_connected() {
+            return Err(AccessError::Unavailable);
+        }
+        let read = store::workspace_view(&self.pool, user_id, workspace_id);
+        match tokio::time::timeout(self.deadline.total(), read).await {
+            Ok(Ok(view)) => Ok(view),
+            Ok(Err(e)) => Err(unavailable_or_internal(&e)),
+            Err(_) => Err(AccessError::Unavailable),
+        }
     }
 
     async fn ask<T: Kind>(

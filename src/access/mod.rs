@@ -17,7 +17,6 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -164,14 +163,12 @@ pub async fn decide(
 /// Decides whether `user` may follow a workspace's feed (non-members: 404), and what of it
 /// they may see.
 pub async fn decide_workspace(
-    pool: &PgPool,
+    batcher: &Batcher,
     user: &Arc<UserAccess>,
     workspace_id: i64,
 ) -> Result<Grant, AccessError> {
     let stamp = user.now();
-    let view = store::workspace_view(pool, user.user_id, workspace_id)
-        .await
-        .map_err(|e| batch::unavailable_or_internal(&e))?;
+    let view = batcher.workspace(user.user_id, workspace_id).await?;
     if !view.workspace_member {
         return Err(AccessError::NotFound);
     }

@@ -53,7 +53,7 @@ pub async fn open(
     // Subscribe before deciding and reading, so no change falls between them.
     let rx = streams.hub.workspaces.subscribe(workspace_id);
     let resynced = streams.hub.resynced.subscribe();
-    let grant = access::decide_workspace(&streams.pool, &user, workspace_id).await?;
+    let grant = access::decide_workspace(&streams.batcher, &user, workspace_id).await?;
     let guard = StreamGuard::new(
         Arc::clone(&streams.metrics),
         StreamKind::workspace,
@@ -147,7 +147,7 @@ impl Feed {
         streams: &Streams,
         user: &Arc<UserAccess>,
     ) -> Result<(), AccessError> {
-        let grant = access::decide_workspace(&streams.pool, user, self.workspace_id).await?;
+        let grant = access::decide_workspace(&streams.batcher, user, self.workspace_id).await?;
         if grant.scope != self.grant.scope {
             self.snapshot_due = true;
         }
