@@ -245,7 +245,7 @@ impl Server {
             listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
         let shutdown = CancellationToken::new();
         let deadline = Deadline(settings.query_timeout());
-        let streams = Streams {
+        let streams = Arc::new(Streams {
             pool: pool.clone(),
             hub,
             epochs,
@@ -255,7 +255,7 @@ impl Server {
             shutdown: shutdown.clone(),
             keepalive: Duration::from_secs(settings.keepalive_secs.max(1)),
             max_lifetime_secs: settings.max_stream_lifetime_secs,
-        };
+        });
         let state = AppState::new(Inner {
             pool,
             streams,

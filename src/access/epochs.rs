@@ -138,8 +138,9 @@ pub enum Scope {
     Workspace {
         workspace: i64,
         member: bool,
-        /// The user's tenant roles in the workspace.
-        roles: HashMap<i64, String>,
+        /// The user's tenant roles in the workspace (shared: a grant is cloned per check
+        /// site, and kept small).
+        roles: Arc<HashMap<i64, String>>,
     },
 }
 
@@ -241,7 +242,7 @@ mod tests {
     fn a_workspace_grant_judges_runs_by_the_run_rule() {
         let epochs = Arc::new(Epochs::default());
         let user = epochs.user(1);
-        let roles = HashMap::from([(5, "readonly".to_string())]);
+        let roles = Arc::new(HashMap::from([(5, "readonly".to_string())]));
         let scope = Scope::Workspace {
             workspace: 1,
             member: true,

@@ -175,7 +175,7 @@ pub async fn decide_workspace(
     let scope = Scope::Workspace {
         workspace: workspace_id,
         member: true,
-        roles: view.tenant_roles.0.into_iter().collect(),
+        roles: Arc::new(view.tenant_roles.0.into_iter().collect()),
     };
     Ok(Grant::new(user, stamp, scope))
 }

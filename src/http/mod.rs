@@ -37,7 +37,7 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub pool: PgPool,
     /// What every stream needs: the hub, access epochs, the batcher, the caps.
-    pub streams: Streams,
+    pub streams: Arc<Streams>,
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
     pub listener: Arc<ListenerStatus>,

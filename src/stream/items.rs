@@ -70,7 +70,7 @@ pub enum Opened {
 /// Opens a stream of these runs and tenants' review packs: caps (429/503), then access
 /// (404/403 before anything streams, for the whole set), then the cells.
 pub async fn open(
-    streams: &Streams,
+    streams: &Arc<Streams>,
     claims: Claims,
     kind: StreamKind,
     topic: String,
@@ -121,7 +121,7 @@ pub async fn open(
         permit,
     );
     Ok(Opened::Stream(Box::new(Stream {
-        streams: streams.clone(),
+        streams: Arc::clone(streams),
         user,
         deadlines: Deadlines::new(claims.exp, streams.max_lifetime_secs),
         guard,
@@ -270,9 +270,8 @@ impl Items {
     /// if the hub itself is gone). On direct delivery only the sink's hand-overs wake it.
     pub(super) async fn changed(&mut self) -> bool {
         if let Some((sink, _)) = &self.direct {
+            // The driver flushes what the delivery left before it looks again.
             sink.handed_over().await;
-            // Finish what a delivery left half-written; a failure shows at the next write.
-            let _ = sink.flush().await;
             return true;
         }
         if let [only] = &mut self.entries[..] {

@@ -44,7 +44,7 @@ struct Snapshot<'a> {
 }
 
 pub async fn open(
-    streams: &Streams,
+    streams: &Arc<Streams>,
     claims: Claims,
     workspace_id: i64,
 ) -> Result<Stream, OpenError> {
@@ -62,12 +62,12 @@ pub async fn open(
         permit,
     );
     Ok(Stream {
-        streams: streams.clone(),
+        streams: Arc::clone(streams),
         user,
         deadlines: Deadlines::new(claims.exp, streams.max_lifetime_secs),
         guard,
         retry_ms: 1000,
-        source: Source::Feed(Feed {
+        source: Source::Feed(Box::new(Feed {
             workspace_id,
             grant,
             rx,
@@ -75,7 +75,7 @@ pub async fn open(
             queue: VecDeque::new(),
             snapshot_due: true,
             sent: HashMap::new(),
-        }),
+        })),
     })
 }
 
