@@ -10,10 +10,8 @@ pub mod epochs;
 pub mod rules;
 pub mod token;
 
-use crate::http::{ApiError, AppState};
 use crate::model::{Owner, State};
 use crate::store;
-use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
@@ -23,7 +21,7 @@ use std::sync::Arc;
 pub use batch::Batcher;
 pub use epochs::{Epochs, Grant, Scope, UserAccess};
 pub use rules::{role_can_view_review_pack, AccessError};
-pub use token::{Claims, Tokens};
+pub use token::{Claims, InvalidToken, Tokens};
 
 /// Name of the cookie that carries the token for browsers (`POST /v1/session` sets it).
 pub const COOKIE_NAME: &str = "runwire_token";
@@ -59,19 +57,6 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     })
-}
-
-/// An authenticated caller. Extracting it answers 401 for a missing or bad token.
-#[derive(Debug, Clone, Copy)]
-pub struct AuthUser(pub Claims);
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = token_from_parts(parts).ok_or(ApiError::Unauthorized("missing token"))?;
-        state.tokens.verify(&token).map(AuthUser)
-    }
 }
 
 /// Reads and authorises items for `user_id`: their current states, runs then packs in

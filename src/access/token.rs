@@ -5,7 +5,6 @@
 //! with `exp` = 10^19 must not overflow a deadline later), and `nbf` and `iat` must not be in
 //! the future beyond a small clock skew.
 
-use crate::http::ApiError;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +16,11 @@ pub const MIN_SECRET_BYTES: usize = 32;
 const MAX_TIMESTAMP: u64 = 253_402_300_799;
 /// Clock skew tolerated between the host app and runwire for `nbf` and `iat`.
 const CLOCK_LEEWAY_SECS: u64 = 60;
+
+/// Why a token was refused (a 401 at the edge); the reason is safe to show the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidToken(pub &'static str);
 
 /// A secret that is too short to sign with.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +107,13 @@ impl Tokens {
             .expect("HS256 signing cannot fail")
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
         match decode::<Wire>(token, &self.decoding, &self.validation) {
             Ok(data) => check_times(&data.claims, now_secs()).map(|()| Claims {
                 user_id: data.claims.sub,
                 exp: data.claims.exp,
             }),
-            Err(e) => Err(ApiError::Unauthorized(match e.kind() {
+            Err(e) => Err(InvalidToken(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired",
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => "token signature is invalid",
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
@@ -122,19 +126,17 @@ impl Tokens {
 }
 
 /// The checks `jsonwebtoken` leaves to us (it has already verified `exp` against `now`).
-fn check_times(wire: &Wire, now: u64) -> Result<(), ApiError> {
+fn check_times(wire: &Wire, now: u64) -> Result<(), InvalidToken> {
     let in_range = |t: f64| (0.0..=MAX_TIMESTAMP as f64).contains(&t);
     if wire.exp > MAX_TIMESTAMP || !wire.nbf.into_iter().chain(wire.iat).all(in_range) {
-        return Err(ApiError::Unauthorized("token timestamps are out of range"));
+        return Err(InvalidToken("token timestamps are out of range"));
     }
     let latest = (now + CLOCK_LEEWAY_SECS) as f64;
     if wire.nbf.is_some_and(|nbf| nbf > latest) {
-        return Err(ApiError::Unauthorized("token is not valid yet (nbf)"));
+        return Err(InvalidToken("token is not valid yet (nbf)"));
     }
     if wire.iat.is_some_and(|iat| iat > latest) {
-        return Err(ApiError::Unauthorized(
-            "token is issued in the future (iat)",
-        ));
+        return Err(InvalidToken("token is issued in the future (iat)"));
     }
     Ok(())
 }
@@ -198,7 +200,7 @@ mod tests {
         let tokens = Tokens::new(b"secret");
         let now = now_secs();
         let refused = |claims: serde_json::Value| match tokens.verify(&signed(claims.clone())) {
-            Err(ApiError::Unauthorized(why)) => why,
+            Err(InvalidToken(why)) => why,
             other => panic!("{claims} was not refused: {other:?}"),
         };
         assert_eq!(

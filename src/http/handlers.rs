@@ -2,9 +2,10 @@
 //! limits (429/503), then access (404/403) — the last two in [`crate::stream`] and
 //! [`crate::access`].
 
+use super::auth::AuthUser;
 use super::params::{parse_id, parse_item_lists};
 use super::{sse, ApiError, AppState};
-use crate::access::{self, token::now_secs, AuthUser, COOKIE_NAME};
+use crate::access::{self, token::now_secs, COOKIE_NAME};
 use crate::metrics::StreamKind;
 use crate::stream::items::{self, Opened};
 use crate::stream::workspace;

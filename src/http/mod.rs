@@ -3,6 +3,7 @@
 //! the listener.
 
 mod assets;
+mod auth;
 mod error;
 pub mod front;
 mod handlers;
