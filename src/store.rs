@@ -329,6 +329,30 @@ pub async fn active_runs(db: impl PgExecutor<'_>, workspace_id: i64) -> sqlx::Re
         .await
 }
 
+/// Runs of a workspace that finished in the last 24 hours, newest first, at most `limit`
+/// (the caller filters them by access).
+pub async fn recent_runs(
+    db: impl PgExecutor<'_>,
+    workspace_id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<RunRow>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {RUN_COLUMNS} FROM operation_runs r
+             WHERE r.workspace_id = $1 AND NOT (r.status = ANY($2))
+               AND COALESCE(r.completed_at, r.updated_at) > now() - interval '24 hours'
+             ORDER BY COALESCE(r.completed_at, r.updated_at) DESC, r.id DESC
+             LIMIT $3"
+        )
+    });
+    sqlx::query_as(&SQL)
+        .bind(workspace_id)
+        .bind(&ACTIVE_RUN_STATUSES[..])
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
 /// A workspace as a member sees it: its name and the tenants they belong to, with roles.
 #[derive(Debug, FromRow)]
 pub struct WorkspaceInfo {

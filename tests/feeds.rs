@@ -211,3 +211,78 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
     );
     app.stop().await;
 }
+
+/// The feed carries everything a dashboard shows: runs finished in the last day (so "recently
+/// finished" is filled on load), and the review-pack card of every tenant whose packs the
+/// user may view, pushed as packs change — no stream per card, no timer.
+#[tokio::test]
+async fn workspace_feed_carries_recent_runs_and_review_pack_cards() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let finished = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
+    set_run(
+        app.pool(),
+        finished,
+        "completed_at = now() - interval '1 hour'",
+    )
+    .await;
+    let old = create_run(app.pool(), w.workspace, None, "failed").await;
+    set_run(
+        app.pool(),
+        old,
+        "completed_at = now() - interval '25 hours'",
+    )
+    .await;
+    let hidden = create_run(app.pool(), w.workspace, Some(w.tenant_b), "completed").await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let path = format!("/v1/workspaces/{}/runs/events", w.workspace);
+    let mut owner = app.sse(&path, &token(w.owner)).await;
+    let mut readonly = app.sse(&path, &token(w.readonly)).await;
+
+    let snap = owner.expect("snapshot").await;
+    let ids = |key: &str, field: &str| -> Vec<i64> {
+        snap.data[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in {:?}", snap.data))
+            .iter()
+            .map(|r| r[field].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        ids("recently_finished", "id"),
+        vec![finished],
+        "not {old}, not {hidden}"
+    );
+    assert_eq!(ids("review_packs", "tenant_id"), vec![w.tenant]);
+    assert_eq!(snap.data["review_packs"][0]["pack"]["id"], pack);
+    // A readonly tenant member sees the tenant's runs but not its review packs.
+    let rsnap = readonly.expect("snapshot").await;
+    assert_eq!(rsnap.data["review_packs"], serde_json::json!([]));
+    assert_eq!(rsnap.data["recently_finished"][0]["id"], finished);
+
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+    let u = owner.expect("update").await;
+    assert_eq!(
+        (u.data["type"].as_str(), u.data["pack"]["status"].as_str()),
+        (Some("review_pack"), Some("ready"))
+    );
+    // A newer pack replaces the card, on the same stream.
+    let newer = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
+    let u = owner.expect("update").await;
+    assert_eq!(u.data["pack"]["id"], newer);
+    set_pack(app.pool(), newer, "status = 'generating'").await;
+    assert_eq!(
+        owner.expect("update").await.data["pack"]["status"],
+        "generating"
+    );
+    // The readonly member got none of it: their next message is a run's change.
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "queued").await;
+    assert_eq!(readonly.expect("update").await.data["id"], run);
+    assert_eq!(owner.expect("update").await.data["id"], run);
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"runwire_streams_opened_total{kind="workspace"} 2"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -178,20 +178,23 @@ impl Grant {
                     workspace,
                     member,
                     roles,
-                } => match owner {
-                    Owner::Run {
-                        workspace: w,
-                        tenant,
-                    } => {
-                        let facts = Facts {
-                            workspace_member: *member && w == workspace,
-                            tenant_exists: true,
-                            tenant_role: tenant.and_then(|t| roles.get(&t).cloned()),
-                        };
-                        rules::verdict(owner, &facts).is_ok()
-                    }
-                    Owner::Pack { .. } => false,
-                },
+                } => {
+                    // The user's facts towards the owner, as far as this workspace goes: its
+                    // runs, and the tenants it holds (the only ones with a role here).
+                    let (in_workspace, tenant) = match *owner {
+                        Owner::Run {
+                            workspace: w,
+                            tenant,
+                        } => (w == *workspace, tenant),
+                        Owner::Pack { tenant } => (roles.contains_key(&tenant), Some(tenant)),
+                    };
+                    let facts = Facts {
+                        workspace_member: *member && in_workspace,
+                        tenant_exists: true,
+                        tenant_role: tenant.and_then(|t| roles.get(&t).cloned()),
+                    };
+                    rules::verdict(owner, &facts).is_ok()
+                }
             }
     }
 }
@@ -242,7 +245,10 @@ mod tests {
     fn a_workspace_grant_judges_runs_by_the_run_rule() {
         let epochs = Arc::new(Epochs::default());
         let user = epochs.user(1);
-        let roles = Arc::new(HashMap::from([(5, "readonly".to_string())]));
+        let roles = Arc::new(HashMap::from([
+            (5, "readonly".to_string()),
+            (6, "owner".to_string()),
+        ]));
         let scope = Scope::Workspace {
             workspace: 1,
             member: true,
@@ -251,8 +257,14 @@ mod tests {
         let grant = Grant::new(&user, user.now(), scope);
         assert!(grant.admits(Some(&run(1, None))));
         assert!(grant.admits(Some(&run(1, Some(5)))));
-        assert!(!grant.admits(Some(&run(1, Some(6)))));
+        assert!(!grant.admits(Some(&run(1, Some(7)))));
         assert!(!grant.admits(Some(&run(2, None))));
-        assert!(!grant.admits(Some(&Owner::Pack { tenant: 5 })));
+        // Review packs by the pack rule: a role with review_pack.view, in this workspace.
+        assert!(!grant.admits(Some(&Owner::Pack { tenant: 5 })), "readonly");
+        assert!(grant.admits(Some(&Owner::Pack { tenant: 6 })));
+        assert!(
+            !grant.admits(Some(&Owner::Pack { tenant: 7 })),
+            "another workspace's"
+        );
     }
 }

@@ -1,7 +1,9 @@
-//! The source of the workspace operations feed: a snapshot of the active runs the user may
-//! see, then an update for every change of any visible run (terminal ones included). It
-//! never ends because runs finish; it ends on lost access, token expiry, lifetime or
-//! shutdown.
+//! The source of the workspace operations feed: a snapshot of what the user may see — the
+//! active runs, the runs finished in the last 24 hours, and the review-pack card of every
+//! tenant whose packs they may view — then an update for every change of any of them
+//! (terminal runs, newer packs included). It never ends because runs or packs finish; it ends
+//! on lost access, token expiry, lifetime or shutdown. A dashboard needs nothing else: no
+//! stream per card, no timer.
 //!
 //! The feed's channel is a bounded broadcast. A subscriber that falls behind it, that missed
 //! changes while the listener reconnected, whose visible tenants changed, or that sees a run
@@ -10,9 +12,9 @@
 
 use super::driver::{Source, Step, Stream};
 use super::{sse, Deadlines, OpenError, StreamGuard, Streams};
-use crate::access::{self, AccessError, Claims, Grant, UserAccess};
+use crate::access::{self, AccessError, Claims, Grant, Scope, UserAccess};
 use crate::metrics::StreamKind;
-use crate::model::State;
+use crate::model::{ItemKey, Owner, State};
 use crate::store;
 use crate::watch::hub::WorkspaceSubscription;
 use serde::Serialize;
@@ -28,12 +30,16 @@ pub struct Feed {
     grant: Grant,
     rx: WorkspaceSubscription,
     resynced: watch::Receiver<u64>,
-    /// Run changes received and not yet looked at.
+    /// Run and pack changes received and not yet looked at.
     queue: VecDeque<Arc<State>>,
     snapshot_due: bool,
-    /// Active run id → newest version sent, so duplicate re-reads send nothing.
-    sent: HashMap<i64, i64>,
+    /// What the client shows: active runs and review-pack cards, as last sent, so duplicate
+    /// re-reads send nothing and an item that goes out of sight is noticed.
+    sent: HashMap<ItemKey, Arc<State>>,
 }
+
+/// Most finished runs a snapshot carries.
+const RECENTLY_FINISHED: usize = 50;
 
 #[derive(Serialize)]
 struct Snapshot<'a> {
@@ -41,6 +47,8 @@ struct Snapshot<'a> {
     kind: &'static str,
     workspace_id: i64,
     runs: Vec<&'a RawValue>,
+    recently_finished: Vec<&'a RawValue>,
+    review_packs: Vec<&'a RawValue>,
 }
 
 pub async fn open(
@@ -88,57 +96,95 @@ impl Feed {
                 return Step::Decide;
             }
             if self.snapshot_due {
-                let Ok(rows) = store::active_runs(&streams.pool, self.workspace_id).await else {
+                let Ok(body) = self.snapshot(streams).await else {
                     return Step::Failed;
                 };
                 if !self.grant.current() {
                     continue; // decide first, then read again
                 }
-                let runs: Vec<State> = rows
-                    .iter()
-                    .map(State::run)
-                    .filter(|r| self.grant.admits(r.owner.as_ref()))
-                    .collect();
-                self.sent = runs
-                    .iter()
-                    .map(|r| (r.run_id().unwrap_or(0), r.version))
-                    .collect();
                 self.snapshot_due = false;
-                let body = Snapshot {
-                    kind: "workspace_runs",
-                    workspace_id: self.workspace_id,
-                    runs: runs.iter().map(|r| r.json.as_ref()).collect(),
-                };
-                let body = serde_json::to_string(&body).expect("snapshot serialises");
                 return Step::Write(sse::event("snapshot", None, &body), None);
             }
-            let Some(run) = self.queue.pop_front() else {
+            let Some(item) = self.queue.pop_front() else {
                 return Step::Idle;
             };
-            let id = run.run_id().unwrap_or(0);
-            if !self.grant.admits(run.owner.as_ref()) {
+            if !self.grant.admits(item.owner.as_ref()) {
                 if !self.grant.current() {
-                    self.queue.push_front(run);
+                    self.queue.push_front(item);
                     return Step::Decide;
                 }
                 // Out of sight (moved, deleted): if the client shows it, replace its list.
-                if self.sent.remove(&id).is_some() {
+                if self.sent.remove(&item.key).is_some() {
                     self.snapshot_due = true;
                 }
                 continue;
             }
-            if self.sent.get(&id).is_some_and(|v| *v >= run.version) {
+            let news = match self.sent.get(&item.key) {
+                None => true,
+                Some(sent) => match item.key {
+                    ItemKey::Run(_) => item.version > sent.version,
+                    ItemKey::Pack { .. } => item.differs_from(sent),
+                },
+            };
+            if !news {
                 continue;
             }
-            // Terminal runs are forgotten so a long-lived feed does not grow with every run
+            // Finished runs are forgotten so a long-lived feed does not grow with every run
             // the workspace ever had (a repeated re-read of one would be sent again).
-            if run.terminal {
-                self.sent.remove(&id);
+            if item.terminal && item.run_id().is_some() {
+                self.sent.remove(&item.key);
             } else {
-                self.sent.insert(id, run.version);
+                self.sent.insert(item.key, Arc::clone(&item));
             }
-            return Step::Write(sse::feed_update(&run).clone(), None);
+            return Step::Write(sse::feed_update(&item).clone(), None);
         }
+    }
+
+    /// Reads what the grant lets the user see and renders the snapshot; resets what was sent.
+    async fn snapshot(&mut self, streams: &Streams) -> Result<String, sqlx::Error> {
+        let grant = &self.grant;
+        let visible = |state: &Arc<State>| grant.admits(state.owner.as_ref());
+        let rows = store::active_runs(&streams.pool, self.workspace_id).await?;
+        let active: Vec<Arc<State>> = rows
+            .iter()
+            .map(|r| Arc::new(State::run(r)))
+            .filter(visible)
+            .collect();
+        // Read more than shown: some may be out of sight.
+        let limit = RECENTLY_FINISHED as i64 * 4;
+        let recent = store::recent_runs(&streams.pool, self.workspace_id, limit).await?;
+        let recent: Vec<Arc<State>> = recent
+            .iter()
+            .map(|r| Arc::new(State::run(r)))
+            .filter(visible)
+            .take(RECENTLY_FINISHED)
+            .collect();
+        let mut tenants: Vec<i64> = match &grant.scope {
+            Scope::Workspace { roles, .. } => roles.keys().copied().collect(),
+            Scope::Owner(_) => Vec::new(),
+        };
+        tenants.retain(|t| grant.admits(Some(&Owner::Pack { tenant: *t })));
+        tenants.sort_unstable();
+        let packs = store::latest_packs(&streams.pool, &tenants).await?;
+        let packs: Vec<Arc<State>> = packs
+            .iter()
+            .filter(|p| p.exists)
+            .map(|p| Arc::new(State::pack(p.tenant_id, p.pack.as_ref())))
+            .filter(visible)
+            .collect();
+        self.sent = active
+            .iter()
+            .chain(&packs)
+            .map(|s| (s.key, Arc::clone(s)))
+            .collect();
+        let body = Snapshot {
+            kind: "workspace_runs",
+            workspace_id: self.workspace_id,
+            runs: active.iter().map(|r| r.json.as_ref()).collect(),
+            recently_finished: recent.iter().map(|r| r.json.as_ref()).collect(),
+            review_packs: packs.iter().map(|p| p.json.as_ref()).collect(),
+        };
+        Ok(serde_json::to_string(&body).expect("snapshot serialises"))
     }
 
     /// Decides afresh what the user may see; a different answer re-sends the snapshot.

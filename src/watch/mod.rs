@@ -265,20 +265,24 @@ impl Watcher {
             };
             match (bell.k.as_str(), bell.id, bell.t, bell.u) {
                 ("run", Some(id), _, _) => {
-                    let feeds: Vec<i64> = [bell.w, bell.ow]
-                        .into_iter()
-                        .flatten()
-                        .filter(|w| self.hub.workspaces.contains(w))
-                        .collect();
+                    let feeds = self.feeds_of([bell.w, bell.ow]);
                     if !feeds.is_empty() || self.hub.items.contains(&ItemKey::Run(id)) {
                         plan.runs.insert(id);
-                        plan.feeds.entry(id).or_default().extend(feeds);
+                        plan.feeds
+                            .entry(ItemKey::Run(id))
+                            .or_default()
+                            .extend(feeds);
                     }
                 }
                 ("pack", _, Some(tenant), _) => {
+                    // The card of the tenant it belongs to, and of the one it left; the
+                    // workspace feeds that show those cards.
+                    let feeds = self.feeds_of([bell.w, bell.ow]);
                     for tenant in [Some(tenant), bell.ot].into_iter().flatten() {
-                        if self.hub.items.contains(&ItemKey::Pack { tenant }) {
+                        let key = ItemKey::Pack { tenant };
+                        if !feeds.is_empty() || self.hub.items.contains(&key) {
                             plan.packs.insert(tenant);
+                            plan.feeds.entry(key).or_default().extend(&feeds);
                         }
                     }
                 }
@@ -313,6 +317,12 @@ impl Watcher {
         self.metrics.notifications.inc_by(burst.len() as u64);
         self.metrics.notifications_ignored.inc_by(ignored);
         plan
+    }
+
+    /// The workspaces among these that have a feed open.
+    fn feeds_of(&self, workspaces: [Option<i64>; 2]) -> Vec<i64> {
+        let open = workspaces.into_iter().flatten();
+        open.filter(|w| self.hub.workspaces.contains(w)).collect()
     }
 
     /// Re-reads what `plan` names, fences, and publishes; repeats for whatever arrived
@@ -393,18 +403,16 @@ impl Watcher {
             let cell = self.hub.items.get(&state.key);
             // None: nobody watches the item; Some(None): unchanged.
             let published = cell.map(|cell| cell.publish(Arc::clone(&state)));
-            if let Some(id) = state.run_id() {
-                if !matches!(published, Some(None)) {
-                    // Feeds de-duplicate by version themselves; a send error only means
-                    // nobody watches that workspace right now.
-                    let mut feeds = plan.feeds.get(&id).cloned().unwrap_or_default();
-                    feeds.extend(state.workspace());
-                    feeds.sort_unstable();
-                    feeds.dedup();
-                    for workspace in feeds {
-                        if let Some(feed) = self.hub.workspaces.get(&workspace) {
-                            let _ = feed.send(Arc::clone(&state));
-                        }
+            if !matches!(published, Some(None)) {
+                // Feeds de-duplicate themselves; a send error only means nobody watches that
+                // workspace right now.
+                let mut feeds = plan.feeds.get(&state.key).cloned().unwrap_or_default();
+                feeds.extend(state.workspace());
+                feeds.sort_unstable();
+                feeds.dedup();
+                for workspace in feeds {
+                    if let Some(feed) = self.hub.workspaces.get(&workspace) {
+                        let _ = feed.send(Arc::clone(&state));
                     }
                 }
             }
@@ -426,9 +434,9 @@ pub struct Plan {
     runs: BTreeSet<i64>,
     /// Tenants whose review-pack card to re-read.
     packs: BTreeSet<i64>,
-    /// Workspace feeds that must hear of a run besides its current workspace's (the one it
-    /// moved from, or the one it was deleted from).
-    feeds: BTreeMap<i64, Vec<i64>>,
+    /// Workspace feeds that must hear of an item: a pack's, and a run's besides its current
+    /// workspace's (the one it moved from, or was deleted from).
+    feeds: BTreeMap<ItemKey, Vec<i64>>,
     resnapshot_feeds: bool,
 }
 
