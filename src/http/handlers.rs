@@ -116,9 +116,7 @@ pub async fn run_snapshot(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let run_id = parse_id(&raw, "run id")?;
-    let AuthUser(claims) = auth?;
-    let states = access::read_items(&app.streams.batcher, claims.user_id, &[run_id], &[]).await?;
-    Ok(json_body(states[0].json.get()))
+    item_snapshot(&app, auth, &[run_id], &[]).await
 }
 
 pub async fn pack_snapshot(
@@ -127,9 +125,18 @@ pub async fn pack_snapshot(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let tenant_id = parse_id(&raw, "tenant id")?;
+    item_snapshot(&app, auth, &[], &[tenant_id]).await
+}
+
+/// One item's current state as JSON, by the same rules (and the same read) as its stream.
+async fn item_snapshot(
+    app: &AppState,
+    auth: Auth,
+    runs: &[i64],
+    tenants: &[i64],
+) -> Result<Response, ApiError> {
     let AuthUser(claims) = auth?;
-    let states =
-        access::read_items(&app.streams.batcher, claims.user_id, &[], &[tenant_id]).await?;
+    let states = access::read_items(&app.streams.batcher, claims.user_id, runs, tenants).await?;
     Ok(json_body(states[0].json.get()))
 }
 
