@@ -64,7 +64,7 @@ before(async () => {
   url.pathname = "/" + dbName;
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  server = spawn(BIN, ["serve"], {
+  server = spawn(BIN, ["serve", "--migrate"], {
     env: {
       ...process.env,
       DATABASE_URL: url.toString(),

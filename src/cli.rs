@@ -52,12 +52,32 @@ pub async fn database(
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (url, embedded) = database(&settings.database).await?;
     let pool = connect_database(&url, settings.db_pool_size).await?;
-    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    if settings.migrate {
+        MIGRATOR.run(&pool).await.context("migrations failed")?;
+    } else {
+        require_integration(&pool).await?;
+    }
     let running = Server::build(settings, pool).await?.start();
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     drop(embedded);
+    Ok(())
+}
+
+/// `serve` without `--migrate` changes no schema, so it can run as a role that may only read;
+/// it refuses to start on a database without runwire's triggers, where no stream would ever
+/// see a change.
+pub async fn require_integration(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let missing = crate::store::missing_integration(pool)
+        .await
+        .context("cannot check the database for runwire's integration migration")?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the integration migration is not applied to this database (missing {}): run `runwire migrate` (or pass --migrate)",
+            missing.join(", ")
+        );
+    }
     Ok(())
 }
 

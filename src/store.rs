@@ -234,3 +234,35 @@ pub async fn workspace_info(
     .fetch_optional(db)
     .await
 }
+
+/// What `serve` needs of the schema and cannot see: the parts of the integration migration
+/// (`migrations/20260101000001_runwire_notify.sql`) that are missing, by name. Empty when it
+/// is in place. Reads only the catalog, so a role with nothing but SELECT can run it.
+pub async fn missing_integration(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN need.trigger IS NULL THEN need.tbl || '.version'
+                     ELSE 'trigger ' || need.trigger || ' on ' || need.tbl END
+         FROM (VALUES
+            (1, 'operation_runs', NULL),
+            (2, 'review_packs', NULL),
+            (3, 'operation_runs', 'runwire_version'),
+            (4, 'operation_runs', 'runwire_notify_insert'),
+            (5, 'operation_runs', 'runwire_notify_update'),
+            (6, 'review_packs', 'runwire_version'),
+            (7, 'review_packs', 'runwire_notify_insert'),
+            (8, 'review_packs', 'runwire_notify_update'),
+            (9, 'workspace_memberships', 'runwire_notify_member'),
+            (10, 'tenant_memberships', 'runwire_notify_member')
+         ) AS need(n, tbl, trigger)
+         WHERE NOT CASE WHEN need.trigger IS NULL
+             THEN EXISTS (SELECT 1 FROM pg_attribute a
+                 WHERE a.attrelid = to_regclass(need.tbl) AND a.attname = 'version'
+                   AND NOT a.attisdropped)
+             ELSE EXISTS (SELECT 1 FROM pg_trigger g
+                 WHERE g.tgrelid = to_regclass(need.tbl) AND g.tgname = need.trigger)
+             END
+         ORDER BY need.n",
+    )
+    .fetch_all(db)
+    .await
+}
