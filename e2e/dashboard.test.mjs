@@ -11,11 +11,12 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { chromium } from "playwright-core";
+import { runwireBinary } from "./support.mjs";
 
 const ADMIN_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
-const BIN = new URL("../target/debug/runwire", import.meta.url).pathname;
+const BIN = runwireBinary();
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SECRET = "e2e-secret";
+const SECRET = "e2e-dashboard-secret-0123456789abcdef";
 const ARTIFACTS = new URL("./artifacts/", import.meta.url).pathname;
 // The contract: the page shows a change within a second of the commit.
 const WITHIN = 1000;
