@@ -13,11 +13,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(db) => {
             telemetry::init(LogFormat::Text);
-            let url = db
-                .database_url
-                .context("set DATABASE_URL (or --database-url) to the database to migrate")?;
+            // The same database `serve` would use, so "run `runwire migrate`" is right advice.
+            let (url, embedded) = database(&db).await?;
             let pool = connect_database(&url, 1).await?;
             MIGRATOR.run(&pool).await.context("migrations failed")?;
+            pool.close().await;
+            drop(embedded);
             println!("migrations applied");
             Ok(())
         }
@@ -35,8 +36,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The database to use: `DATABASE_URL`, or else a private PostgreSQL started for this
-/// process (stopped again when the returned guard drops).
+/// The database to use: `DATABASE_URL`; else the database `runwire` on a PostgreSQL answering
+/// on 127.0.0.1:5432 (created if missing); else a private PostgreSQL started for this process
+/// (stopped again when the returned guard drops). See `embedded_pg`.
 pub async fn database(
     args: &DatabaseArgs,
 ) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPostgres>)> {
