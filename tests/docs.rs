@@ -48,5 +48,8 @@ fn guide_snippets_are_cut_from_the_laravel_example() {
         );
         checked += 1;
     }
-    assert!(checked >= 6, "expected the guide to quote the example ({checked} blocks)");
+    assert!(
+        checked >= 6,
+        "expected the guide to quote the example ({checked} blocks)"
+    );
 }
