@@ -145,8 +145,11 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
 /** The environment the Laravel example reads (see examples/laravel/README.md). */
 export function laravelEnv({ databaseName, runwireUrl, secret, ttl = 300, storage }) {
   const url = new URL(ADMIN_URL);
+  url.pathname = "/" + databaseName;
   return {
     ...process.env,
+    // The app reads DB_*; anything else that reads DATABASE_URL must see the test database too.
+    DATABASE_URL: url.toString(),
     APP_ENV: "local",
     APP_KEY: "base64:" + Buffer.from("runwire-e2e-laravel-app-key-32by").toString("base64"),
     APP_STORAGE: storage,
