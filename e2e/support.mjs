@@ -86,16 +86,29 @@ export async function createDatabase(prefix) {
   };
 }
 
-/** Starts a process and stops it (SIGTERM, then waits) with `stop()`. */
+/**
+ * Starts a process in a process group of its own; `stop()` signals the whole group (PHP's
+ * server may fork workers that would otherwise outlive it and hold our pipes open) and waits.
+ */
 function start(cmd, args, options) {
-  const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "inherit"], ...options });
+  const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "inherit"], detached: true, ...options });
   const exited = new Promise((r) => child.once("exit", r));
+  const signal = (sig) => {
+    try {
+      process.kill(-child.pid, sig);
+    } catch {
+      /* already gone */
+    }
+  };
   return {
     child,
     exited,
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      signal("SIGTERM");
+      const timer = setTimeout(() => signal("SIGKILL"), 5000);
       await exited;
+      clearTimeout(timer);
+      signal("SIGTERM"); // anything the leader left behind
     },
   };
 }
@@ -161,7 +174,6 @@ export function laravelEnv({ databaseName, runwireUrl, secret, ttl = 300, storag
     RUNWIRE_URL: runwireUrl,
     RUNWIRE_JWT_SECRET: secret,
     RUNWIRE_TOKEN_TTL: String(ttl),
-    PHP_CLI_SERVER_WORKERS: "4",
   };
 }
 
