@@ -217,7 +217,9 @@
             if (type === "end") {
               ctrl.abort();
               self.ctrl = null;
-              self.failures = 0;
+              // Only a stream that lived a while resets the backoff: a server that ends every
+              // stream at once (for a reason this client does not know) must not set the pace.
+              if (Date.now() - opened >= HEALTHY_MS) self.failures = 0;
               self._setConnected(false);
               self.spec.onEnd(body);
               return;
