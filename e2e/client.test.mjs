@@ -236,3 +236,33 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
     await short.stop();
   }
 });
+
+test("more items than one stream may carry (100): the rest follow as the first ones finish", async () => {
+  const context = await browser.newContext();
+  const page = await tab(context);
+  const ids = (
+    await db.query(
+      "INSERT INTO operation_runs (workspace_id, type, status) SELECT $1, 'sync', 'running' FROM generate_series(1, 110) RETURNING id",
+      [world.ws],
+    )
+  ).rows.map((r) => r.id);
+  const refused = [];
+  page.on("response", (r) => {
+    if (r.url().includes("/v1/") && r.status() >= 400) refused.push(r.status());
+  });
+  await page.evaluate(
+    ({ ids, token }) => {
+      window.seen = new Set();
+      window.rw = new Runwire({ token });
+      window.rw.watchMany({ runs: ids }, { onState: (s) => window.seen.add(s.id) });
+    },
+    { ids, token: token(world.alice) },
+  );
+  await page.waitForFunction(() => window.seen.size === 100);
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [ids.slice(0, 20)]);
+  await page.waitForFunction(() => window.seen.size === 110, null, { timeout: 5000 });
+  assert.deepEqual(refused, [], "no request refused");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [ids]);
+  await waitFor(async () => (await multiOpen()) === 0, "the stream to end");
+  await context.close();
+});

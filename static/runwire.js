@@ -40,6 +40,8 @@
   var HEALTHY_MS = 10000;
   /** A new leader waits this long for the other tabs' subscriptions before connecting. */
   var GATHER_MS = 100;
+  /** Items one /v1/streams connection may carry (the server's limit); the rest wait their turn. */
+  var MAX_ITEMS = 100;
 
   /** The two item kinds: how each is addressed, streamed and identified. */
   var KINDS = {
@@ -270,7 +272,9 @@
     this.scheduled = null;
     this.items = new Connection(client, {
       path: function () { return self._itemsPath(); },
-      onEvent: function (type, state) { self._itemState(state); },
+      onEvent: function (type, state) {
+        if (type === "snapshot" || type === "update") self._itemState(state);
+      },
       onEnd: function (body) { self._itemsEnded(body); },
       onRefused: function () { self._probe(); },
       onConnection: function (on) { self.deliver({ t: "conn", on: on }); },
@@ -294,10 +298,12 @@
     var self = this;
     var query = [];
     var streaming = emptyKeys();
+    var room = MAX_ITEMS;
     KIND_NAMES.forEach(function (k) {
       var ids = Array.from(wanted[k]).filter(function (id) {
         return !self.terminal[k].has(id) && !self.refused[k].has(id);
-      });
+      }).slice(0, room);
+      room -= ids.length;
       ids.forEach(function (id) { streaming[k].add(id); });
       if (ids.length) query.push(KINDS[k].param + "=" + ids.map(encodeURIComponent).join(","));
     });
@@ -359,7 +365,9 @@
     var self = this;
     var conn = new Connection(this.client, {
       path: function () { return "/v1/workspaces/" + encodeURIComponent(id) + "/runs/events"; },
-      onEvent: function (type, body) { self.deliver({ t: "feed", id: id, type: type, body: body }); },
+      onEvent: function (type, body) {
+        if (type === "snapshot" || type === "update") self.deliver({ t: "feed", id: id, type: type, body: body });
+      },
       onEnd: function (body) {
         if (body.reason === "token_expired") return self.client._unauthorized({ status: 401, reason: body.reason });
         if (body.reason === "unavailable") return conn.retry();
@@ -786,6 +794,10 @@
     var attempt = this._authTries++;
     this._refreshing = true;
     setTimeout(function () {
+      if (self._stopped || self._hub !== hub) {
+        self._refreshing = false;
+        return;
+      }
       Promise.resolve()
         .then(function () { return self.refreshToken(); })
         .then(function (token) {
