@@ -71,6 +71,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// it refuses to start on a database without runwire's triggers, where no stream would ever
 /// see a change.
 pub async fn require_integration(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let unreadable = crate::store::unreadable_tables(pool)
+        .await
+        .context("cannot check which tables runwire may read")?;
+    if !unreadable.is_empty() {
+        anyhow::bail!(
+            "runwire needs SELECT on {} (missing table or grant); see docs/operations.md",
+            unreadable.join(", ")
+        );
+    }
     let missing = crate::store::missing_integration(pool)
         .await
         .context("cannot check the database for runwire's integration migration")?;

@@ -266,3 +266,27 @@ pub async fn missing_integration(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<St
     .fetch_all(db)
     .await
 }
+
+/// The tables runwire reads that the current role may not `SELECT` (missing tables included).
+pub async fn unreadable_tables(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT t.name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n)
+         WHERE to_regclass(t.name) IS NULL
+            OR NOT has_table_privilege(to_regclass(t.name), 'SELECT')
+         ORDER BY t.n",
+    )
+    .bind(&HOST_TABLES[..])
+    .fetch_all(db)
+    .await
+}
+
+/// Every table runwire reads; `serve` needs `SELECT` on each and nothing else.
+pub const HOST_TABLES: [&str; 7] = [
+    "users",
+    "workspaces",
+    "workspace_memberships",
+    "tenants",
+    "tenant_memberships",
+    "operation_runs",
+    "review_packs",
+];

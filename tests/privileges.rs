@@ -295,3 +295,34 @@ async fn serve_refuses_a_database_without_the_integration_migration_and_changes_
     server.kill().await.ok();
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn serve_names_a_table_it_may_not_read() {
+    let db = TestDb::new().await;
+    let role = select_only_role(&db).await;
+    sqlx::query(&format!("REVOKE SELECT ON review_packs FROM {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut server = serve(&database_url(&db, &role), free_port(), &[]);
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .expect("serve exits")
+        .unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.trim_end().ends_with(
+            "runwire needs SELECT on review_packs (missing table or grant); see docs/operations.md"
+        ),
+        "{err}"
+    );
+    drop_role(db, &role).await;
+}
