@@ -311,14 +311,22 @@
     return query.length ? "/v1/streams?" + query.join("&") : null;
   };
 
-  /** Re-plans the connections once per burst of subscription changes. */
+  /**
+   * Re-plans the connections once per burst of subscription changes: after the current task
+   * (a microtask, which browsers do not throttle in hidden tabs, where a leader may well be),
+   * or after `delay` ms.
+   */
   Hub.prototype.schedule = function (delay) {
     var self = this;
     if (this.scheduled) return;
-    this.scheduled = setTimeout(function () {
+    var ticket = (this.scheduled = {});
+    var run = function () {
+      if (self.scheduled !== ticket) return; // stopped meanwhile
       self.scheduled = null;
       self._plan();
-    }, delay || 0);
+    };
+    if (delay) setTimeout(run, delay);
+    else Promise.resolve().then(run);
   };
 
   Hub.prototype._plan = function () {
@@ -474,7 +482,6 @@
   };
 
   Hub.prototype.stop = function () {
-    if (this.scheduled) clearTimeout(this.scheduled);
     this.scheduled = null;
     this.items.stop();
     this.feeds.forEach(function (conn) { conn.stop(); });
