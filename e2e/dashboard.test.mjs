@@ -11,11 +11,12 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { chromium } from "playwright-core";
+import { runwireBinary } from "./support.mjs";
 
 const ADMIN_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
-const BIN = new URL("../target/debug/runwire", import.meta.url).pathname;
+const BIN = runwireBinary();
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SECRET = "e2e-secret-e2e-secret-e2e-secret-e2e"; // runwire requires >= 32 bytes
+const SECRET = "e2e-dashboard-secret-0123456789abcdef";
 const ARTIFACTS = new URL("./artifacts/", import.meta.url).pathname;
 // The contract: the page shows a change within a second of the commit.
 const WITHIN = 1000;
@@ -64,7 +65,7 @@ before(async () => {
   url.pathname = "/" + dbName;
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  server = spawn(BIN, ["serve"], {
+  server = spawn(BIN, ["serve", "--migrate"], {
     env: {
       ...process.env,
       DATABASE_URL: url.toString(),
@@ -224,7 +225,7 @@ test("runwire.js closes its stream on end and does not reconnect", async () => {
   await page.waitForFunction(() => window.states.length === 1);
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'failed' WHERE id = $1", [run]);
   await page.waitForFunction(() => window.ended, null, { timeout: WITHIN });
-  await page.waitForFunction(() => window.rw._multi === null);
+  await page.waitForFunction(() => !window.rw._hub.items.active());
   assert.deepEqual(await page.evaluate(() => window.states), ["running", "completed"]);
   await page.waitForTimeout(2500);
   assert.equal(streamRequests.length, 1, "no reconnect after end");

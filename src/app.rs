@@ -139,18 +139,49 @@ fn cause(e: &sqlx::Error) -> String {
     }
 }
 
-/// Waits for the database (see [`wait_for_database`]) and applies the migrations, on a
-/// connection of their own: it has no statement timeout, since a migration of a large host
-/// table may rightly take long.
+/// Waits for the database (see [`wait_for_database`]), then applies the migrations (with
+/// `migrate`, on a connection of their own: it has no statement timeout, since a migration
+/// of a large host table may rightly take long) or checks, reading only, that the tables are
+/// readable and the integration migration is in place.
 pub async fn prepare_database(
     options: &PgConnectOptions,
+    migrate: bool,
     fail_fast: bool,
     health: &Health,
 ) -> anyhow::Result<()> {
     let mut conn = wait_for_database(options, fail_fast, health).await?;
-    health.set_starting("applying migrations");
-    crate::migrate_connection(&mut conn).await?;
+    if migrate {
+        health.set_starting("applying migrations");
+        crate::migrate_connection(&mut conn).await?;
+    } else {
+        health.set_starting("checking the schema");
+        require_integration(&mut conn).await?;
+    }
     let _ = conn.close().await;
+    Ok(())
+}
+
+/// What `serve` needs of a database it does not change: SELECT on every table it reads, and
+/// the integration migration applied. Says exactly what is missing.
+pub async fn require_integration(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let unreadable = crate::store::unreadable_tables(&mut *conn)
+        .await
+        .context("cannot check which tables runwire may read")?;
+    if !unreadable.is_empty() {
+        anyhow::bail!(
+            "runwire needs SELECT on {} (missing table or grant); see docs/operations.md",
+            unreadable.join(", ")
+        );
+    }
+    let missing = crate::store::missing_integration(&mut *conn)
+        .await
+        .context("cannot check the database for runwire's integration migration")?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the integration migration is not applied to this database (missing {}): run `runwire migrate` (or pass --migrate)",
+            missing.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -16,11 +16,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(db) => {
             telemetry::init(LogFormat::Text);
-            let url = db
-                .database_url
-                .context("set DATABASE_URL (or --database-url) to the database to migrate")?;
+            // The same database `serve` would use, so "run `runwire migrate`" is right advice.
+            let (url, embedded) = database(&db).await?;
             let health = Health::default();
-            prepare_database(&connect_options(&url)?, true, &health).await?;
+            prepare_database(&connect_options(&url)?, true, true, &health).await?;
+            drop(embedded);
             println!("migrations applied");
             Ok(())
         }
@@ -40,8 +40,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The database to use: `DATABASE_URL`, or else a private PostgreSQL started for this
-/// process (stopped again when the returned guard drops).
+/// The database to use: `DATABASE_URL`; else the database `runwire` on a PostgreSQL answering
+/// on 127.0.0.1:5432 (created if missing); else a private PostgreSQL started for this process
+/// (stopped again when the returned guard drops). See `embedded_pg`.
 pub async fn database(
     args: &DatabaseArgs,
 ) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPostgres>)> {
@@ -61,9 +62,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let options = connect_options(&url)?;
     let pool = pool_options(&settings).connect_lazy_with(options.clone());
     let fail_fast = settings.database_fail_fast;
+    let migrate = settings.migrate;
     let mut running = Server::build(settings, pool).await?.start_http();
     let prepared = tokio::select! {
-        p = prepare_database(&options, fail_fast, &running.state.health) => Some(p),
+        p = prepare_database(&options, migrate, fail_fast, &running.state.health) => Some(p),
         _ = shutdown_signal() => None,
     };
     match prepared {

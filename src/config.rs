@@ -18,20 +18,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply migrations, start the listener and serve HTTP.
+    /// Check that the integration migration is applied (or apply it with --migrate), start
+    /// the listener and serve HTTP. Needs only SELECT on the host tables, and LISTEN.
     Serve(Settings),
-    /// Apply migrations and exit.
+    /// Apply migrations (the host tables if missing, runwire's triggers) and exit. Needs DDL
+    /// rights.
     Migrate(DatabaseArgs),
     /// Print a signed access token for a user (for testing and for hosts without a JWT library).
     Token(TokenArgs),
-    /// Seed a demo workspace, start the service and a simulator, and print the dashboard URL.
+    /// Apply migrations, seed a demo workspace, start the service and a simulator, and print
+    /// the dashboard URL and the secret (RUNWIRE_JWT_SECRET, random if unset).
     Demo(Settings),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection URL. Without it, runwire starts a private PostgreSQL under
-    /// ./.runwire/pg (needs PostgreSQL's binaries installed).
+    /// Postgres connection URL. Without it: if a PostgreSQL answers on 127.0.0.1:5432 (user
+    /// postgres, no password), runwire uses the database `runwire` there, creating it if
+    /// missing; otherwise it starts a private PostgreSQL under ./.runwire/pg (needs
+    /// PostgreSQL's binaries installed) and stops it on exit.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
@@ -123,6 +128,10 @@ pub struct Settings {
     pub database_fail_fast: bool,
     #[arg(long, env = "RUNWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// `serve`: apply migrations at start (needs DDL rights). Without it, `serve` changes no
+    /// schema: it checks that the integration migration is in place and exits if not.
+    #[arg(long, env = "RUNWIRE_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
 }
 
 impl Settings {

@@ -35,16 +35,24 @@ pub struct DemoWorld {
 }
 
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
-    // A secret of the demo's own (32 hex digits) unless one is given; a given one must be
-    // strong enough, as for `serve`.
-    let secret = settings
-        .jwt_secret
-        .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()))
-        .clone();
+    // The secret is the caller's (RUNWIRE_JWT_SECRET / --jwt-secret; it must be strong
+    // enough, as for `serve`) or a random one that is printed below, so `runwire token` can
+    // mint more tokens for this demo.
+    let chosen = settings.jwt_secret.clone().filter(|s| !s.is_empty());
+    let secret = chosen.clone().unwrap_or_else(|| {
+        format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        )
+    });
     check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
+    settings.jwt_secret = Some(secret.clone());
     let (url, embedded) = crate::cli::database(&settings.database).await?;
+    // The demo owns its database: it migrates.
     prepare_database(
         &connect_options(&url)?,
+        true,
         settings.database_fail_fast,
         &Health::default(),
     )
@@ -69,6 +77,24 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         "    curl -N '{base}/v1/workspaces/{}/runs/events?access_token={admin}'",
         world.workspace
     );
+    println!();
+    let shown = if chosen.is_some() {
+        "<your RUNWIRE_JWT_SECRET>"
+    } else {
+        secret.as_str()
+    };
+    println!(
+        "  Mint more tokens (user ids: admin {}, viewer {}):",
+        world.admin, world.viewer
+    );
+    println!(
+        "    RUNWIRE_JWT_SECRET={shown} runwire token --user {}",
+        world.admin
+    );
+    if chosen.is_none() {
+        println!("  (The secret is random: start the demo with RUNWIRE_JWT_SECRET set to keep");
+        println!("  these URLs valid across restarts.)");
+    }
     println!();
     println!("  Ctrl-C stops the demo.");
     println!();

@@ -402,3 +402,68 @@ pub async fn probe(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
     .await
     .map(|_| ())
 }
+
+/// What `serve` needs of the schema and cannot see: the parts of the integration migration
+/// (`migrations/20260101000001_runwire_notify.sql`) that are missing, by name. Empty when it
+/// is in place. Reads only the catalog, so a role with nothing but SELECT can run it.
+pub async fn missing_integration(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN need.trigger IS NULL THEN need.tbl || '.version'
+                     ELSE 'trigger ' || need.trigger || ' on ' || need.tbl END
+         FROM (VALUES
+            (1, 'operation_runs', NULL),
+            (2, 'review_packs', NULL),
+            (3, 'operation_runs', 'runwire_version'),
+            (4, 'operation_runs', 'runwire_notify_insert'),
+            (5, 'operation_runs', 'runwire_notify_update'),
+            (6, 'review_packs', 'runwire_version'),
+            (7, 'review_packs', 'runwire_notify_insert'),
+            (8, 'review_packs', 'runwire_notify_update'),
+            (9, 'workspace_memberships', 'runwire_notify_member'),
+            (10, 'tenant_memberships', 'runwire_notify_member'),
+            (11, 'operation_runs', 'runwire_notify_truncate'),
+            (12, 'review_packs', 'runwire_notify_truncate'),
+            (13, 'workspace_memberships', 'runwire_notify_truncate'),
+            (14, 'tenant_memberships', 'runwire_notify_truncate'),
+            (15, 'tenants', 'runwire_notify_tenant'),
+            (16, 'tenants', 'runwire_notify_truncate'),
+            (17, 'workspaces', 'runwire_notify_delete'),
+            (18, 'users', 'runwire_notify_delete'),
+            (19, 'users', 'runwire_notify_truncate')
+         ) AS need(n, tbl, trigger)
+         WHERE NOT CASE WHEN need.trigger IS NULL
+             THEN EXISTS (SELECT 1 FROM pg_attribute a
+                 WHERE a.attrelid = to_regclass(need.tbl) AND a.attname = 'version'
+                   AND NOT a.attisdropped)
+             ELSE EXISTS (SELECT 1 FROM pg_trigger g
+                 WHERE g.tgrelid = to_regclass(need.tbl) AND g.tgname = need.trigger)
+             END
+         ORDER BY need.n",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The tables runwire reads that the current role may not `SELECT` (missing tables included).
+pub async fn unreadable_tables(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT t.name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n)
+         WHERE to_regclass(t.name) IS NULL
+            OR NOT has_table_privilege(to_regclass(t.name), 'SELECT')
+         ORDER BY t.n",
+    )
+    .bind(&HOST_TABLES[..])
+    .fetch_all(db)
+    .await
+}
+
+/// Every table runwire reads; `serve` needs `SELECT` on each and nothing else.
+pub const HOST_TABLES: [&str; 7] = [
+    "users",
+    "workspaces",
+    "workspace_memberships",
+    "tenants",
+    "tenant_memberships",
+    "operation_runs",
+    "review_packs",
+];

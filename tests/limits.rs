@@ -778,8 +778,9 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
     let admin = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    // The database will be new: serve migrates it once it can connect.
     let p = runwire(
-        &["serve", "--bind", "127.0.0.1:0"],
+        &["serve", "--migrate", "--bind", "127.0.0.1:0"],
         &[("DATABASE_URL", &url), strong_secret()],
     );
     let base = format!("http://{}", p.addr().await);

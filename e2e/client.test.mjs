@@ -1,0 +1,268 @@
+// runwire.js on its own in Chromium, against the real runwire binary and Postgres: how it
+// fails (backoff, refresh limits), whom tabs share a connection with, and what close() undoes.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createDatabase, startRunwire, launchChromium, runwireBinary, waitFor, freePort } from "./support.mjs";
+
+const SECRET = "e2e-client-secret-0123456789abcdef0123";
+
+let db, runwire, browser, world;
+
+const token = (user) =>
+  execFileSync(runwireBinary(), ["token", "--user", String(user), "--ttl", "600"], {
+    env: { ...process.env, RUNWIRE_JWT_SECRET: SECRET },
+  })
+    .toString()
+    .trim();
+
+before(async () => {
+  db = await createDatabase("runwire_e2e_client");
+  runwire = await startRunwire({ databaseUrl: db.url, secret: SECRET, args: ["--migrate"] });
+  const user = async (email) => (await db.one("INSERT INTO users (email) VALUES ($1) RETURNING id", [email])).id;
+  const alice = await user("alice@client.e2e");
+  const bob = await user("bob@client.e2e");
+  const ws = (await db.one("INSERT INTO workspaces (name) VALUES ('Client E2E') RETURNING id")).id;
+  await db.query("INSERT INTO workspace_memberships VALUES ($1, $2, 'owner'), ($1, $3, 'member')", [ws, alice, bob]);
+  world = { ws, alice, bob };
+  browser = await launchChromium();
+});
+
+after(async () => {
+  await browser?.close();
+  await runwire?.stop();
+  await db?.drop();
+});
+
+const newRun = async () =>
+  (await db.one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [world.ws])).id;
+
+/** A tab on runwire's origin with runwire.js loaded. */
+async function tab(context, initScript) {
+  const page = await context.newPage();
+  if (initScript) await page.addInitScript(initScript);
+  await page.goto(runwire.base + "/healthz");
+  await page.addScriptTag({ url: "/runwire.js" });
+  return page;
+}
+
+/** Opens a client in `page` watching `run`; states land in window.states. */
+function watch(page, run, tokenValue) {
+  return page.evaluate(
+    ({ run, token }) => {
+      window.states = [];
+      window.rw = new Runwire({ token });
+      window.rw.watchRun(run, { onState: (s) => window.states.push(s.status) });
+    },
+    { run, token: tokenValue },
+  );
+}
+
+const multiOpen = () => runwire.metric('runwire_streams_open{kind="multi"}');
+
+test("tabs of one user share a stream; another user's tab gets its own", async () => {
+  const context = await browser.newContext();
+  const run = await newRun();
+  const a1 = await tab(context);
+  const a2 = await tab(context);
+  const b1 = await tab(context);
+  await watch(a1, run, token(world.alice));
+  await watch(a2, run, token(world.alice));
+  await watch(b1, run, token(world.bob));
+  for (const p of [a1, a2, b1]) await p.waitForFunction(() => window.states.length === 1);
+  await waitFor(async () => (await multiOpen()) === 2, "two streams: alice's and bob's");
+  const leads = await Promise.all([a1, a2, b1].map((p) => p.evaluate(() => !!window.rw._hub)));
+  assert.equal(leads.filter(Boolean).length, 2, "one leader per user");
+  assert.equal(leads[2], true, "bob leads his own tab");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
+  for (const p of [a1, a2, b1]) await p.waitForFunction(() => window.states.includes("completed"));
+  await waitFor(async () => (await multiOpen()) === 0, "the streams to end");
+  await context.close();
+});
+
+test("without Web Locks each tab connects on its own", async () => {
+  const context = await browser.newContext();
+  const run = await newRun();
+  const noLocks = () => {
+    delete Navigator.prototype.locks;
+  };
+  const pages = [await tab(context, noLocks), await tab(context, noLocks)];
+  for (const p of pages) await watch(p, run, token(world.alice));
+  for (const p of pages) await p.waitForFunction(() => window.states.length === 1);
+  await waitFor(async () => (await multiOpen()) === 2, "one stream per tab");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'failed' WHERE id = $1", [run]);
+  for (const p of pages) await p.waitForFunction(() => window.states.includes("completed"));
+  await context.close();
+});
+
+test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, then silence", async () => {
+  const context = await browser.newContext();
+  const run = await newRun();
+  const page = await tab(context);
+  const streams = [];
+  page.on("request", (r) => {
+    if (r.url().includes("/v1/")) streams.push(r.url());
+  });
+  await page.evaluate((run) => {
+    window.refreshes = 0;
+    window.errors = [];
+    window.rw = new Runwire({
+      token: "not.a.token",
+      refreshToken: () => {
+        window.refreshes++;
+        return Promise.reject(new Error("the host's token route is down"));
+      },
+      onError: (e) => window.errors.push(e),
+    });
+    window.rw.watchRun(run, {});
+  }, run);
+  await page.waitForFunction(() => window.errors.length === 1, null, { timeout: 10000 });
+  const [error] = await page.evaluate(() => window.errors);
+  assert.equal(error.status, 401);
+  assert.match(error.cause, /refused|refresh/);
+  await page.waitForTimeout(3000);
+  assert.equal(await page.evaluate(() => window.refreshes), 3);
+  assert.equal(await page.evaluate(() => window.errors.length), 1);
+  assert.equal(streams.length, 1, "one stream request, refused; none after");
+  await context.close();
+});
+
+test("an unreachable runwire is retried with growing, jittered pauses", async () => {
+  const context = await browser.newContext();
+  const page = await tab(context);
+  const closed = `http://127.0.0.1:${await freePort()}`; // nothing listens here
+  const attempts = [];
+  page.on("request", (r) => {
+    if (r.url().startsWith(closed)) attempts.push(Date.now());
+  });
+  await page.evaluate(
+    ({ closed, token }) => {
+      window.rw = new Runwire({ baseUrl: closed, token });
+      window.rw.watchRun(1, {});
+    },
+    { closed, token: token(world.alice) },
+  );
+  await page.waitForTimeout(8000);
+  await page.evaluate(() => window.rw.close());
+  const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
+  console.log(`# unreachable: ${attempts.length} attempts in 8 s, gaps ${gaps.join(", ")} ms`);
+  assert.ok(attempts.length >= 3 && attempts.length <= 5, `${attempts.length} attempts`);
+  // Retry n waits between 0.5·2ⁿ and 1·2ⁿ seconds (timers may fire late on a busy machine,
+  // never early).
+  gaps.forEach((gap, n) => {
+    assert.ok(gap >= 500 * 2 ** n - 50 && gap <= 1000 * 2 ** n + 1000, `retry ${n} waited ${gap} ms: ${gaps}`);
+  });
+  await context.close();
+});
+
+test("close() removes every listener it added and lets another tab lead", async () => {
+  const context = await browser.newContext();
+  const run = await newRun();
+  const count = () => {
+    // Count listeners added and removed, per target type and event.
+    window.listeners = new Map();
+    const add = EventTarget.prototype.addEventListener;
+    const remove = EventTarget.prototype.removeEventListener;
+    const key = (target, type) => (target.constructor && target.constructor.name) + ":" + type;
+    EventTarget.prototype.addEventListener = function (type, fn, o) {
+      window.listeners.set(key(this, type), (window.listeners.get(key(this, type)) || 0) + 1);
+      return add.call(this, type, fn, o);
+    };
+    EventTarget.prototype.removeEventListener = function (type, fn, o) {
+      window.listeners.set(key(this, type), (window.listeners.get(key(this, type)) || 0) - 1);
+      return remove.call(this, type, fn, o);
+    };
+  };
+  const first = await tab(context, count);
+  const second = await tab(context, count);
+  // Count only what the client adds (Playwright adds listeners of its own).
+  await first.evaluate(() => window.listeners.clear());
+  await watch(first, run, token(world.alice));
+  await first.waitForFunction(() => window.states.length === 1 && !!window.rw._hub);
+  await watch(second, run, token(world.alice));
+  await second.waitForFunction(() => window.states.length === 1);
+  assert.equal(await second.evaluate(() => !!window.rw._hub), false);
+
+  const added = await first.evaluate(() => Object.fromEntries(window.listeners));
+  assert.ok(Object.keys(added).some((k) => k.startsWith("HTMLDocument:visibilitychange") || k.endsWith(":visibilitychange")));
+  assert.ok(Object.keys(added).some((k) => k.endsWith(":message")), "a BroadcastChannel listener");
+  await first.evaluate(() => window.rw.close());
+  const left = await first.evaluate(() => Object.fromEntries([...window.listeners].filter(([, n]) => n !== 0)));
+  assert.deepEqual(left, {}, "every listener added was removed");
+
+  // The lock went with it: the other tab leads and keeps the page live.
+  await second.waitForFunction(() => !!window.rw._hub, null, { timeout: 2000 });
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
+  await second.waitForFunction(() => window.states.includes("completed"));
+  assert.deepEqual(await first.evaluate(() => window.states), ["running"], "a closed client hears nothing");
+  await context.close();
+});
+
+test("a stream closed without `end` (shutdown, lifetime) reconnects after a pause and catches up", async () => {
+  // A second runwire on the same database that closes every stream after about 2 s.
+  const short = await startRunwire({
+    databaseUrl: db.url,
+    secret: SECRET,
+    env: { RUNWIRE_MAX_STREAM_LIFETIME_SECS: "2" },
+  });
+  try {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(short.base + "/healthz");
+    await page.addScriptTag({ url: "/runwire.js" });
+    const run = await newRun();
+    const streams = [];
+    page.on("request", (r) => {
+      if (r.url().startsWith(short.base + "/v1/streams")) streams.push(Date.now());
+    });
+    await page.evaluate(
+      ({ run, token }) => {
+        window.states = [];
+        window.rw = new Runwire({ token });
+        window.rw.watchRun(run, { onState: (s) => window.states.push(s.summary_counts.processed ?? 0) });
+      },
+      { run, token: token(world.alice) },
+    );
+    await page.waitForFunction(() => window.states.length === 1);
+    await waitFor(async () => (await short.metric('runwire_streams_closed_total{reason="lifetime"}')) >= 1, "the lifetime to end the stream", 5000);
+    await db.query(`UPDATE operation_runs SET summary_counts = '{"processed": 7}' WHERE id = $1`, [run]);
+    await page.waitForFunction(() => window.states.includes(7), null, { timeout: 5000 });
+    assert.ok(streams.length >= 2, "it reconnected");
+    assert.ok(streams[1] - streams[0] >= 1800 + 450, `the reconnect waited: ${streams[1] - streams[0]} ms`);
+    await page.evaluate(() => window.rw.close());
+    await context.close();
+  } finally {
+    await short.stop();
+  }
+});
+
+test("more items than one stream may carry (100): the rest follow as the first ones finish", async () => {
+  const context = await browser.newContext();
+  const page = await tab(context);
+  const ids = (
+    await db.query(
+      "INSERT INTO operation_runs (workspace_id, type, status) SELECT $1, 'sync', 'running' FROM generate_series(1, 110) RETURNING id",
+      [world.ws],
+    )
+  ).rows.map((r) => r.id);
+  const refused = [];
+  page.on("response", (r) => {
+    if (r.url().includes("/v1/") && r.status() >= 400) refused.push(r.status());
+  });
+  await page.evaluate(
+    ({ ids, token }) => {
+      window.seen = new Set();
+      window.rw = new Runwire({ token });
+      window.rw.watchMany({ runs: ids }, { onState: (s) => window.seen.add(s.id) });
+    },
+    { ids, token: token(world.alice) },
+  );
+  await page.waitForFunction(() => window.seen.size === 100);
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [ids.slice(0, 20)]);
+  await page.waitForFunction(() => window.seen.size === 110, null, { timeout: 5000 });
+  assert.deepEqual(refused, [], "no request refused");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [ids]);
+  await waitFor(async () => (await multiOpen()) === 0, "the stream to end");
+  await context.close();
+});

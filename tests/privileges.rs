@@ -1,0 +1,328 @@
+//! Least privilege: the real `runwire serve` binary runs as a Postgres role that may only
+//! SELECT the seven tables it reads (and LISTEN, which needs no grant), and refuses to start
+//! on a database without the integration migration instead of changing the schema.
+
+mod common;
+
+use common::*;
+use runwire::access::Tokens;
+use sqlx::{Connection, PgConnection};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// At least 32 bytes, as every HS256 secret runwire accepts.
+const SECRET: &str = "privileges-test-secret-0123456789abcdef";
+
+const TABLES: &str = "users, workspaces, workspace_memberships, tenants, tenant_memberships, \
+                      operation_runs, review_packs";
+
+/// A login role with exactly what `serve` needs on `db`: CONNECT, USAGE on `public`, SELECT on
+/// the seven tables. Roles are cluster-wide: [`drop_role`] removes it after the database.
+async fn select_only_role(db: &TestDb) -> String {
+    let role = format!("runwire_test_ro_{}", rand::random::<u32>());
+    let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_string(),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON {TABLES} TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.ok();
+    role
+}
+
+async fn drop_role(db: TestDb, role: &str) {
+    let mut conn = PgConnection::connect_with(&db.options.clone().database("postgres"))
+        .await
+        .unwrap();
+    db.drop_db().await;
+    sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+fn database_url(db: &TestDb, user: &str) -> String {
+    format!(
+        "postgres://{user}@{}:{}/{}",
+        db.options.get_host(),
+        db.options.get_port(),
+        db.name
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(database_url: &str, port: u16, flags: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_runwire"))
+        .arg("serve")
+        .args(flags)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("RUNWIRE_JWT_SECRET", SECRET)
+        .env("RUNWIRE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the runwire binary")
+}
+
+/// Waits for `/readyz`; fails with the server's stderr if it exits first.
+async fn wait_ready(child: &mut Child, base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .await
+                .ok();
+            panic!("runwire serve exited ({status}): {err}");
+        }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runwire never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
+    let db = TestDb::new().await;
+    let w = seed(&db.pool).await;
+    let role = select_only_role(&db).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve(&database_url(&db, &role), port, &[]);
+    wait_ready(&mut server, &base).await;
+
+    // The role really is read-only: it cannot write, nor create anything.
+    let mut as_role = PgConnection::connect(&database_url(&db, &role))
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE operation_runs SET status = 'x'",
+        "CREATE TABLE runwire_probe (id int)",
+    ] {
+        let err = sqlx::query(sql).execute(&mut as_role).await.unwrap_err();
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
+    }
+    as_role.close().await.ok();
+
+    let http = reqwest::Client::new();
+    let token = Tokens::new(SECRET.as_bytes()).issue(w.owner, 600);
+    let run = create_run(&db.pool, w.workspace, Some(w.tenant), "queued").await;
+    let pack = create_pack(&db.pool, w.workspace, w.tenant, "generating").await;
+    let url = |path: String| format!("{base}{path}");
+
+    let mut runs = Sse::open(
+        &http,
+        &url(format!("/v1/runs/{run}/events")),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(runs.status, 200);
+    let mut card = Sse::open(
+        &http,
+        &url(format!("/v1/tenants/{}/review-pack/events", w.tenant)),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(card.status, 200);
+    let mut feed = Sse::open(
+        &http,
+        &url(format!("/v1/workspaces/{}/runs/events", w.workspace)),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(feed.status, 200);
+
+    assert_eq!(runs.expect("snapshot").await.data["status"], "queued");
+    assert_eq!(
+        card.expect("snapshot").await.data["pack"]["status"],
+        "generating"
+    );
+    let snap = feed.expect("snapshot").await;
+    assert_eq!(snap.data["runs"][0]["id"], run);
+
+    set_run(&db.pool, run, "status = 'running', started_at = now()").await;
+    assert_eq!(runs.expect("update").await.data["status"], "running");
+    assert_eq!(feed.expect("update").await.data["status"], "running");
+    set_run(
+        &db.pool,
+        run,
+        "status = 'completed', outcome = 'succeeded', completed_at = now()",
+    )
+    .await;
+    let done = runs.expect("update").await;
+    assert_eq!(done.data["status"], "completed");
+    assert_eq!(done.data["terminal"], true);
+    runs.expect_end("terminal").await;
+    assert_eq!(feed.expect("update").await.data["status"], "completed");
+
+    set_pack(&db.pool, pack, "status = 'ready', generated_at = now()").await;
+    assert_eq!(card.expect("update").await.data["pack"]["status"], "ready");
+    card.expect_end("terminal").await;
+
+    // Access rules still come from the tables the role reads.
+    let other = Tokens::new(SECRET.as_bytes()).issue(w.outsider, 600);
+    let refused = http
+        .get(url(format!("/v1/runs/{run}")))
+        .bearer_auth(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+
+    drop(feed);
+    server.kill().await.ok();
+    drop_role(db, &role).await;
+}
+
+/// A host database before runwire: its own tables, none of runwire's columns or triggers.
+async fn host_tables_only() -> TestDb {
+    let name = format!("runwire_test_host_{}", rand::random::<u32>());
+    let mut admin = PgConnection::connect_with(&settings_db("postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.ok();
+    let options = settings_db(&name);
+    let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
+    sqlx::raw_sql(include_str!("../migrations/20260101000000_host_tables.sql"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    TestDb {
+        name,
+        options,
+        pool,
+    }
+}
+
+fn settings_db(name: &str) -> sqlx::postgres::PgConnectOptions {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .database(name)
+}
+
+#[tokio::test]
+async fn serve_refuses_a_database_without_the_integration_migration_and_changes_nothing() {
+    let db = host_tables_only().await;
+    let port = free_port();
+    // As the superuser: serve could change the schema, but must not without --migrate.
+    let mut server = serve(&database_url(&db, db.options.get_username()), port, &[]);
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .expect("serve exits")
+        .unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    let last = err
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("operation_runs.version")
+            && last.contains("trigger runwire_notify_update on review_packs")
+            && last.contains("run `runwire migrate` (or pass --migrate)"),
+        "{err}"
+    );
+    assert_eq!(
+        runwire::store::missing_integration(&db.pool)
+            .await
+            .unwrap()
+            .len(),
+        19,
+        "serve without --migrate changed the schema"
+    );
+
+    // --migrate puts it back (a role with DDL rights).
+    let mut server = serve(
+        &database_url(&db, db.options.get_username()),
+        port,
+        &["--migrate"],
+    );
+    wait_ready(&mut server, &format!("http://127.0.0.1:{port}")).await;
+    assert!(runwire::store::missing_integration(&db.pool)
+        .await
+        .unwrap()
+        .is_empty());
+    server.kill().await.ok();
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn serve_names_a_table_it_may_not_read() {
+    let db = TestDb::new().await;
+    let role = select_only_role(&db).await;
+    sqlx::query(&format!("REVOKE SELECT ON review_packs FROM {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut server = serve(&database_url(&db, &role), free_port(), &[]);
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .expect("serve exits")
+        .unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.trim_end().ends_with(
+            "runwire needs SELECT on review_packs (missing table or grant); see docs/operations.md"
+        ),
+        "{err}"
+    );
+    drop_role(db, &role).await;
+}
