@@ -31,7 +31,7 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 pub struct Harness {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
-    _running: runwire::app::Running,
+    _running: runwire::Running,
 }
 
 impl Harness {
@@ -59,8 +59,8 @@ impl Harness {
             settings.idle_timeout_secs = 1;
             settings.db_acquire_timeout_secs = 1;
             let options =
-                runwire::app::connect_options("postgres://runwire@127.0.0.1:1/none").expect("url");
-            let pool = runwire::app::pool_options(&settings).connect_lazy_with(options);
+                runwire::connect_options("postgres://runwire@127.0.0.1:1/none").expect("url");
+            let pool = runwire::pool_options(&settings).connect_lazy_with(options);
             runwire::Server::build(settings, pool)
                 .await
                 .expect("server")

@@ -42,7 +42,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the HTTP listener with a backlog sized for reconnect storms.
-pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -79,7 +79,7 @@ pub fn pool_options(settings: &Settings) -> PgPoolOptions {
 }
 
 /// Opens the query pool (connecting once now, so a bad URL or password fails here).
-pub async fn connect_database(url: &str, settings: &Settings) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect_database(url: &str, settings: &Settings) -> anyhow::Result<PgPool> {
     pool_options(settings)
         .connect_with(connect_options(url)?)
         .await
@@ -95,7 +95,7 @@ const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(10);
 /// of every failed attempt (connection refused, unknown host, a wrong password, a missing
 /// database). With `fail_fast`, the first failure is returned instead. `health` shows the
 /// cause on `/readyz` meanwhile.
-pub async fn wait_for_database(
+pub(crate) async fn wait_for_database(
     options: &PgConnectOptions,
     fail_fast: bool,
     health: &Health,
@@ -143,7 +143,7 @@ fn cause(e: &sqlx::Error) -> String {
 /// `migrate`, on a connection of their own: it has no statement timeout, since a migration
 /// of a large host table may rightly take long) or checks, reading only, that the tables are
 /// readable and the integration migration is in place.
-pub async fn prepare_database(
+pub(crate) async fn prepare_database(
     options: &PgConnectOptions,
     migrate: bool,
     fail_fast: bool,
@@ -163,7 +163,7 @@ pub async fn prepare_database(
 
 /// What `serve` needs of a database it does not change: SELECT on every table it reads, and
 /// the integration migration applied. Says exactly what is missing.
-pub async fn require_integration(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+pub(crate) async fn require_integration(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
     let unreadable = crate::store::unreadable_tables(&mut *conn)
         .await
         .context("cannot check which tables runwire may read")?;
@@ -193,7 +193,7 @@ const FD_HEADROOM: u64 = 64;
 /// The default connection cap: the process's open-files limit minus what the query pool, the
 /// listener and [`FD_HEADROOM`] need, so runwire refuses a connection before the kernel
 /// refuses it a file (after which `accept` fails in a loop and nothing gets an answer).
-pub fn default_max_connections(db_pool_size: u32) -> usize {
+pub(crate) fn default_max_connections(db_pool_size: u32) -> usize {
     let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .map(|(soft, _hard)| soft)
         .unwrap_or(1024);
@@ -215,7 +215,7 @@ pub struct Server {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
-    pub state: AppState,
+    pub(crate) state: AppState,
     serve: JoinHandle<()>,
     /// The watcher, until [`Running::start_watcher`] starts it.
     watcher: Option<Watcher>,
@@ -358,6 +358,16 @@ impl Running {
 
     /// Waits until the listener's first connection is up (streams opened before that would
     /// miss nothing, but readiness is clearer for callers and tests).
+    /// The listener's backend pid while it is connected (for operators, and for tests that
+    /// kill it).
+    pub fn listener_backend_pid(&self) -> Option<i32> {
+        self.state.listener.backend_pid()
+    }
+
+    pub fn listener_connected(&self) -> bool {
+        self.state.listener.is_connected()
+    }
+
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.state.listener.is_connected() {

@@ -43,7 +43,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 /// The database to use: `DATABASE_URL`; else the database `runwire` on a PostgreSQL answering
 /// on 127.0.0.1:5432 (created if missing); else a private PostgreSQL started for this process
 /// (stopped again when the returned guard drops). See `embedded_pg`.
-pub async fn database(
+pub(crate) async fn database(
     args: &DatabaseArgs,
 ) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPostgres>)> {
     match &args.database_url {
@@ -86,7 +86,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -5,10 +5,11 @@
 
 use crate::access::token::check_secret;
 use crate::access::Tokens;
+use crate::app::connect_database;
 use crate::app::{connect_options, prepare_database};
 use crate::config::Settings;
 use crate::http::Health;
-use crate::{connect_database, Server};
+use crate::Server;
 use anyhow::Context;
 use rand::Rng;
 use sqlx::PgPool;
@@ -27,14 +28,14 @@ const RUN_TYPES: [&str; 6] = [
 
 /// The seeded ids the simulator and the printed URL need.
 #[derive(Debug, Clone)]
-pub struct DemoWorld {
+pub(crate) struct DemoWorld {
     pub workspace: i64,
     pub admin: i64,
     pub viewer: i64,
     pub tenants: Vec<i64>,
 }
 
-pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+pub(crate) async fn run(mut settings: Settings) -> anyhow::Result<()> {
     // The secret is the caller's (RUNWIRE_JWT_SECRET / --jwt-secret; it must be strong
     // enough, as for `serve`) or a random one that is printed below, so `runwire token` can
     // mint more tokens for this demo.
@@ -109,7 +110,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Creates the demo workspace, tenants, users and memberships once; reuses them afterwards.
-pub async fn seed(pool: &PgPool) -> anyhow::Result<DemoWorld> {
+pub(crate) async fn seed(pool: &PgPool) -> anyhow::Result<DemoWorld> {
     let mut tx = pool.begin().await?;
     let existing: Option<i64> =
         sqlx::query_scalar("SELECT id FROM workspaces WHERE name = $1 ORDER BY id LIMIT 1")
@@ -204,7 +205,7 @@ async fn pause(stop: &CancellationToken, ms: u64) -> bool {
 
 /// Plays the host application until `stop`: a steady trickle of runs, and a review pack per
 /// tenant every so often. Errors (the database going away) pause the simulator, never crash.
-pub async fn simulate(pool: PgPool, world: DemoWorld, stop: CancellationToken) {
+pub(crate) async fn simulate(pool: PgPool, world: DemoWorld, stop: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in world.tenants.clone() {
         let (pool, stop, ws) = (pool.clone(), stop.clone(), world.workspace);

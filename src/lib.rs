@@ -23,23 +23,42 @@
 //! * [`model`] defines the state of a watched item and the one definition of "terminal".
 //! * [`store`] holds every SQL statement runwire runs.
 
-pub mod access;
-pub mod app;
-pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod embedded_pg;
-pub mod http;
-pub mod metrics;
-pub mod model;
-pub mod store;
-pub mod stream;
-pub mod telemetry;
-pub mod watch;
-pub mod wire;
+#![warn(unreachable_pub)]
 
-pub use app::{connect_database, Server};
-pub use config::Settings;
+mod access;
+mod app;
+mod cli;
+mod config;
+mod demo;
+mod embedded_pg;
+mod http;
+mod metrics;
+mod model;
+mod store;
+mod stream;
+mod telemetry;
+mod watch;
+mod wire;
+
+// The public surface: what the binary, the tests, the fuzz targets and the load generator
+// use. Everything else is the crate's own (and `unreachable_pub` keeps it that way).
+pub use access::batch::database_unavailable;
+pub use access::token::now_secs;
+pub use access::token::Tokens;
+pub use app::{connect_options, pool_options, Running, Server};
+pub use cli::run;
+pub use config::{Cli, Settings};
+pub use embedded_pg::EmbeddedPostgres;
+pub use store::missing_integration;
+
+/// Pure functions that parse what clients and Postgres send, for the fuzz targets.
+pub mod parsing {
+    pub use crate::http::front::parse_head;
+    pub use crate::http::params::{parse_id, parse_item_lists, MAX_ITEMS};
+    pub use crate::stream::items::already_seen;
+    pub use crate::stream::sse::event as sse_event;
+    pub use crate::watch::Doorbell;
+}
 
 /// Migrations: the host tables (for standalone use) and runwire's triggers, in separate files.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -4,8 +4,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = runwire::config::Cli::parse();
-    match runwire::cli::run(cli.command).await {
+    let cli = runwire::Cli::parse();
+    match runwire::run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("runwire: {e:#}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum StreamKind {
+pub(crate) enum StreamKind {
     run,
     review_pack,
     multi,
@@ -21,7 +21,7 @@ pub enum StreamKind {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     terminal,
     forbidden,
     token_expired,
@@ -33,16 +33,16 @@ pub enum CloseReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     pub kind: StreamKind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     pub reason: CloseReason,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub streams_open: Family<KindLabel, Gauge>,
     pub streams_opened: Family<KindLabel, Counter>,
@@ -188,12 +188,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe_reread(&self, items: usize, took: Duration) {
+    pub(crate) fn observe_reread(&self, items: usize, took: Duration) {
         self.reread_batch_size.observe(items as f64);
         self.reread_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn observe_commit_lag(&self, updated_at: Option<DateTime<Utc>>) {
+    pub(crate) fn observe_commit_lag(&self, updated_at: Option<DateTime<Utc>>) {
         if let Some(t) = updated_at {
             let lag = (Utc::now() - t).num_microseconds().unwrap_or(i64::MAX);
             // Host clocks and `updated_at` values set by hand can lie; only record sane lags.
@@ -203,7 +203,7 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -16,20 +16,20 @@ use std::sync::OnceLock;
 
 /// Run statuses that keep a run streaming. Everything else, unknown values included, is
 /// terminal: the host app stops polling on anything it does not recognise, and so do we.
-pub const ACTIVE_RUN_STATUSES: [&str; 2] = ["queued", "running"];
+pub(crate) const ACTIVE_RUN_STATUSES: [&str; 2] = ["queued", "running"];
 /// Review-pack statuses that keep a pack streaming; "no pack" is terminal too.
-pub const ACTIVE_PACK_STATUSES: [&str; 2] = ["queued", "generating"];
+pub(crate) const ACTIVE_PACK_STATUSES: [&str; 2] = ["queued", "generating"];
 
-pub fn run_is_terminal(status: &str) -> bool {
+pub(crate) fn run_is_terminal(status: &str) -> bool {
     !ACTIVE_RUN_STATUSES.contains(&status)
 }
 
-pub fn pack_is_terminal(status: &str) -> bool {
+pub(crate) fn pack_is_terminal(status: &str) -> bool {
     !ACTIVE_PACK_STATUSES.contains(&status)
 }
 
 /// `retry:` hint for a reconnecting client, by the item's age: fresh work changes fast.
-pub fn retry_ms(created_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> u64 {
+pub(crate) fn retry_ms(created_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> u64 {
     match created_at.map(|c| (now - c).num_milliseconds()) {
         Some(age) if age < 10_000 => 1_000,
         Some(age) if age < 60_000 => 5_000,
@@ -39,7 +39,7 @@ pub fn retry_ms(created_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> u64 {
 
 /// A watched item: a run by id, or the review-pack card of a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ItemKey {
+pub(crate) enum ItemKey {
     Run(i64),
     Pack { tenant: i64 },
 }
@@ -48,14 +48,14 @@ pub enum ItemKey {
 /// maybe a tenant; a review-pack card to its tenant (whose workspace is looked up when access
 /// is decided, since a tenant can move).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Owner {
+pub(crate) enum Owner {
     Run { workspace: i64, tenant: Option<i64> },
     Pack { tenant: i64 },
 }
 
 /// One row of `operation_runs`, as read by runwire.
 #[derive(Debug, Clone, FromRow)]
-pub struct RunRow {
+pub(crate) struct RunRow {
     pub id: i64,
     pub workspace_id: i64,
     pub tenant_id: Option<i64>,
@@ -72,7 +72,7 @@ pub struct RunRow {
 
 /// The latest review pack of a tenant, if it has one.
 #[derive(Debug, Clone, FromRow)]
-pub struct PackRow {
+pub(crate) struct PackRow {
     pub id: i64,
     pub status: String,
     pub created_at: Option<DateTime<Utc>>,
@@ -88,7 +88,7 @@ fn ts(t: &Option<DateTime<Utc>>) -> Option<String> {
 
 /// An item as streamed: what access and delivery need, plus its rendered JSON.
 #[derive(Debug)]
-pub struct State {
+pub(crate) struct State {
     pub key: ItemKey,
     /// None once the item no longer exists (a deleted run, a deleted tenant): its streams
     /// end with `gone`.
@@ -150,7 +150,7 @@ struct PackInner<'a> {
 }
 
 impl State {
-    pub fn run(row: &RunRow) -> Self {
+    pub(crate) fn run(row: &RunRow) -> Self {
         let terminal = run_is_terminal(&row.status);
         let json = RunJson {
             kind: "operation_run",
@@ -186,7 +186,7 @@ impl State {
     }
 
     /// The review-pack card of `tenant_id`: its latest pack, or none.
-    pub fn pack(tenant_id: i64, pack: Option<&PackRow>) -> Self {
+    pub(crate) fn pack(tenant_id: i64, pack: Option<&PackRow>) -> Self {
         let terminal = pack.is_none_or(|p| pack_is_terminal(&p.status));
         let json = PackJson {
             kind: "review_pack",
@@ -219,7 +219,7 @@ impl State {
 
     /// An item that no longer exists. It has no owner, so no access decision ever admits it:
     /// nothing of it is written, its streams end with `gone`.
-    pub fn gone(key: ItemKey) -> Self {
+    pub(crate) fn gone(key: ItemKey) -> Self {
         State {
             key,
             owner: None,
@@ -234,18 +234,18 @@ impl State {
         }
     }
 
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         self.owner.is_none()
     }
 
     /// Whether `self` says something new compared to `other` (a duplicate or forged
     /// notification re-reads an unchanged row, which sends nothing).
-    pub fn differs_from(&self, other: &State) -> bool {
+    pub(crate) fn differs_from(&self, other: &State) -> bool {
         self.event_id != other.event_id || self.owner != other.owner
     }
 
     /// The run's id, for runs.
-    pub fn run_id(&self) -> Option<i64> {
+    pub(crate) fn run_id(&self) -> Option<i64> {
         match self.key {
             ItemKey::Run(id) => Some(id),
             ItemKey::Pack { .. } => None,
@@ -253,7 +253,7 @@ impl State {
     }
 
     /// The run's workspace, for runs that exist.
-    pub fn workspace(&self) -> Option<i64> {
+    pub(crate) fn workspace(&self) -> Option<i64> {
         match self.owner {
             Some(Owner::Run { workspace, .. }) => Some(workspace),
             _ => None,

@@ -31,7 +31,7 @@ fn role_in(tenant: &str) -> String {
 }
 
 /// Current rows of these runs (missing ids are simply absent).
-pub async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<RunRow>> {
+pub(crate) async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<RunRow>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1)")
     });
@@ -40,7 +40,7 @@ pub async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<V
 
 /// A run together with one user's facts towards its owner.
 #[derive(Debug, Clone, FromRow)]
-pub struct RunForUser {
+pub(crate) struct RunForUser {
     pub user_id: i64,
     #[sqlx(flatten)]
     pub run: RunRow,
@@ -49,7 +49,7 @@ pub struct RunForUser {
 }
 
 impl RunForUser {
-    pub fn facts(&self) -> Facts {
+    pub(crate) fn facts(&self) -> Facts {
         Facts {
             workspace_member: self.workspace_member,
             tenant_exists: true,
@@ -60,7 +60,7 @@ impl RunForUser {
 
 /// State and access facts for many (user, run) pairs at once: `users[i]` asks about
 /// `ids[i]`. Streams opened at about the same time share this one query (`access::batch`).
-pub async fn runs_for_users(
+pub(crate) async fn runs_for_users(
     db: impl PgExecutor<'_>,
     users: &[i64],
     ids: &[i64],
@@ -119,7 +119,7 @@ const LATEST_PACK_JOIN: &str = "LEFT JOIN LATERAL (
 
 /// The review-pack card of one tenant as the watcher reads it.
 #[derive(Debug)]
-pub struct TenantPack {
+pub(crate) struct TenantPack {
     pub tenant_id: i64,
     /// False once the tenant row is gone.
     pub exists: bool,
@@ -134,7 +134,7 @@ struct TenantPackRow {
 }
 
 /// The latest pack of each tenant (None: the tenant has no pack).
-pub async fn latest_packs(
+pub(crate) async fn latest_packs(
     db: impl PgExecutor<'_>,
     tenant_ids: &[i64],
 ) -> sqlx::Result<Vec<TenantPack>> {
@@ -158,7 +158,7 @@ pub async fn latest_packs(
 
 /// A tenant's latest pack together with one user's facts towards the tenant.
 #[derive(Debug, Clone)]
-pub struct PackForUser {
+pub(crate) struct PackForUser {
     pub user_id: i64,
     pub tenant_id: i64,
     pub facts: Facts,
@@ -175,7 +175,7 @@ struct PackForUserRow {
 }
 
 /// State and access facts for many (user, tenant) pairs at once (rows of tenants that exist).
-pub async fn packs_for_users(
+pub(crate) async fn packs_for_users(
     db: impl PgExecutor<'_>,
     users: &[i64],
     tenant_ids: &[i64],
@@ -212,7 +212,7 @@ pub async fn packs_for_users(
 
 /// One user's facts towards one owner.
 #[derive(Debug, Clone)]
-pub struct OwnerFacts {
+pub(crate) struct OwnerFacts {
     pub user_id: i64,
     pub owner: Owner,
     pub facts: Facts,
@@ -231,7 +231,7 @@ struct OwnerFactsRow {
 
 /// Facts for many (user, owner) pairs at once: the re-check of streams whose decisions went
 /// stale. A pack's workspace is its tenant's *current* workspace.
-pub async fn owner_facts(
+pub(crate) async fn owner_facts(
     db: impl PgExecutor<'_>,
     users: &[i64],
     owners: &[Owner],
@@ -288,12 +288,12 @@ pub async fn owner_facts(
 
 /// What a user may see of a workspace: membership, and their roles in its tenants.
 #[derive(Debug, FromRow)]
-pub struct WorkspaceView {
+pub(crate) struct WorkspaceView {
     pub workspace_member: bool,
     pub tenant_roles: sqlx::types::Json<Vec<(i64, String)>>,
 }
 
-pub async fn workspace_view(
+pub(crate) async fn workspace_view(
     db: impl PgExecutor<'_>,
     user_id: i64,
     workspace_id: i64,
@@ -314,7 +314,10 @@ pub async fn workspace_view(
 }
 
 /// Active runs of a workspace, newest first (the caller filters them by access).
-pub async fn active_runs(db: impl PgExecutor<'_>, workspace_id: i64) -> sqlx::Result<Vec<RunRow>> {
+pub(crate) async fn active_runs(
+    db: impl PgExecutor<'_>,
+    workspace_id: i64,
+) -> sqlx::Result<Vec<RunRow>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT {RUN_COLUMNS} FROM operation_runs r
@@ -331,7 +334,7 @@ pub async fn active_runs(db: impl PgExecutor<'_>, workspace_id: i64) -> sqlx::Re
 
 /// Runs of a workspace that finished in the last 24 hours, newest first, at most `limit`
 /// (the caller filters them by access).
-pub async fn recent_runs(
+pub(crate) async fn recent_runs(
     db: impl PgExecutor<'_>,
     workspace_id: i64,
     limit: i64,
@@ -355,7 +358,7 @@ pub async fn recent_runs(
 
 /// A workspace as a member sees it: its name and the tenants they belong to, with roles.
 #[derive(Debug, FromRow)]
-pub struct WorkspaceInfo {
+pub(crate) struct WorkspaceInfo {
     pub id: i64,
     pub name: String,
     pub workspace_member: bool,
@@ -363,13 +366,13 @@ pub struct WorkspaceInfo {
 }
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
-pub struct TenantInfo {
+pub(crate) struct TenantInfo {
     pub id: i64,
     pub name: String,
     pub role: String,
 }
 
-pub async fn workspace_info(
+pub(crate) async fn workspace_info(
     db: impl PgExecutor<'_>,
     user_id: i64,
     workspace_id: i64,
@@ -393,7 +396,7 @@ pub async fn workspace_info(
 
 /// Readiness: whether the tables runwire reads can be read now. `LIMIT 0` reads no row, but
 /// the statement still takes each table's lock, so a host migration holding one makes it wait.
-pub async fn probe(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
+pub(crate) async fn probe(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "SELECT 1 FROM operation_runs, review_packs, tenants, workspace_memberships,
                 tenant_memberships LIMIT 0",
@@ -445,7 +448,7 @@ pub async fn missing_integration(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<St
 }
 
 /// The tables runwire reads that the current role may not `SELECT` (missing tables included).
-pub async fn unreadable_tables(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+pub(crate) async fn unreadable_tables(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT t.name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n)
          WHERE to_regclass(t.name) IS NULL
@@ -458,7 +461,7 @@ pub async fn unreadable_tables(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Stri
 }
 
 /// Every table runwire reads; `serve` needs `SELECT` on each and nothing else.
-pub const HOST_TABLES: [&str; 7] = [
+pub(crate) const HOST_TABLES: [&str; 7] = [
     "users",
     "workspaces",
     "workspace_memberships",

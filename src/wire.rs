@@ -6,14 +6,14 @@ use bytes::Bytes;
 use std::io::{self, Write};
 
 /// The chunk that ends a chunked body.
-pub const TERMINATOR: &[u8] = b"0\r\n\r\n";
+pub(crate) const TERMINATOR: &[u8] = b"0\r\n\r\n";
 /// What follows a chunk's data.
-pub const CHUNK_END: &[u8] = b"\r\n";
+pub(crate) const CHUNK_END: &[u8] = b"\r\n";
 /// Longest chunk-size line: 16 hex digits and CRLF.
-pub const CHUNK_SIZE_MAX: usize = 18;
+pub(crate) const CHUNK_SIZE_MAX: usize = 18;
 
 /// The `<hex size>\r\n` line of a chunk of `len` bytes, without allocating.
-pub fn chunk_size(buf: &mut [u8; CHUNK_SIZE_MAX], len: usize) -> &[u8] {
+pub(crate) fn chunk_size(buf: &mut [u8; CHUNK_SIZE_MAX], len: usize) -> &[u8] {
     let mut cursor = io::Cursor::new(&mut buf[..]);
     let _ = write!(cursor, "{len:x}\r\n");
     let n = cursor.position() as usize;
@@ -21,7 +21,7 @@ pub fn chunk_size(buf: &mut [u8; CHUNK_SIZE_MAX], len: usize) -> &[u8] {
 }
 
 /// `data` as one whole chunk (for frames shared by many sockets).
-pub fn chunk(data: &[u8]) -> Bytes {
+pub(crate) fn chunk(data: &[u8]) -> Bytes {
     let mut size = [0u8; CHUNK_SIZE_MAX];
     let size = chunk_size(&mut size, data.len());
     let mut out = Vec::with_capacity(size.len() + data.len() + CHUNK_END.len());
@@ -34,7 +34,7 @@ pub fn chunk(data: &[u8]) -> Bytes {
 /// A response head: the status line, `headers`, a `date`, then the framing: chunked for a
 /// stream (`body_len` None), else a content length (none at all for a 204). The connection
 /// always closes after the response.
-pub fn head<'a>(
+pub(crate) fn head<'a>(
     status: u16,
     reason: &str,
     headers: impl Iterator<Item = (&'a str, &'a [u8])>,

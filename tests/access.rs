@@ -375,7 +375,7 @@ async fn revocation_while_the_listener_is_away_never_leaks() {
         let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
         s.expect("snapshot").await;
         assert!(app.running.wait_ready(WAIT).await);
-        let pid = app.running.state.listener.backend_pid().unwrap();
+        let pid = app.running.listener_backend_pid().unwrap();
         exec(app.pool(), &format!("SELECT pg_terminate_backend({pid})")).await;
         in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
         expect_end_without_leak(&mut s, "forbidden", None).await;

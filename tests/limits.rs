@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use futures_util::future::join_all;
 use jsonwebtoken::{encode, EncodingKey, Header};
-use runwire::access::token::now_secs;
+use runwire::now_secs;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use std::net::SocketAddr;
@@ -479,7 +479,7 @@ async fn a_statement_timeout_elsewhere_is_503_not_500() {
 
 #[tokio::test]
 async fn database_errors_that_mean_unavailable() {
-    use runwire::http::database_unavailable;
+    use runwire::database_unavailable;
     let db = TestDb::new().await;
     // Statement timeout (57014).
     let mut tx = db.pool.begin().await.unwrap();
@@ -552,7 +552,7 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
     let t = token(w.owner);
     proxy.cut();
     let deadline = Instant::now() + WAIT;
-    while running.state.listener.is_connected() {
+    while running.listener_connected() {
         assert!(Instant::now() < deadline, "listener never noticed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -802,7 +802,7 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
         assert!(reason.contains("does not exist"), "{reason}");
     }
     // Requests that need the database answer 503 at once meanwhile.
-    let t = runwire::access::Tokens::new(SECRET.as_bytes()).issue(1, 60);
+    let t = runwire::Tokens::new(SECRET.as_bytes()).issue(1, 60);
     let r = http
         .get(format!("{base}/v1/runs/1"))
         .bearer_auth(&t)
@@ -854,7 +854,7 @@ async fn start_up_with_a_wrong_password_logs_the_cause() {
     // The shared cluster trusts local connections and never asks for a password; a private
     // one does.
     let root = std::env::temp_dir().join(format!("runwire-pw-{}", rand::random::<u32>()));
-    let pg = runwire::embedded_pg::EmbeddedPostgres::start_with_password(&root, "right-password")
+    let pg = runwire::EmbeddedPostgres::start_with_password(&root, "right-password")
         .await
         .expect("a private PostgreSQL (needs its binaries installed)");
     let wrong = pg.url().replace("right-password", "wrong-password");

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use runwire::access::Tokens;
+use runwire::Tokens;
 use sqlx::{Connection, PgConnection};
 use std::process::Stdio;
 use std::time::Duration;
@@ -273,10 +273,7 @@ async fn serve_refuses_a_database_without_the_integration_migration_and_changes_
         "{err}"
     );
     assert_eq!(
-        runwire::store::missing_integration(&db.pool)
-            .await
-            .unwrap()
-            .len(),
+        runwire::missing_integration(&db.pool).await.unwrap().len(),
         19,
         "serve without --migrate changed the schema"
     );
@@ -288,7 +285,7 @@ async fn serve_refuses_a_database_without_the_integration_migration_and_changes_
         &["--migrate"],
     );
     wait_ready(&mut server, &format!("http://127.0.0.1:{port}")).await;
-    assert!(runwire::store::missing_integration(&db.pool)
+    assert!(runwire::missing_integration(&db.pool)
         .await
         .unwrap()
         .is_empty());

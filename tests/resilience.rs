@@ -5,7 +5,7 @@ mod common;
 
 use common::proxy::Proxy;
 use common::*;
-use runwire::access::Tokens;
+use runwire::Tokens;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -344,7 +344,7 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     // been received, so nothing is still on its way when the connection goes quiet.
     set_run(&db.pool, run, r#"summary_counts = '{"processed": 1}'"#).await;
     s.expect("update").await;
-    let old_pid = running.state.listener.backend_pid().unwrap();
+    let old_pid = running.listener_backend_pid().unwrap();
 
     proxy.blackhole(); // no FIN, no RST: the socket just goes quiet
     proxy.wait_all_stalled().await;
@@ -358,7 +358,7 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
         cut_at.elapsed()
     );
     s.expect_end("terminal").await;
-    assert_ne!(running.state.listener.backend_pid(), Some(old_pid));
+    assert_ne!(running.listener_backend_pid(), Some(old_pid));
     running.shutdown().await;
     db.drop_db().await;
 }

@@ -364,7 +364,7 @@ fn stream_path(json_path: &str) -> String {
 
 fn expired_token(user: i64) -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
-    let claims = serde_json::json!({ "sub": user.to_string(), "exp": runwire::access::token::now_secs() - 10 });
+    let claims = serde_json::json!({ "sub": user.to_string(), "exp": runwire::now_secs() - 10 });
     encode(
         &Header::default(),
         &claims,
@@ -373,7 +373,7 @@ fn expired_token(user: i64) -> String {
     .unwrap()
 }
 
-use runwire::access::Tokens;
+use runwire::Tokens;
 
 #[tokio::test]
 async fn forged_notify_cannot_fake_a_state() {
@@ -484,9 +484,7 @@ async fn listener_killed_while_runs_finish() {
 
     let pid = app
         .running
-        .state
-        .listener
-        .backend_pid()
+        .listener_backend_pid()
         .expect("listener connected");
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
@@ -513,12 +511,7 @@ async fn listener_killed_while_runs_finish() {
     }
     assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
     ps.expect_end("terminal").await;
-    let new_pid = app
-        .running
-        .state
-        .listener
-        .backend_pid()
-        .expect("reconnected");
+    let new_pid = app.running.listener_backend_pid().expect("reconnected");
     assert_ne!(new_pid, pid);
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     assert!(

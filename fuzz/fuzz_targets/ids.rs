@@ -2,7 +2,7 @@
 //! Path ids: any string either parses to a positive i64 written in plain decimal digits
 //! (leading zeros allowed), or is a 400 — never a panic.
 use libfuzzer_sys::fuzz_target;
-use runwire::http::params::parse_id;
+use runwire::parsing::parse_id;
 
 fuzz_target!(|raw: &str| {
     if let Ok(id) = parse_id(raw, "id") {

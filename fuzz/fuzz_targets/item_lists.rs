@@ -1,7 +1,7 @@
 #![no_main]
 //! `/v1/streams` query strings: accepted lists are non-empty, de-duplicated, within the cap.
 use libfuzzer_sys::fuzz_target;
-use runwire::http::params::{parse_item_lists, MAX_ITEMS};
+use runwire::parsing::{parse_item_lists, MAX_ITEMS};
 
 fuzz_target!(|query: &str| {
     if let Ok(lists) = parse_item_lists(Some(query)) {

@@ -2,15 +2,15 @@
 //! `Last-Event-ID` headers: only the exact id of the current state counts as "seen", and the
 //! SSE writer never lets an id break the framing.
 use libfuzzer_sys::fuzz_target;
-use runwire::stream::items::already_seen;
-use runwire::stream::sse;
+use runwire::parsing::already_seen;
+use runwire::parsing::sse_event;
 
 fuzz_target!(|input: (&str, &str)| {
     let (header, id) = input;
     if already_seen(Some(header), id) {
         assert_eq!(header.trim(), id);
     }
-    let frame = sse::event("update", Some(header), id);
+    let frame = sse_event("update", Some(header), id);
     let text = String::from_utf8_lossy(&frame);
     assert!(text.ends_with("\n\n"));
     // Every line is a field this writer emits, so no input can inject an event.

@@ -1,7 +1,7 @@
 #![no_main]
 //! NOTIFY payloads are untrusted input: parsing never panics.
 use libfuzzer_sys::fuzz_target;
-use runwire::watch::Doorbell;
+use runwire::parsing::Doorbell;
 
 fuzz_target!(|payload: &str| {
     let _ = Doorbell::parse(payload);

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    let _ = runwire::http::front::parse_head(bytes);
+    let _ = runwire::parsing::parse_head(bytes);
 });

@@ -1,7 +1,7 @@
 #![no_main]
 //! Tokens from outside: verification never panics and never accepts a token it did not sign.
 use libfuzzer_sys::fuzz_target;
-use runwire::access::Tokens;
+use runwire::Tokens;
 
 fuzz_target!(|raw: &str| {
     let tokens = Tokens::new(b"fuzz-secret");

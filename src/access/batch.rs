@@ -41,7 +41,7 @@ const SLOTS_PER_KIND: usize = 3;
 /// same length, so Postgres cancels (and frees the connection of) a query that would outlive
 /// its callers.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Duration);
+pub(crate) struct Deadline(pub Duration);
 
 impl Deadline {
     fn total(&self) -> Duration {
@@ -60,7 +60,7 @@ struct Job<T: Kind> {
 }
 
 /// Handle for queueing reads; cheap to share.
-pub struct Batcher {
+pub(crate) struct Batcher {
     runs: mpsc::UnboundedSender<Job<RunForUser>>,
     packs: mpsc::UnboundedSender<Job<PackForUser>>,
     owners: mpsc::UnboundedSender<Job<OwnerFacts>>,
@@ -114,7 +114,11 @@ impl Kind for OwnerFacts {
 impl Batcher {
     /// Starts the collectors (on the current tokio runtime). `listener` tells whether the
     /// database is reachable at all.
-    pub fn start(pool: PgPool, listener: Arc<ListenerStatus>, deadline: Deadline) -> Batcher {
+    pub(crate) fn start(
+        pool: PgPool,
+        listener: Arc<ListenerStatus>,
+        deadline: Deadline,
+    ) -> Batcher {
         Batcher {
             runs: spawn_collector(pool.clone(), deadline),
             packs: spawn_collector(pool.clone(), deadline),
@@ -126,12 +130,16 @@ impl Batcher {
     }
 
     /// Access facts and state of these runs for `user_id` (rows of runs that exist).
-    pub async fn runs(&self, user_id: i64, ids: &[i64]) -> Result<Vec<RunForUser>, AccessError> {
+    pub(crate) async fn runs(
+        &self,
+        user_id: i64,
+        ids: &[i64],
+    ) -> Result<Vec<RunForUser>, AccessError> {
         self.ask(&self.runs, user_id, ids).await
     }
 
     /// Access facts and latest pack of these tenants for `user_id` (tenants that exist).
-    pub async fn packs(
+    pub(crate) async fn packs(
         &self,
         user_id: i64,
         tenant_ids: &[i64],
@@ -140,7 +148,7 @@ impl Batcher {
     }
 
     /// Access facts of `user_id` towards these owners.
-    pub async fn owners(
+    pub(crate) async fn owners(
         &self,
         user_id: i64,
         owners: &[Owner],
@@ -151,7 +159,7 @@ impl Batcher {
     /// What `user_id` may see of a workspace (one query: a feed's decisions are few and
     /// per workspace), under the same rules: 503 at once while the database is known to be
     /// unreachable, and a deadline.
-    pub async fn workspace(
+    pub(crate) async fn workspace(
         &self,
         user_id: i64,
         workspace_id: i64,
@@ -265,7 +273,7 @@ async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>, deadline: Deadline)
 }
 
 /// Maps a database error to what a caller can do about it (logged once per batch).
-pub fn unavailable_or_internal(e: &sqlx::Error) -> AccessError {
+pub(crate) fn unavailable_or_internal(e: &sqlx::Error) -> AccessError {
     if database_unavailable(e) {
         tracing::warn!(error = %e, "database unavailable");
         AccessError::Unavailable

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 /// The process-wide access clock and the newest change per open user.
 #[derive(Default)]
-pub struct Epochs {
+pub(crate) struct Epochs {
     clock: AtomicU64,
     /// Stamp of the newest change that concerns everyone.
     everyone: AtomicU64,
@@ -42,7 +42,7 @@ impl Epochs {
     }
 
     /// The stamp a decision takes before its query runs.
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)
     }
 
@@ -51,7 +51,7 @@ impl Epochs {
     }
 
     /// `user_id`'s access changed: their decisions are stale, their streams wake.
-    pub fn user_changed(&self, user_id: i64) {
+    pub(crate) fn user_changed(&self, user_id: i64) {
         let stamp = self.tick();
         if let Some(user) = self.users().get(&user_id) {
             user.changed.store(stamp, Ordering::SeqCst);
@@ -60,7 +60,7 @@ impl Epochs {
     }
 
     /// Everyone's access may have changed (a tenant moved, the listener reconnected).
-    pub fn everyone_changed(&self) {
+    pub(crate) fn everyone_changed(&self) {
         let stamp = self.tick();
         // Stored before the wake-ups, and read by every freshness check: a user whose first
         // stream registers concurrently is covered too.
@@ -70,13 +70,14 @@ impl Epochs {
         }
     }
 
-    /// How many users have open streams (for tests and metrics).
-    pub fn users_open(&self) -> usize {
+    /// How many users have open streams.
+    #[cfg(test)]
+    pub(crate) fn users_open(&self) -> usize {
         self.users().len()
     }
 
     /// The access handle of one stream's user.
-    pub fn user(self: &Arc<Self>, user_id: i64) -> Arc<UserAccess> {
+    pub(crate) fn user(self: &Arc<Self>, user_id: i64) -> Arc<UserAccess> {
         let mut users = self.users();
         let entry = users.entry(user_id).or_insert_with(|| {
             Arc::new(UserEpoch {
@@ -93,7 +94,7 @@ impl Epochs {
 }
 
 /// One stream's view of its user's access epoch.
-pub struct UserAccess {
+pub(crate) struct UserAccess {
     pub user_id: i64,
     entry: Arc<UserEpoch>,
     epochs: Arc<Epochs>,
@@ -101,18 +102,18 @@ pub struct UserAccess {
 
 impl UserAccess {
     /// Whether a decision stamped `stamp` is still current.
-    pub fn current(&self, stamp: u64) -> bool {
+    pub(crate) fn current(&self, stamp: u64) -> bool {
         stamp >= self.entry.changed.load(Ordering::SeqCst)
             && stamp >= self.epochs.everyone.load(Ordering::SeqCst)
     }
 
     /// The stamp a new decision takes before its query runs.
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.epochs.now()
     }
 
     /// A receiver that wakes when this user's (or everyone's) access changes.
-    pub fn wake(&self) -> watch::Receiver<u64> {
+    pub(crate) fn wake(&self) -> watch::Receiver<u64> {
         self.entry.wake.subscribe()
     }
 }
@@ -130,7 +131,7 @@ impl Drop for UserAccess {
 
 /// What a decision covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Items of exactly this owner.
     Owner(Owner),
     /// A workspace feed: the facts of the user in that workspace, so that every run's owner
@@ -146,14 +147,14 @@ pub enum Scope {
 
 /// A decision that the user may see what `scope` covers, made at `stamp`.
 #[derive(Clone)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub scope: Scope,
     stamp: u64,
     user: Arc<UserAccess>,
 }
 
 impl Grant {
-    pub fn new(user: &Arc<UserAccess>, stamp: u64, scope: Scope) -> Self {
+    pub(crate) fn new(user: &Arc<UserAccess>, stamp: u64, scope: Scope) -> Self {
         Grant {
             scope,
             stamp,
@@ -162,14 +163,14 @@ impl Grant {
     }
 
     /// Whether the decision is still current (no access change since its stamp).
-    pub fn current(&self) -> bool {
+    pub(crate) fn current(&self) -> bool {
         self.user.current(self.stamp)
     }
 
     /// The gate. A state of an item owned by `owner` may be written only if this is true:
     /// the decision is current, and it covers that owner as the state has it. An item that
     /// no longer exists has no owner and is never admitted.
-    pub fn admits(&self, owner: Option<&Owner>) -> bool {
+    pub(crate) fn admits(&self, owner: Option<&Owner>) -> bool {
         let Some(owner) = owner else { return false };
         self.current()
             && match &self.scope {

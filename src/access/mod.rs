@@ -5,10 +5,10 @@
 //! workspace feed and every re-check decide the same way (deny-as-not-found wherever
 //! existence itself would leak).
 
-pub mod batch;
-pub mod epochs;
-pub mod rules;
-pub mod token;
+pub(crate) mod batch;
+pub(crate) mod epochs;
+pub(crate) mod rules;
+pub(crate) mod token;
 
 use crate::model::{Owner, State};
 use crate::store;
@@ -18,18 +18,18 @@ use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use batch::Batcher;
-pub use epochs::{Epochs, Grant, Scope, UserAccess};
-pub use rules::{role_can_view_review_pack, AccessError};
-pub use token::{Claims, InvalidToken, Tokens};
+pub(crate) use batch::Batcher;
+pub(crate) use epochs::{Epochs, Grant, Scope, UserAccess};
+pub(crate) use rules::{role_can_view_review_pack, AccessError};
+pub(crate) use token::{Claims, InvalidToken, Tokens};
 
 /// Name of the cookie that carries the token for browsers (`POST /v1/session` sets it).
-pub const COOKIE_NAME: &str = "runwire_token";
+pub(crate) const COOKIE_NAME: &str = "runwire_token";
 
 /// The raw token of a request: `Authorization: Bearer`, then the cookie, then `access_token`
 /// in the query (EventSource cannot send headers). An `Authorization` header of another
 /// scheme (Basic, added by a proxy in front) is not ours and hides nothing.
-pub fn token_from_parts(parts: &Parts) -> Option<String> {
+pub(crate) fn token_from_parts(parts: &Parts) -> Option<String> {
     if let Some(token) = bearer(&parts.headers) {
         return Some(token.to_owned());
     }
@@ -52,7 +52,7 @@ pub fn token_from_parts(parts: &Parts) -> Option<String> {
 }
 
 /// The token of an `Authorization: Bearer` header (the first such header, if several).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get_all(AUTHORIZATION).iter().find_map(|value| {
         let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -61,7 +61,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Reads and authorises items for `user_id`: their current states, runs then packs in
 /// request order, or the one refusal for the whole set.
-pub async fn read_items(
+pub(crate) async fn read_items(
     batcher: &Batcher,
     user_id: i64,
     run_ids: &[i64],
@@ -116,7 +116,7 @@ pub async fn read_items(
 /// Decides afresh whether `user` may see items of each of `owners`: a grant for each, or
 /// the refusal. The stamp is taken before the query, so a change that lands meanwhile makes
 /// the grants stale rather than wrongly current.
-pub async fn decide(
+pub(crate) async fn decide(
     batcher: &Batcher,
     user: &Arc<UserAccess>,
     owners: &[Owner],
@@ -147,7 +147,7 @@ pub async fn decide(
 
 /// Decides whether `user` may follow a workspace's feed (non-members: 404), and what of it
 /// they may see.
-pub async fn decide_workspace(
+pub(crate) async fn decide_workspace(
     batcher: &Batcher,
     user: &Arc<UserAccess>,
     workspace_id: i64,

@@ -43,7 +43,7 @@ impl AccessError {
 
 /// What the database says about one user and one owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// Member of the owner's workspace (for a pack: of its tenant's workspace).
     pub workspace_member: bool,
     /// The owner's tenant exists (always true for runs, which name no tenant row).
@@ -53,12 +53,12 @@ pub struct Facts {
 }
 
 /// Capability `review_pack.view`, as the host app grants it per tenant role.
-pub fn role_can_view_review_pack(role: &str) -> bool {
+pub(crate) fn role_can_view_review_pack(role: &str) -> bool {
     matches!(role, "owner" | "manager" | "operator")
 }
 
 /// The rule: may a user with these facts see an item of `owner`?
-pub fn verdict(owner: &Owner, facts: &Facts) -> Result<(), AccessError> {
+pub(crate) fn verdict(owner: &Owner, facts: &Facts) -> Result<(), AccessError> {
     match owner {
         Owner::Run { tenant, .. } => {
             if !facts.workspace_member {

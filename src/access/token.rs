@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Shortest secret accepted. HS256 with a shorter key is weaker than the hash itself, and the
 /// host side's JWT libraries refuse such keys too.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 /// The last second of the year 9999: no timestamp in a token may be later.
 const MAX_TIMESTAMP: u64 = 253_402_300_799;
 /// Clock skew tolerated between the host app and runwire for `nbf` and `iat`.
@@ -28,10 +28,10 @@ pub struct InvalidToken(pub &'static str);
     "the JWT secret must be at least {MIN_SECRET_BYTES} bytes, this one has {0}: generate one \
      with `openssl rand -hex 32` and give the same value to the host app"
 )]
-pub struct WeakSecret(pub usize);
+pub(crate) struct WeakSecret(pub usize);
 
 /// Refuses secrets shorter than [`MIN_SECRET_BYTES`].
-pub fn check_secret(secret: &str) -> Result<(), WeakSecret> {
+pub(crate) fn check_secret(secret: &str) -> Result<(), WeakSecret> {
     if secret.len() < MIN_SECRET_BYTES {
         return Err(WeakSecret(secret.len()));
     }

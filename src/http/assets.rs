@@ -22,7 +22,7 @@ macro_rules! asset {
     };
 }
 
-pub fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", asset!("index.html", "text/html; charset=utf-8"))
         .route(

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 
 /// An authenticated caller. Extracting it answers 401 for a missing or bad token.
 #[derive(Debug, Clone, Copy)]
-pub struct AuthUser(pub Claims);
+pub(super) struct AuthUser(pub Claims);
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;

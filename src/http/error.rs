@@ -1,7 +1,7 @@
 //! The one error type of the HTTP API. Every refusal is JSON:
 //! `{"error":{"code":"...","message":"..."}}`.
 
-pub use crate::access::batch::database_unavailable;
+pub(crate) use crate::access::batch::database_unavailable;
 use crate::access::AccessError;
 use crate::stream::OpenError;
 use axum::http::{header, HeaderValue, StatusCode};

@@ -63,7 +63,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The bounds every connection lives within; see the module comment.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// Open connections at most; beyond, new ones are closed at once.
     pub max_connections: usize,
     /// Each request head must arrive within this, counted from when the connection is ready
@@ -75,7 +75,7 @@ pub struct ConnectionLimits {
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, lets open
 /// connections finish (streams end on the same token) and returns once all are done.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,

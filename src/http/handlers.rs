@@ -49,7 +49,7 @@ async fn item_stream(
     })
 }
 
-pub async fn run_events(
+pub(super) async fn run_events(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     auth: Auth,
@@ -59,7 +59,7 @@ pub async fn run_events(
     item_stream(&app, auth, &headers, StreamKind::run, &[run_id], &[]).await
 }
 
-pub async fn pack_events(
+pub(super) async fn pack_events(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     auth: Auth,
@@ -77,7 +77,7 @@ pub async fn pack_events(
     .await
 }
 
-pub async fn multi_events(
+pub(super) async fn multi_events(
     State(app): State<AppState>,
     uri: Uri,
     auth: Auth,
@@ -95,7 +95,7 @@ pub async fn multi_events(
     .await
 }
 
-pub async fn workspace_events(
+pub(super) async fn workspace_events(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     auth: Auth,
@@ -110,7 +110,7 @@ fn json_body(raw: &str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], raw.to_owned()).into_response()
 }
 
-pub async fn run_snapshot(
+pub(super) async fn run_snapshot(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     auth: Auth,
@@ -119,7 +119,7 @@ pub async fn run_snapshot(
     item_snapshot(&app, auth, &[run_id], &[]).await
 }
 
-pub async fn pack_snapshot(
+pub(super) async fn pack_snapshot(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     auth: Auth,
@@ -141,7 +141,7 @@ async fn item_snapshot(
 }
 
 /// The workspace as the caller sees it (name, their tenants and roles), for dashboards.
-pub async fn workspace_info(
+pub(super) async fn workspace_info(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     auth: Auth,
@@ -176,7 +176,7 @@ pub async fn workspace_info(
 }
 
 /// Trades a bearer token for an HttpOnly cookie, so pages need not put tokens in URLs.
-pub async fn create_session(
+pub(super) async fn create_session(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -199,7 +199,7 @@ pub async fn create_session(
     Ok(response)
 }
 
-pub async fn delete_session(State(app): State<AppState>) -> Response {
+pub(super) async fn delete_session(State(app): State<AppState>) -> Response {
     let secure = if app.settings.cookie_secure {
         "; Secure"
     } else {
@@ -213,12 +213,12 @@ pub async fn delete_session(State(app): State<AppState>) -> Response {
     response
 }
 
-pub async fn healthz() -> Json<serde_json::Value> {
+pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// 200 when a new request would be served; else 503 and why (see [`super::health`]).
-pub async fn readyz(State(app): State<AppState>) -> Response {
+pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     let ready = super::health::check(&app).await;
     let status = if ready.reason.is_none() {
         StatusCode::OK
@@ -236,7 +236,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.db_pool_connections.set(app.pool.size() as i64);
     app.metrics.db_pool_idle.set(app.pool.num_idle() as i64);
     (
@@ -249,11 +249,11 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> ApiError {
+pub(super) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-pub async fn method_not_allowed() -> Response {
+pub(super) async fn method_not_allowed() -> Response {
     let body =
         json!({ "error": { "code": "method_not_allowed", "message": "method not allowed" } });
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()

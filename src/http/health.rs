@@ -19,7 +19,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Start-up progress and the last verdict, shared by the start-up task and `/readyz`.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     /// Why start-up is not over yet (None once it is).
     starting: Mutex<Option<String>>,
     /// What the last probe found (None: ready), to log changes only.
@@ -45,18 +45,18 @@ impl Default for Health {
 
 impl Health {
     /// Health of a process still starting up, for `why`.
-    pub fn starting(why: impl Into<String>) -> Self {
+    pub(crate) fn starting(why: impl Into<String>) -> Self {
         let health = Health::default();
         health.set_starting(why);
         health
     }
 
     /// Start-up is waiting for something (the database, migrations).
-    pub fn set_starting(&self, why: impl Into<String>) {
+    pub(crate) fn set_starting(&self, why: impl Into<String>) {
         *lock(&self.starting) = Some(why.into());
     }
 
-    pub fn started(&self) {
+    pub(crate) fn started(&self) {
         *lock(&self.starting) = None;
     }
 }
@@ -66,7 +66,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A readiness verdict.
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub database: bool,
     pub listener: bool,
     /// Why not ready (None: ready).
@@ -74,7 +74,7 @@ pub struct Readiness {
 }
 
 /// Checks readiness, logging when the verdict changes.
-pub async fn check(app: &AppState) -> Readiness {
+pub(crate) async fn check(app: &AppState) -> Readiness {
     let listener = app.listener.is_connected();
     let starting = lock(&app.health.starting).clone();
     let (database, problem) = match starting {

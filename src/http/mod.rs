@@ -5,14 +5,14 @@
 mod assets;
 mod auth;
 mod error;
-pub mod front;
+pub(crate) mod front;
 mod handlers;
-pub mod health;
-pub mod params;
-pub mod sse;
+pub(crate) mod health;
+pub(crate) mod params;
+pub(crate) mod sse;
 
-pub use error::{database_unavailable, ApiError};
-pub use health::Health;
+pub(crate) use error::ApiError;
+pub(crate) use health::Health;
 
 use crate::access::Tokens;
 use crate::config::Settings;
@@ -33,9 +33,9 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Everything a request may need, cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub(crate) struct AppState(Arc<Inner>);
 
-pub struct Inner {
+pub(crate) struct Inner {
     pub pool: PgPool,
     /// What every stream needs: the hub, access epochs, the batcher, the caps.
     pub streams: Arc<Streams>,
@@ -58,7 +58,7 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(inner: Inner) -> Self {
+    pub(crate) fn new(inner: Inner) -> Self {
         AppState(Arc::new(inner))
     }
 }
@@ -72,7 +72,7 @@ const WORKSPACE_EVENTS: &str = "/v1/workspaces/{workspace_id}/runs/events";
 const STREAM_ROUTES: [&str; 4] = [RUN_EVENTS, PACK_EVENTS, MULTI_EVENTS, WORKSPACE_EVENTS];
 
 /// Whether a request is for one of the stream routes.
-pub fn is_stream_route(method: &Method, path: &str) -> bool {
+pub(crate) fn is_stream_route(method: &Method, path: &str) -> bool {
     static TABLE: std::sync::LazyLock<matchit::Router<()>> = std::sync::LazyLock::new(|| {
         let mut table = matchit::Router::new();
         for route in STREAM_ROUTES {
@@ -86,7 +86,7 @@ pub fn is_stream_route(method: &Method, path: &str) -> bool {
 }
 
 /// The whole HTTP API.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let cors = cors(&state.settings.allowed_origins);
     let router = Router::new()
         .route(RUN_EVENTS, get(handlers::run_events))

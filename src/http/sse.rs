@@ -15,18 +15,18 @@ const CHANNEL_FRAMES: usize = 16;
 
 /// The response extension that carries a stream to whoever serves the connection.
 #[derive(Clone)]
-pub struct StreamSlot(Arc<Mutex<Option<Stream>>>);
+pub(crate) struct StreamSlot(Arc<Mutex<Option<Stream>>>);
 
 impl StreamSlot {
     /// The stream, to the first caller only.
-    pub fn take(&self) -> Option<Stream> {
+    pub(crate) fn take(&self) -> Option<Stream> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
 /// The streaming response: SSE headers, and `X-Accel-Buffering: no` so nginx-style proxies
 /// pass events through immediately.
-pub fn response(stream: Stream) -> Response {
+pub(crate) fn response(stream: Stream) -> Response {
     let slot = StreamSlot(Arc::new(Mutex::new(Some(stream))));
     let body_slot = slot.clone();
     let frames = async_stream::stream! {

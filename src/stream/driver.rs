@@ -31,12 +31,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// How long a stream may go without an access decision it needs before it gives up.
-pub const DECISION_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DECISION_DEADLINE: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// Where a stream's bytes go.
-pub enum Out {
+pub(crate) enum Out {
     /// A socket the connection front handed over; the driver writes HTTP/1.1 chunks.
     Socket(Arc<Sink>),
     /// hyper's response body, through a channel.
@@ -79,14 +79,14 @@ impl Out {
 }
 
 /// What a stream watches.
-pub enum Source {
+pub(crate) enum Source {
     Items(Items),
     /// Boxed: a feed's state is large and feeds are few.
     Feed(Box<Feed>),
 }
 
 /// What a source has pending.
-pub enum Step {
+pub(crate) enum Step {
     /// Write this frame (`seq`: see [`Out::write`]), then ask again.
     Write(Bytes, Option<u64>),
     /// A state is not covered by a current decision: decide before anything is written.
@@ -100,7 +100,7 @@ pub enum Step {
 
 /// How a stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     Terminal,
     Forbidden,
     Gone,
@@ -180,7 +180,7 @@ impl Source {
 }
 
 /// An opened stream, ready to be driven.
-pub struct Stream {
+pub(crate) struct Stream {
     pub(super) streams: Arc<Streams>,
     pub(super) user: Arc<UserAccess>,
     pub(super) deadlines: Deadlines,
@@ -205,7 +205,7 @@ enum Wake {
 
 impl Stream {
     /// Runs the stream to its end. The body's terminator, if any, is the caller's.
-    pub async fn run(mut self, out: Out) {
+    pub(crate) async fn run(mut self, out: Out) {
         let end = self.drive(&out).await;
         if let Some(sink) = out.sink() {
             sink.admit(None);

@@ -54,14 +54,14 @@ impl Drop for Attachment {
     }
 }
 
-pub struct Items {
+pub(crate) struct Items {
     entries: Vec<Entry>,
     /// Direct delivery, for a single item on a socket.
     direct: Option<(Arc<Sink>, Attachment)>,
 }
 
 /// What opening an item stream gave.
-pub enum Opened {
+pub(crate) enum Opened {
     /// The client's `Last-Event-ID` is the final position already: 204, nothing to stream.
     AlreadySeen,
     Stream(Box<Stream>),
@@ -69,7 +69,7 @@ pub enum Opened {
 
 /// Opens a stream of these runs and tenants' review packs: caps (429/503), then access
 /// (404/403 before anything streams, for the whole set), then the cells.
-pub async fn open(
+pub(crate) async fn open(
     streams: &Arc<Streams>,
     claims: Claims,
     kind: StreamKind,

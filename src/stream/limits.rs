@@ -5,7 +5,7 @@ use super::OpenError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub struct StreamLimiter {
+pub(crate) struct StreamLimiter {
     per_user: usize,
     global: usize,
     open: Mutex<Counts>,
@@ -18,7 +18,7 @@ struct Counts {
 }
 
 impl StreamLimiter {
-    pub fn new(per_user: usize, global: usize) -> Arc<Self> {
+    pub(crate) fn new(per_user: usize, global: usize) -> Arc<Self> {
         Arc::new(StreamLimiter {
             per_user,
             global,
@@ -26,7 +26,7 @@ impl StreamLimiter {
         })
     }
 
-    pub fn acquire(self: &Arc<Self>, user_id: i64) -> Result<StreamPermit, OpenError> {
+    pub(crate) fn acquire(self: &Arc<Self>, user_id: i64) -> Result<StreamPermit, OpenError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.global {
             return Err(OpenError::Overloaded);
@@ -44,7 +44,7 @@ impl StreamLimiter {
     }
 }
 
-pub struct StreamPermit {
+pub(crate) struct StreamPermit {
     limiter: Arc<StreamLimiter>,
     user_id: i64,
 }

@@ -14,12 +14,12 @@
 //!
 //! Streams read the hub's cells and never talk to the listener.
 
-pub mod driver;
-pub mod items;
-pub mod limits;
-pub mod sink;
-pub mod sse;
-pub mod workspace;
+pub(crate) mod driver;
+pub(crate) mod items;
+pub(crate) mod limits;
+pub(crate) mod sink;
+pub(crate) mod sse;
+pub(crate) mod workspace;
 
 use crate::access::token::now_secs;
 use crate::access::{AccessError, Batcher, Epochs};
@@ -33,11 +33,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use driver::{Out, Stream};
+pub(crate) use driver::{Out, Stream};
 
 /// Everything streams need, cheap to clone.
 #[derive(Clone)]
-pub struct Streams {
+pub(crate) struct Streams {
     pub pool: PgPool,
     pub hub: Arc<Hub>,
     pub epochs: Arc<Epochs>,
@@ -74,7 +74,7 @@ pub enum OpenError {
 }
 
 /// Owned by each open stream: counts it open, and records how it closed.
-pub struct StreamGuard {
+pub(crate) struct StreamGuard {
     metrics: Arc<Metrics>,
     kind: StreamKind,
     reason: CloseReason,
@@ -83,7 +83,7 @@ pub struct StreamGuard {
 }
 
 impl StreamGuard {
-    pub fn new(
+    pub(crate) fn new(
         metrics: Arc<Metrics>,
         kind: StreamKind,
         user_id: i64,
@@ -110,11 +110,11 @@ impl StreamGuard {
         }
     }
 
-    pub fn close(&mut self, reason: CloseReason) {
+    pub(crate) fn close(&mut self, reason: CloseReason) {
         self.reason = reason;
     }
 
-    pub fn sent(&self, events: u64) {
+    pub(crate) fn sent(&self, events: u64) {
         self.metrics.events_sent.inc_by(events);
     }
 }
@@ -135,7 +135,7 @@ impl Drop for StreamGuard {
 
 /// When a stream must stop regardless of its items: token expiry, and the (jittered)
 /// maximum lifetime that makes clients reconnect and spread over instances.
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     pub token_expires: Instant,
     pub lifetime_ends: Option<Instant>,
 }
@@ -144,7 +144,7 @@ pub struct Deadlines {
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Deadlines {
-    pub fn new(token_exp: u64, max_lifetime_secs: u64) -> Self {
+    pub(crate) fn new(token_exp: u64, max_lifetime_secs: u64) -> Self {
         let now = Instant::now();
         let left = Duration::from_secs(token_exp.saturating_sub(now_secs())).min(FAR_FUTURE);
         let token_expires = now + left;

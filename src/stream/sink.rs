@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The write side of a stream's connection, shared by its task and the deliveries.
-pub struct Sink {
+pub(crate) struct Sink {
     socket: TcpStream,
     state: Mutex<SinkState>,
     wake: Notify,
@@ -45,7 +45,7 @@ struct SinkState {
 }
 
 impl Sink {
-    pub fn new(socket: TcpStream) -> Arc<Self> {
+    pub(crate) fn new(socket: TcpStream) -> Arc<Self> {
         Arc::new(Sink {
             socket,
             state: Mutex::new(SinkState {
@@ -58,11 +58,7 @@ impl Sink {
         })
     }
 
-    pub fn socket(&self) -> &TcpStream {
-        &self.socket
-    }
-
-    pub fn into_socket(self) -> TcpStream {
+    pub(crate) fn into_socket(self) -> TcpStream {
         self.socket
     }
 
@@ -72,23 +68,17 @@ impl Sink {
     }
 
     /// Resolves when a delivery handed this stream over to its task.
-    pub fn handed_over(&self) -> Notified<'_> {
+    pub(crate) fn handed_over(&self) -> Notified<'_> {
         self.wake.notified()
     }
 
     /// Lets deliveries write what `grant` admits from now on, or nothing (None).
-    pub fn admit(&self, grant: Option<Grant>) {
+    pub(crate) fn admit(&self, grant: Option<Grant>) {
         self.lock().grant = grant;
     }
 
-    /// Records that the client already has the state `seq` (it was in the snapshot).
-    pub fn advance(&self, seq: u64) {
-        let mut state = self.lock();
-        state.seq = state.seq.max(seq);
-    }
-
     /// Resolves when the client closed its side or sent anything (streams read nothing).
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         let mut probe = [0u8; 16];
         loop {
             if self.socket.readable().await.is_err() {
@@ -101,14 +91,14 @@ impl Sink {
         }
     }
 
-    pub fn last_write(&self) -> Instant {
+    pub(crate) fn last_write(&self) -> Instant {
         self.lock().last_write
     }
 
     /// Writes `parts` after anything still pending, waiting for the socket as needed. With
     /// `seq`, writes only if that state is newer than the newest written; returns whether it
     /// wrote.
-    pub async fn write(&self, parts: &[&[u8]], seq: Option<u64>) -> io::Result<bool> {
+    pub(crate) async fn write(&self, parts: &[&[u8]], seq: Option<u64>) -> io::Result<bool> {
         {
             let mut state = self.lock();
             if let Some(seq) = seq {
@@ -137,7 +127,7 @@ impl Sink {
     }
 
     /// Writes whatever is pending, waiting for the socket as needed.
-    pub async fn flush(&self) -> io::Result<()> {
+    pub(crate) async fn flush(&self) -> io::Result<()> {
         loop {
             {
                 let mut state = self.lock();

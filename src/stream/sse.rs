@@ -6,14 +6,14 @@ use crate::model::State;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// One SSE message, ready to write.
-pub type Frame = Bytes;
+pub(crate) type Frame = Bytes;
 
-pub fn retry(ms: u64) -> Frame {
+pub(crate) fn retry(ms: u64) -> Frame {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
 /// A comment line: keeps proxies and browsers from timing out an idle stream.
-pub fn keepalive() -> Frame {
+pub(crate) fn keepalive() -> Frame {
     Bytes::from_static(b":\n\n")
 }
 
@@ -43,20 +43,20 @@ pub fn event(name: &str, id: Option<&str>, data: &str) -> Frame {
 }
 
 /// Why a stream ended: `terminal`, `forbidden`, `token_expired`, `unavailable` or `gone`.
-pub fn end(reason: &str) -> Frame {
+pub(crate) fn end(reason: &str) -> Frame {
     event("end", None, &format!(r#"{{"reason":"{reason}"}}"#))
 }
 
 /// A state's `update` with its own id, as one HTTP/1.1 chunk: what direct delivery writes
 /// into every viewer's socket, rendered on first use.
-pub fn update_chunk(state: &State) -> &Bytes {
+pub(crate) fn update_chunk(state: &State) -> &Bytes {
     state.update_wire.get_or_init(|| {
         crate::wire::chunk(&event("update", Some(&state.event_id), state.json.get()))
     })
 }
 
 /// A run's `update` in the workspace feed (no id), rendered on first use.
-pub fn feed_update(state: &State) -> &Bytes {
+pub(crate) fn feed_update(state: &State) -> &Bytes {
     state
         .feed_wire
         .get_or_init(|| event("update", None, state.json.get()))

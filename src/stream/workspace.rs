@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-pub struct Feed {
+pub(crate) struct Feed {
     workspace_id: i64,
     /// What the user may see of the workspace, and since when.
     grant: Grant,
@@ -51,7 +51,7 @@ struct Snapshot<'a> {
     review_packs: Vec<&'a RawValue>,
 }
 
-pub async fn open(
+pub(crate) async fn open(
     streams: &Arc<Streams>,
     claims: Claims,
     workspace_id: i64,

@@ -34,7 +34,7 @@ const DELIVERY_BATCH: usize = 128;
 
 /// What a delivery did for one direct subscriber.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     Sent,
     /// Not for this subscriber (not taking direct writes, or it has this state already).
     Skipped,
@@ -43,7 +43,7 @@ pub enum Offer {
 }
 
 /// A stream that takes updates written by the watcher's deliveries.
-pub trait Direct: Send + Sync + 'static {
+pub(crate) trait Direct: Send + Sync + 'static {
     /// Writes `state` (the cell's publish number `seq`) if it can without waiting.
     fn offer(&self, state: &Arc<State>, seq: u64) -> Offer;
     /// Wakes the stream's task to take over.
@@ -51,7 +51,7 @@ pub trait Direct: Send + Sync + 'static {
 }
 
 /// A channel kind that can live in a [`Registry`].
-pub trait Channel: Send + Sync + 'static {
+pub(crate) trait Channel: Send + Sync + 'static {
     type Rx: Send + Sync + 'static;
     fn create() -> Self;
     fn subscribe(&self) -> Self::Rx;
@@ -60,7 +60,7 @@ pub trait Channel: Send + Sync + 'static {
 
 /// A state cell: the newest state of one item (None until first read), and its direct
 /// subscribers.
-pub struct Cell {
+pub(crate) struct Cell {
     tx: watch::Sender<Option<Arc<State>>>,
     attached: Mutex<Attached>,
 }
@@ -80,16 +80,16 @@ impl Cell {
     }
 
     /// Attaches a direct subscriber; returns its slot.
-    pub fn attach(&self, subscriber: Arc<dyn Direct>) -> usize {
+    pub(crate) fn attach(&self, subscriber: Arc<dyn Direct>) -> usize {
         self.attached().subscribers.insert(subscriber)
     }
 
-    pub fn detach(&self, slot: usize) {
+    pub(crate) fn detach(&self, slot: usize) {
         self.attached().subscribers.try_remove(slot);
     }
 
     /// The newest state and its publish counter.
-    pub fn current(&self) -> (u64, Option<Arc<State>>) {
+    pub(crate) fn current(&self) -> (u64, Option<Arc<State>>) {
         let attached = self.attached();
         (attached.seq, self.tx.borrow().clone())
     }
@@ -98,7 +98,7 @@ impl Cell {
     /// waking its task-driven subscribers. Returns None when nothing changed (a duplicate or
     /// forged notification re-reads an unchanged row, and sends nothing), else the delivery
     /// to the direct subscribers, for the caller to run outside the cell's lock.
-    pub fn publish(&self, state: Arc<State>) -> Option<Delivery> {
+    pub(crate) fn publish(&self, state: Arc<State>) -> Option<Delivery> {
         let mut attached = self.attached();
         let changed = self.tx.send_if_modified(|current| match current {
             Some(cur) if !state.differs_from(cur) => false,
@@ -122,7 +122,7 @@ impl Cell {
     /// Publishes a state read when a stream opened, only into a cell nobody has filled yet:
     /// once the watcher has published, its value is at least as new as any read that raced
     /// with it.
-    pub fn publish_initial(&self, state: Arc<State>) {
+    pub(crate) fn publish_initial(&self, state: Arc<State>) {
         let mut attached = self.attached();
         let seeded = self.tx.send_if_modified(|current| {
             if current.is_none() {
@@ -168,7 +168,7 @@ impl Channel for broadcast::Sender<Arc<State>> {
 }
 
 /// A new state for the direct subscribers of one cell.
-pub struct Delivery {
+pub(crate) struct Delivery {
     seq: u64,
     state: Arc<State>,
     subscribers: Vec<Arc<dyn Direct>>,
@@ -177,7 +177,7 @@ pub struct Delivery {
 impl Delivery {
     /// Offers the state to every direct subscriber, a batch per task, and hands the rest to
     /// their tasks. Returns how many were written and handed over, counted by the tasks.
-    pub fn deliver(self, counted: impl Fn(u64, u64) + Clone + Send + 'static) {
+    pub(crate) fn deliver(self, counted: impl Fn(u64, u64) + Clone + Send + 'static) {
         let Delivery {
             seq,
             state,
@@ -205,7 +205,7 @@ impl Delivery {
 }
 
 /// Channels by key, each alive while it has subscribers.
-pub struct Registry<K, C> {
+pub(crate) struct Registry<K, C> {
     map: Mutex<HashMap<K, Arc<C>>>,
 }
 
@@ -216,7 +216,7 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
         })
     }
 
-    pub fn subscribe(self: &Arc<Self>, key: K) -> Subscription<K, C> {
+    pub(crate) fn subscribe(self: &Arc<Self>, key: K) -> Subscription<K, C> {
         let mut map = self.lock();
         let channel = map.entry(key).or_insert_with(|| Arc::new(C::create()));
         let rx = channel.subscribe();
@@ -229,27 +229,25 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
     }
 
     /// The channel of `key` if anyone watches it.
-    pub fn get(&self, key: &K) -> Option<Arc<C>> {
+    pub(crate) fn get(&self, key: &K) -> Option<Arc<C>> {
         self.lock().get(key).cloned()
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub(crate) fn contains(&self, key: &K) -> bool {
         self.lock().contains_key(key)
     }
 
-    pub fn keys(&self) -> Vec<K> {
+    pub(crate) fn keys(&self) -> Vec<K> {
         self.lock().keys().copied().collect()
     }
 
-    pub fn channels(&self) -> Vec<Arc<C>> {
-        self.lock().values().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -261,7 +259,7 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Registry<K, C> {
 }
 
 /// A subscriber's handle on a channel; dropping the last one removes the channel.
-pub struct Subscription<K: Eq + Hash + Copy + Send + 'static, C: Channel> {
+pub(crate) struct Subscription<K: Eq + Hash + Copy + Send + 'static, C: Channel> {
     key: K,
     channel: Arc<C>,
     rx: Option<C::Rx>,
@@ -269,11 +267,7 @@ pub struct Subscription<K: Eq + Hash + Copy + Send + 'static, C: Channel> {
 }
 
 impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Subscription<K, C> {
-    pub fn key(&self) -> K {
-        self.key
-    }
-
-    pub fn channel(&self) -> &Arc<C> {
+    pub(crate) fn channel(&self) -> &Arc<C> {
         &self.channel
     }
 }
@@ -304,13 +298,13 @@ impl<K: Eq + Hash + Copy + Send + 'static, C: Channel> Drop for Subscription<K, 
     }
 }
 
-pub type ItemCells = Registry<ItemKey, Cell>;
-pub type WorkspaceFeeds = Registry<i64, broadcast::Sender<Arc<State>>>;
-pub type ItemSubscription = Subscription<ItemKey, Cell>;
-pub type WorkspaceSubscription = Subscription<i64, broadcast::Sender<Arc<State>>>;
+pub(crate) type ItemCells = Registry<ItemKey, Cell>;
+pub(crate) type WorkspaceFeeds = Registry<i64, broadcast::Sender<Arc<State>>>;
+pub(crate) type ItemSubscription = Subscription<ItemKey, Cell>;
+pub(crate) type WorkspaceSubscription = Subscription<i64, broadcast::Sender<Arc<State>>>;
 
 /// Every cell and channel of the process.
-pub struct Hub {
+pub(crate) struct Hub {
     pub items: Arc<ItemCells>,
     pub workspaces: Arc<WorkspaceFeeds>,
     /// Bumped when workspace feeds may have missed changes (the listener reconnected, a

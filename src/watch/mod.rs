@@ -18,7 +18,7 @@
 //! again, mark every access decision stale (changes may have been missed) and then re-read
 //! every watched item, so no transition is lost to the gap.
 
-pub mod hub;
+pub(crate) mod hub;
 
 use crate::access::Epochs;
 use crate::metrics::Metrics;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The channel runwire's triggers notify on.
-pub const CHANNEL: &str = "runwire";
+pub(crate) const CHANNEL: &str = "runwire";
 /// Most notifications handled as one burst (one re-read query per kind).
 const MAX_BURST: usize = 4096;
 /// Most ids per re-read query when re-reading everything after a reconnect.
@@ -75,16 +75,16 @@ impl Doorbell {
 /// Whether the listener is connected, for `/readyz`, and its backend pid, for operators (and
 /// for tests that kill it).
 #[derive(Debug, Default)]
-pub struct ListenerStatus {
+pub(crate) struct ListenerStatus {
     connected: AtomicBool,
     backend_pid: AtomicI32,
 }
 
 impl ListenerStatus {
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
-    pub fn backend_pid(&self) -> Option<i32> {
+    pub(crate) fn backend_pid(&self) -> Option<i32> {
         self.is_connected()
             .then(|| self.backend_pid.load(Ordering::Acquire))
     }
@@ -100,7 +100,7 @@ enum Stop {
     Shutdown,
 }
 
-pub struct Watcher {
+pub(crate) struct Watcher {
     pool: PgPool,
     epochs: Arc<Epochs>,
     /// Where the LISTEN connection goes.
@@ -113,7 +113,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// `listen_options`: where the LISTEN connection goes (None: the pool's database).
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         listen_options: Option<PgConnectOptions>,
         hub: Arc<Hub>,
@@ -136,7 +136,7 @@ impl Watcher {
     }
 
     /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
         loop {
@@ -255,7 +255,7 @@ impl Watcher {
 
     /// Turns a burst of doorbells into a plan of re-reads, applying the access changes it
     /// announces at once: they must be known before any state of the burst is published.
-    pub fn plan(&self, burst: &[PgNotification]) -> Plan {
+    pub(crate) fn plan(&self, burst: &[PgNotification]) -> Plan {
         let mut plan = Plan::default();
         let mut ignored = 0u64;
         for n in burst {
@@ -430,7 +430,7 @@ impl Watcher {
 
 /// What one burst asks the watcher to re-read.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     runs: BTreeSet<i64>,
     /// Tenants whose review-pack card to re-read.
     packs: BTreeSet<i64>,

@@ -4,8 +4,8 @@
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
-use runwire::access::Tokens;
-use runwire::app::Running;
+use runwire::Running;
+use runwire::Tokens;
 use runwire::{Server, Settings, MIGRATOR};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -166,7 +166,7 @@ pub async fn start(db: &TestDb, settings: Settings) -> Running {
 pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Running {
     // The pool as production builds it (statement timeout included); named like production,
     // so a test can find (and kill) runwire's own backends.
-    let pool = runwire::app::pool_options(&settings)
+    let pool = runwire::pool_options(&settings)
         .connect_with(options.application_name("runwire"))
         .await
         .expect("app pool");

@@ -18,7 +18,7 @@
 //! Prints a human summary and one JSON line.
 
 use clap::Parser;
-use runwire::access::Tokens;
+use runwire::Tokens;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
