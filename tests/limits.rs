@@ -538,12 +538,7 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
     .await;
     let mut settings = settings();
     // Only the LISTEN connection goes through the proxy; queries would still work.
-    settings.listener_database_url = Some(format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        db.options.get_username(),
-        proxy.addr.port(),
-        db.name
-    ));
+    settings.listener_database_url = listener_through(&proxy, &db);
     let running = start(&db, settings).await;
     let base = format!("http://{}", running.addr);
     let http = reqwest::Client::new();

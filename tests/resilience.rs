@@ -321,12 +321,7 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     let mut settings = settings();
     settings.heartbeat_secs = 2;
     // Only the LISTEN connection goes through the proxy.
-    settings.listener_database_url = Some(format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        db.options.get_username(),
-        proxy.addr.port(),
-        db.name
-    ));
+    settings.listener_database_url = listener_through(&proxy, &db);
     let running = start(&db, settings).await;
     let base = format!("http://{}", running.addr);
     let http = reqwest::Client::new();

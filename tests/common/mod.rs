@@ -175,6 +175,17 @@ pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Runnin
     running
 }
 
+/// A `--listener-database-url` that reaches `db` through `proxy`, so a test can break the
+/// LISTEN connection alone while queries still work.
+pub fn listener_through(proxy: &proxy::Proxy, db: &TestDb) -> Option<String> {
+    Some(format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    ))
+}
+
 pub fn token(user_id: i64) -> String {
     Tokens::new(SECRET.as_bytes()).issue(user_id, 3600)
 }
