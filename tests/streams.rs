@@ -761,7 +761,7 @@ async fn a_client_that_stops_reading_gets_the_newest_state_in_order() {
     let reader = tokio::time::timeout(WAIT * 4, conn.read_to_end(&mut raw));
     let (i, read) = tokio::join!(updater, reader);
     read.expect("stream ended in time").unwrap();
-    let events = sse_events(&dechunk(&raw));
+    let events = sse_events(dechunk(&raw)).await;
     assert_eq!(events[0].0, "snapshot");
     let (last, updates) = events[1..].split_last().expect("updates and end");
     assert_eq!(last.0, "end");
@@ -807,25 +807,6 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
         body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
         rest = &rest[line_end + 2 + size + 2..];
     }
-}
-
-/// (event, data) of each SSE message that has data.
-fn sse_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
-    String::from_utf8_lossy(body)
-        .split("\n\n")
-        .filter_map(|message| {
-            let mut event = "message".to_string();
-            let mut data = None;
-            for line in message.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    event = e.to_string();
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data = Some(serde_json::from_str(d).expect("JSON data"));
-                }
-            }
-            Some((event, data?))
-        })
-        .collect()
 }
 
 /// Many viewers of one run span several delivery batches: every one of them gets each state

@@ -298,6 +298,20 @@ impl Sse {
     }
 }
 
+/// The messages of a whole SSE body read from a raw socket, by the same parser as [`Sse`]:
+/// (event name, JSON data) of each message with data.
+pub async fn sse_events(body: Vec<u8>) -> Vec<(String, serde_json::Value)> {
+    let bytes = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body)]);
+    bytes
+        .eventsource()
+        .filter_map(|ev| async move {
+            let ev = ev.expect("well-formed SSE");
+            (!ev.data.is_empty()).then(|| (ev.event, serde_json::from_str(&ev.data).expect("JSON")))
+        })
+        .collect()
+        .await
+}
+
 /// A small world: a workspace with two tenants and users in every role.
 pub struct World {
     pub workspace: i64,
