@@ -138,11 +138,17 @@ fn main() -> anyhow::Result<()> {
 
 // ---- worker: holds streams or polls, and records latencies --------------------------------
 
+/// What a worker's connections count, shared by all of them.
+#[derive(Clone, Default)]
+struct Tally {
+    samples: Samples,
+    events: Arc<AtomicU64>,
+    finals: Arc<AtomicU64>,
+    polls: Arc<AtomicU64>,
+}
+
 async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
-    let events = Arc::new(AtomicU64::new(0));
-    let finals = Arc::new(AtomicU64::new(0));
-    let polls = Arc::new(AtomicU64::new(0));
-    let samples: Samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tally = Tally::default();
     let sem = Arc::new(tokio::sync::Semaphore::new(plan.concurrency));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let started = Instant::now();
@@ -155,14 +161,12 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
                 .entry(user)
                 .or_insert_with(|| Arc::from(minter.issue(user, 6 * 3600))),
         );
-        let (plan, sem, ready, samples) = (
+        let (plan, sem, ready, tally) = (
             Arc::clone(&plan),
             Arc::clone(&sem),
             ready_tx.clone(),
-            Arc::clone(&samples),
+            tally.clone(),
         );
-        let (events, finals, polls) =
-            (Arc::clone(&events), Arc::clone(&finals), Arc::clone(&polls));
         tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
             let conn = connect(&plan).await;
@@ -172,10 +176,7 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
             };
             match plan.poll {
                 None => {
-                    let _ = stream_one(
-                        stream, &plan, run, &token, permit, ready, samples, events, finals,
-                    )
-                    .await;
+                    let _ = stream_one(stream, &plan, run, &token, permit, ready, tally).await;
                 }
                 Some(secs) => {
                     drop(permit);
@@ -183,8 +184,7 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
                     // Spread the polls over the interval like independent pages would be.
                     let offset = Duration::from_secs_f64(secs * (i % 1000) as f64 / 1000.0);
                     tokio::time::sleep(offset).await;
-                    let _ =
-                        poll_one(stream, &plan, run, &token, secs, samples, polls, finals).await;
+                    let _ = poll_one(stream, &plan, run, &token, secs, tally).await;
                 }
             }
         });
@@ -218,9 +218,9 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
                 opened,
                 failed,
                 connect_secs,
-                events: events.load(Ordering::Relaxed),
-                final_seen: finals.load(Ordering::Relaxed) as usize,
-                polls: polls.load(Ordering::Relaxed),
+                events: tally.events.load(Ordering::Relaxed),
+                final_seen: tally.finals.load(Ordering::Relaxed) as usize,
+                polls: tally.polls.load(Ordering::Relaxed),
             };
             println!("REPORT {}", serde_json::to_string(&report)?);
             std::io::stdout().flush()?;
@@ -229,7 +229,8 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
             break;
         }
     }
-    let bytes: Vec<u8> = samples
+    let bytes: Vec<u8> = tally
+        .samples
         .lock()
         .map(|v| v.iter().flat_map(|s| s.to_le_bytes()).collect())
         .unwrap_or_default();
@@ -375,7 +376,6 @@ fn stamp(data: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn stream_one(
     stream: TcpStream,
     plan: &WorkerPlan,
@@ -383,10 +383,14 @@ async fn stream_one(
     token: &str,
     permit: Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
     ready: tokio::sync::mpsc::UnboundedSender<bool>,
-    samples: Samples,
-    events: Arc<AtomicU64>,
-    finals: Arc<AtomicU64>,
+    tally: Tally,
 ) -> std::io::Result<()> {
+    let Tally {
+        samples,
+        events,
+        finals,
+        ..
+    } = tally;
     let req = format!(
         "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
         plan.host
@@ -454,17 +458,20 @@ async fn stream_one(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn poll_one(
     stream: TcpStream,
     plan: &WorkerPlan,
     run: i64,
     token: &str,
     every: f64,
-    samples: Samples,
-    polls: Arc<AtomicU64>,
-    finals: Arc<AtomicU64>,
+    tally: Tally,
 ) -> std::io::Result<()> {
+    let Tally {
+        samples,
+        polls,
+        finals,
+        ..
+    } = tally;
     let req = format!(
         "GET /v1/runs/{run} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
         plan.host
