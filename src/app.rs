@@ -15,7 +15,7 @@ use crate::access::token::check_secret;
 use crate::access::{Batcher, Epochs, Tokens};
 use crate::config::Settings;
 use crate::http::front::ConnectionLimits;
-use crate::http::{self, AppState, Health, Inner};
+use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::stream::limits::StreamLimiter;
 use crate::stream::Streams;
@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +203,38 @@ pub(crate) fn default_max_connections(db_pool_size: u32) -> usize {
     usize::try_from(cap)
         .unwrap_or(usize::MAX)
         .min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+/// Everything a request may need, cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    /// What every stream needs: the hub, access epochs, the batcher, the caps.
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tokens: Tokens,
+    pub(crate) listener: Arc<ListenerStatus>,
+    /// Start-up progress and readiness verdicts, for `/readyz`.
+    pub(crate) health: Arc<Health>,
+    pub(crate) settings: Settings,
+    /// Cancelled at shutdown: every open stream ends (without `end`, so clients reconnect to
+    /// another instance).
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub(crate) fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
 }
 
 /// A built, bound server that is not yet running.

@@ -14,54 +14,15 @@ pub(crate) mod sse;
 pub(crate) use error::ApiError;
 pub(crate) use health::Health;
 
-use crate::access::Tokens;
-use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::stream::Streams;
-use crate::watch::ListenerStatus;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sqlx::PgPool;
-use std::ops::Deref;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-/// Everything a request may need, cheap to clone.
-#[derive(Clone)]
-pub(crate) struct AppState(Arc<Inner>);
-
-pub(crate) struct Inner {
-    pub pool: PgPool,
-    /// What every stream needs: the hub, access epochs, the batcher, the caps.
-    pub streams: Arc<Streams>,
-    pub metrics: Arc<Metrics>,
-    pub tokens: Tokens,
-    pub listener: Arc<ListenerStatus>,
-    /// Start-up progress and readiness verdicts, for `/readyz`.
-    pub health: Arc<Health>,
-    pub settings: Settings,
-    /// Cancelled at shutdown: every open stream ends (without `end`, so clients reconnect to
-    /// another instance).
-    pub shutdown: CancellationToken,
-}
-
-impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub(crate) fn new(inner: Inner) -> Self {
-        AppState(Arc::new(inner))
-    }
-}
+pub(crate) use crate::app::AppState;
 
 /// The stream routes (`GET`). The router serves them, and the connection front recognises
 /// them by this same table: it serves them itself, to hand the socket to the stream driver.
