@@ -96,6 +96,61 @@ test("without Web Locks each tab connects on its own", async () => {
   await context.close();
 });
 
+test("a workspace feed relayed to a follower tab: the whole snapshot, runs to onRun, pack cards to onReviewPack", async () => {
+  const tenant = Number((await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Relay Tenant') RETURNING id", [world.ws])).id);
+  await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [tenant, world.alice]);
+  const context = await browser.newContext();
+  const follow = (page) =>
+    page.evaluate(
+      ({ ws, token }) => {
+        window.feed = { snapshots: [], runs: [], cards: [] };
+        window.rw = new Runwire({ token });
+        window.rw.watchWorkspace(ws, {
+          onSnapshot: (runs, snapshot) =>
+            window.feed.snapshots.push({
+              runs: runs.map((r) => r.id),
+              finished: snapshot.recently_finished.map((r) => r.id),
+              packs: snapshot.review_packs.map((c) => [c.tenant_id, c.pack && c.pack.status]),
+            }),
+          onRun: (run) => window.feed.runs.push([run.type, run.id, run.status]),
+          onReviewPack: (card) => window.feed.cards.push([card.type, card.tenant_id, card.pack && card.pack.id, card.pack && card.pack.status]),
+        });
+      },
+      { ws: world.ws, token: token(world.alice) },
+    );
+  const leader = await tab(context);
+  await follow(leader);
+  await leader.waitForFunction(() => window.feed.snapshots.length >= 1 && !!window.rw._hub);
+  const follower = await tab(context);
+  await follow(follower);
+  await follower.waitForFunction(() => window.feed.snapshots.length >= 1);
+  assert.equal(await follower.evaluate(() => !!window.rw._hub), false, "the second tab follows");
+  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 1, "one feed stream for both tabs");
+  const tabs = [leader, follower];
+  for (const p of tabs) {
+    const snapshot = await p.evaluate(() => window.feed.snapshots.at(-1));
+    assert.deepEqual(snapshot.packs, [[tenant, null]], "the snapshot carries the tenant's card (no pack yet)");
+    assert.ok(Array.isArray(snapshot.finished), "and the recently finished runs");
+  }
+
+  const pack = Number((await db.one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, 'generating') RETURNING id", [world.ws, tenant])).id);
+  for (const p of tabs) await p.waitForFunction((pack) => window.feed.cards.some((c) => c[2] === pack && c[3] === "generating"), pack);
+  await db.query("UPDATE review_packs SET status = 'ready', generated_at = now() WHERE id = $1", [pack]);
+  const run = Number(await newRun());
+  for (const p of tabs) {
+    await p.waitForFunction((pack) => window.feed.cards.some((c) => c[2] === pack && c[3] === "ready"), pack);
+    await p.waitForFunction((run) => window.feed.runs.some((r) => r[1] === run), run);
+    const feed = await p.evaluate(() => window.feed);
+    assert.deepEqual(feed.cards, [
+      ["review_pack", tenant, pack, "generating"],
+      ["review_pack", tenant, pack, "ready"],
+    ]);
+    assert.deepEqual(feed.runs, [["operation_run", run, "running"]], "onRun hears runs only");
+  }
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
+  await context.close();
+});
+
 test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, then silence", async () => {
   const context = await browser.newContext();
   const run = await newRun();

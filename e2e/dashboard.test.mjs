@@ -54,6 +54,15 @@ async function metric(name) {
   return line ? Number(line.split(" ")[1]) : NaN;
 }
 
+/** A metric summed over its labels, e.g. metricSum("runwire_streams_opened_total"). */
+async function metricSum(name) {
+  const text = await (await fetch(base + "/metrics")).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith(name + "{") || l.startsWith(name + " "))
+    .reduce((n, l) => n + Number(l.split(" ").pop()), 0);
+}
+
 const one = async (sql, params) => (await db.query(sql, params)).rows[0];
 
 before(async () => {
@@ -121,11 +130,11 @@ after(async () => {
   await admin?.end();
 });
 
-async function openDashboard() {
+async function openDashboard(workspace = world.ws) {
   const page = await browser.newPage({ viewport: { width: 1360, height: 860 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(`${base}/#token=${adminToken}&workspace=${world.ws}`);
+  await page.goto(`${base}/#token=${adminToken}&workspace=${workspace}`);
   await page.waitForSelector('#live[data-state="on"]', { timeout: 15000 });
   return { page, errors };
 }
@@ -169,6 +178,118 @@ test("the review-pack card goes generating → ready", async () => {
   await page.waitForSelector(`${box}[data-status="ready"]`, { timeout: WITHIN });
   assert.match(await page.textContent(box), /Generated/);
   await page.close();
+});
+
+test("\"Recently finished\" is filled on load from the feed's snapshot: the last 24 h, newest first", async (t) => {
+  // A workspace of its own, so the runs other tests finish do not crowd the list.
+  const ws = (await one("INSERT INTO workspaces (name) VALUES ('Finished Workspace') RETURNING id")).id;
+  const tenant = (await one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Gamma Tenant') RETURNING id", [ws])).id;
+  await db.query("INSERT INTO workspace_memberships VALUES ($1, $2, 'owner')", [ws, world.owner]);
+  await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [tenant, world.owner]);
+  const run = async (type, status, outcome, finishedAgo) =>
+    Number(
+      (
+        await one(
+        `INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, created_at, started_at, completed_at)
+         VALUES ($1, $2, $3, $4, $5, now() - $6::interval - interval '5 minutes', now() - $6::interval - interval '4 minutes', now() - $6::interval)
+         RETURNING id`,
+        [ws, tenant, type, status, outcome, finishedAgo],
+      )
+    ).id,
+    );
+  const hourAgo = await run("backup", "completed", "succeeded", "1 hour");
+  const threeHoursAgo = await run("export", "completed", "failed", "3 hours");
+  const dayAgo = await run("sync", "completed", "succeeded", "25 hours");
+  const active = Number((await one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'inventory', 'running') RETURNING id", [ws, tenant])).id);
+
+  const { page, errors } = await openDashboard(ws);
+  t.after(() => page.close()); // also when an assertion fails: its feed must not outlive the test
+  // The snapshot that made the page live filled the list: nothing more to wait for.
+  const rows = await page.$$eval("#finished-runs tr", (trs) => trs.map((tr) => [Number(tr.dataset.runId), tr.textContent]));
+  assert.deepEqual(
+    rows.map((r) => r[0]),
+    [hourAgo, threeHoursAgo],
+    "the runs finished 1 h and 3 h ago, newest first; not the one finished 25 h ago",
+  );
+  assert.match(rows[0][1], /^Backup #\d+Gamma Tenantsucceeded1 h ago$/);
+  assert.match(rows[1][1], /failed/);
+  assert.ok(!rows.some((r) => r[0] === dayAgo));
+  assert.ok(await page.$(`li.run[data-run-id="${active}"]`), "the active run is listed as active");
+
+  // A run finishing now goes on top of the loaded ones.
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded', completed_at = now() WHERE id = $1", [active]);
+  await page.waitForSelector(`#finished-runs tr:first-child[data-run-id="${active}"]`, { timeout: WITHIN });
+  assert.deepEqual(await page.$$eval("#finished-runs tr", (trs) => trs.map((tr) => Number(tr.dataset.runId))), [active, hourAgo, threeHoursAgo]);
+  assert.deepEqual(errors, []);
+});
+
+test("the cards follow a minute of pack changes on the feed alone: each state within a second, no stream re-opened", async (t) => {
+  const { page, errors } = await openDashboard();
+  t.after(() => page.close());
+  const box = (tenant) => `.pack[data-tenant-id="${tenant}"]`;
+  const tenants = [world.tenantA, world.tenantB].map(Number);
+  for (const tenant of tenants) await page.waitForSelector(box(tenant), { timeout: WITHIN });
+  await waitFor(async () => (await metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed stream to be open");
+  const openedBefore = await metricSum("runwire_streams_opened_total");
+  const requests = [];
+  page.on("request", (r) => {
+    if (new URL(r.url()).pathname.startsWith("/v1/")) requests.push(r.url());
+  });
+
+  // Each tenant's packs: one that goes generating → ready, then newer ones queued →
+  // generating → ready or failed, forever; each step yields what the card must show.
+  async function* packs(tenant, parity) {
+    for (let cycle = 0; ; cycle++) {
+      const first = cycle === 0 ? "generating" : "queued";
+      const id = Number((await one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, $3) RETURNING id", [world.ws, tenant, first])).id);
+      yield { id, status: first };
+      if (first === "queued") {
+        await db.query("UPDATE review_packs SET status = 'generating' WHERE id = $1", [id]);
+        yield { id, status: "generating" };
+      }
+      if ((cycle + parity) % 2 === 0) {
+        await db.query("UPDATE review_packs SET status = 'ready', generated_at = now(), expires_at = now() + interval '30 days' WHERE id = $1", [id]);
+        yield { id, status: "ready" };
+      } else {
+        await db.query("UPDATE review_packs SET status = 'failed' WHERE id = $1", [id]);
+        yield { id, status: "failed" };
+      }
+    }
+  }
+  const flows = tenants.map((tenant, i) => packs(tenant, i));
+  const shows = new Map(); // tenant -> what its card must show now
+  const MINUTE = 60000;
+  const EVERY = 2000; // a change every 2 s, alternating tenants: each card changes every 4 s
+  const latencies = [];
+  const started = Date.now();
+  for (let step = 0; Date.now() - started < MINUTE; step++) {
+    const due = started + step * EVERY;
+    await new Promise((r) => setTimeout(r, Math.max(0, due - Date.now())));
+    const tenant = tenants[step % 2];
+    const before = Date.now(); // before the commit: an upper bound of commit → screen
+    const { value: want } = await flows[step % 2].next();
+    await page.waitForSelector(`${box(tenant)}[data-pack-id="${want.id}"][data-status="${want.status}"]`, { timeout: WITHIN });
+    latencies.push(Date.now() - before);
+    shows.set(tenant, want);
+    // The other card did not move.
+    const cards = await page.$$eval(".pack", (els) => els.map((e) => [Number(e.dataset.tenantId), Number(e.dataset.packId), e.dataset.status]));
+    for (const [tid, w] of shows) {
+      assert.deepEqual(cards.find((c) => c[0] === tid), [tid, w.id, w.status], `card of tenant ${tid} at step ${step}`);
+    }
+  }
+  const elapsed = Date.now() - started;
+  const openedAfter = await metricSum("runwire_streams_opened_total");
+  latencies.sort((a, b) => a - b);
+  t.diagnostic(
+    `${latencies.length} pack changes in ${elapsed} ms; commit → card: p50 ${latencies[latencies.length >> 1]} ms, max ${latencies[latencies.length - 1]} ms; streams opened during the minute: ${openedAfter - openedBefore}; page requests to /v1/: ${requests.length}`,
+  );
+  assert.ok(elapsed >= MINUTE && latencies.length >= 28, "a minute of changes on both tenants");
+  assert.ok(latencies[latencies.length - 1] <= WITHIN, "every state within a second of its commit");
+  assert.equal(openedAfter - openedBefore, 0, "no stream (re-)opened while the packs changed");
+  assert.equal(await metric('runwire_streams_open{kind="workspace"}'), 1, "the feed stayed open");
+  assert.equal(await metric('runwire_streams_open{kind="multi"}'), 0, "no stream per card");
+  assert.deepEqual(requests, [], "the page asked runwire nothing during the minute");
+  assert.deepEqual(errors, []);
 });
 
 test("a plain EventSource stops for good after the terminal state (204 on reconnect)", async () => {

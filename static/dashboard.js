@@ -2,7 +2,10 @@
  * The live operations dashboard served at `/`. Open it as
  *   /#token=<access token>&workspace=<id>
  * (the fragment never reaches a server log). The token is traded for an HttpOnly cookie, then
- * everything streams over two connections: the workspace feed and one multiplexed stream.
+ * everything on the page comes from one stream, the workspace feed: its snapshot fills the
+ * active runs, "Recently finished" and the review-pack cards (and replaces them whenever it
+ * comes again), and its updates move runs and cards as they commit. Nothing polls. Only an
+ * opened run's detail view watches that run on the multiplexed stream, until it is terminal.
  * All text from the database is inserted with textContent: statuses are free text.
  */
 (function () {
@@ -13,7 +16,7 @@
     workspace: null,
     tenants: new Map(), // id -> { name, role, can_view_review_pack }
     active: new Map(), // run id -> run
-    finished: [], // newest first
+    finished: [], // newest first: the snapshot's recently_finished, then runs finishing live
     selected: null,
     detailSub: null,
   };
@@ -115,7 +118,7 @@
   function onRun(run) {
     if (run.terminal) {
       state.active.delete(run.id);
-      state.finished = [run].concat(state.finished.filter(function (r) { return r.id !== run.id; }));
+      state.finished = [run].concat(state.finished.filter(function (r) { return r.id !== run.id; })).slice(0, 50);
       renderFinished();
     } else {
       state.active.set(run.id, run);
@@ -160,13 +163,27 @@
     });
   }
 
+  /** The card of a tenant, created (in tenant order) if the page has none yet. */
+  function packBox(tenantId) {
+    var packs = $("packs");
+    var boxes = Array.from(packs.children);
+    var box = boxes.find(function (b) { return b.getAttribute("data-tenant-id") === String(tenantId); });
+    if (box) return box;
+    box = el("div", "pack");
+    box.setAttribute("data-tenant-id", tenantId);
+    var next = boxes.find(function (b) { return Number(b.getAttribute("data-tenant-id")) > tenantId; });
+    packs.insertBefore(box, next || null);
+    $("packs-empty").hidden = true;
+    return box;
+  }
+
   function renderPack(card) {
-    var box = document.querySelector('.pack[data-tenant-id="' + card.tenant_id + '"]');
-    if (!box) return;
+    var box = packBox(card.tenant_id);
     box.replaceChildren();
     box.appendChild(el("div", "name", tenantName(card.tenant_id)));
     var status = card.pack ? card.pack.status : "none";
     box.setAttribute("data-status", status);
+    box.setAttribute("data-pack-id", card.pack ? card.pack.id : "");
     var right = el("div");
     right.appendChild(card.pack ? pill(status) : el("span", "pill queued", "no pack"));
     box.appendChild(right);
@@ -180,15 +197,24 @@
     box.appendChild(el("div", "meta", meta));
   }
 
-  function watchPack(tenantId) {
-    rw.watchReviewPack(tenantId, {
-      onState: renderPack,
-      onEnd: function () {
-        // Like the host app's card: stop on a terminal pack. A newer pack is picked up by a
-        // one-shot re-check (snapshot + end) a little later.
-        setTimeout(function () { watchPack(tenantId); }, 15000);
-      },
+  /** A snapshot's cards replace every card: tenants no longer in it are out of sight. */
+  function renderPacks(cards) {
+    var shown = new Set(cards.map(function (c) { return String(c.tenant_id); }));
+    Array.from($("packs").children).forEach(function (box) {
+      if (!shown.has(box.getAttribute("data-tenant-id"))) box.remove();
     });
+    cards.forEach(renderPack);
+    $("packs-empty").hidden = cards.length > 0;
+  }
+
+  function onSnapshot(runs, snapshot) {
+    state.active.clear();
+    runs.forEach(function (r) { state.active.set(r.id, r); });
+    state.finished = (snapshot.recently_finished || []).slice();
+    renderActive();
+    renderFinished();
+    renderPacks(snapshot.review_packs || []);
+    setLive(true);
   }
 
   function setLive(on) {
@@ -220,27 +246,13 @@
         rw = new Runwire({});
         window.runwireClient = rw;
         var feed = rw.watchWorkspace(ws.id, {
-          onSnapshot: function (runs) {
-            state.active.clear();
-            runs.forEach(function (r) { state.active.set(r.id, r); });
-            renderActive();
-            setLive(true);
-          },
+          onSnapshot: onSnapshot,
           onRun: onRun,
+          onReviewPack: renderPack,
           onConnectionChange: setLive,
           onEnd: function () { setLive(false); $("live-text").textContent = "Access ended"; },
         });
         window.runwireFeed = feed;
-        var packs = $("packs");
-        var viewable = ws.tenants.filter(function (t) { return t.can_view_review_pack; });
-        $("packs-empty").hidden = viewable.length > 0;
-        viewable.forEach(function (t) {
-          var box = el("div", "pack");
-          box.setAttribute("data-tenant-id", t.id);
-          box.appendChild(el("div", "name", t.name));
-          packs.appendChild(box);
-          watchPack(t.id);
-        });
         document.addEventListener("visibilitychange", function () { setLive(true); });
         setInterval(function () { renderActive(); renderFinished(); }, 5000); // refresh "x ago"
       })

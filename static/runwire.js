@@ -4,7 +4,12 @@
  *   const rw = new Runwire({ baseUrl: "https://ops.example.com/runwire", token, refreshToken });
  *   rw.watchRun(42, { onState: (run) => render(run), onEnd: () => {}, onError: (e) => {} });
  *   rw.watchReviewPack(7, { onState: (card) => renderPack(card) });
- *   rw.watchWorkspace(3, { onSnapshot: (runs) => {}, onRun: (run) => {}, onConnectionChange });
+ *   rw.watchWorkspace(3, {
+ *     onSnapshot: (runs, snapshot) => {}, // replace everything the page shows
+ *     onRun: (run) => {},                 // a run was created or changed (terminal ones too)
+ *     onReviewPack: (card) => {},         // a tenant's review-pack card changed
+ *     onConnectionChange: (live) => {},
+ *   });
  *
  * - Every run and review-pack subscription shares ONE connection (the multiplexed /v1/streams
  *   endpoint); each workspace feed has its own.
@@ -15,6 +20,13 @@
  *   on its own.
  * - A subscription ends by itself once its item is terminal (onEnd); the connection closes
  *   when nothing active is left: a finished page costs nothing.
+ * - A workspace feed is everything a dashboard shows, on one stream that does not end because
+ *   runs or packs finish. onSnapshot(runs, snapshot) gets the active runs and the whole
+ *   snapshot — `snapshot.recently_finished` (runs finished in the last 24 h, newest first) and
+ *   `snapshot.review_packs` (the card `{type: "review_pack", tenant_id, terminal, pack}` of
+ *   every tenant whose packs the user may view). A snapshot may come again at any time and
+ *   replaces everything. Then onRun(run) for every run change and onReviewPack(card) for every
+ *   card change (a pack's new status, a newer pack), as they commit; no timer, no re-watch.
  * - While a tab is hidden its subscriptions are not streamed; when it is visible again a
  *   fresh snapshot catches it up.
  * - Never a reconnect storm: every reconnect (network error, dropped stream, 429/503, 401)
@@ -43,15 +55,17 @@
   /** Items one /v1/streams connection may carry (the server's limit); the rest wait their turn. */
   var MAX_ITEMS = 100;
 
-  /** The two item kinds: how each is addressed, streamed and identified. */
+  /** The two item kinds: how each is named on the wire, addressed, streamed and identified. */
   var KINDS = {
     run: {
+      type: "operation_run",
       param: "runs",
       snapshotPath: function (id) { return "/v1/runs/" + encodeURIComponent(id); },
       idOf: function (state) { return String(state.id); },
       versionOf: function (state) { return String(state.version); },
     },
     pack: {
+      type: "review_pack",
       param: "review_pack_tenants",
       snapshotPath: function (id) { return "/v1/tenants/" + encodeURIComponent(id) + "/review-pack"; },
       idOf: function (state) { return String(state.tenant_id); },
@@ -60,8 +74,13 @@
   };
   var KIND_NAMES = ["run", "pack"];
 
+  /** The kind of a state by its `type` ("run", "pack"), or null for a type this client does not know. */
   function kindOf(state) {
-    return state && state.type === "review_pack" ? "pack" : "run";
+    var type = state && state.type;
+    for (var i = 0; i < KIND_NAMES.length; i++) {
+      if (KINDS[KIND_NAMES[i]].type === type) return KIND_NAMES[i];
+    }
+    return null;
   }
 
   /** Full jitter in the upper half: attempt 0 waits 0.5–1 s, then 1–2 s, … up to 15–30 s. */
@@ -72,6 +91,10 @@
 
   function emptyKeys() {
     return { run: new Set(), pack: new Set() };
+  }
+
+  function emptyStates() {
+    return { run: new Map(), pack: new Map() };
   }
 
   function call(fn) {
@@ -398,6 +421,7 @@
 
   Hub.prototype._itemState = function (state) {
     var kind = kindOf(state);
+    if (!kind) return;
     var id = KINDS[kind].idOf(state);
     this.states[kind].set(id, state);
     if (state.terminal) this.terminal[kind].add(id);
@@ -564,13 +588,21 @@
   };
 
   /**
-   * The workspace operations feed: onSnapshot(runs) with the active runs (replace your list),
-   * then onRun(run) for every change, terminal ones included. It does not end on its own.
+   * The workspace feed, everything a dashboard shows on one stream:
+   * - onSnapshot(runs, snapshot): the active runs, and the whole snapshot with
+   *   `recently_finished` and `review_packs` (one card per tenant whose packs the user may
+   *   view). It may come again at any time: replace everything you show with it.
+   * - onRun(run): a run was created or changed, terminal ones included.
+   * - onReviewPack(card): a tenant's review-pack card changed (`{type: "review_pack",
+   *   tenant_id, terminal, pack}`; a newer pack replaces the older one in its card).
+   * - onConnectionChange(live), onEnd(body) (access ended), onError(error).
+   * It does not end because runs or packs finish.
    */
   Runwire.prototype.watchWorkspace = function (workspaceId, handlers) {
     var self = this;
     var id = String(workspaceId);
-    var feed = { id: id, handlers: handlers || {}, snapshot: null, runs: new Map(), seen: false };
+    // `changes`: the newest state of each changed item since the last flush, per kind.
+    var feed = { id: id, handlers: handlers || {}, snapshot: null, changes: emptyStates(), seen: false };
     if (!this._feeds.has(id)) this._feeds.set(id, new Set());
     this._feeds.get(id).add(feed);
     this._changed();
@@ -721,13 +753,15 @@
 
   Runwire.prototype._feedEvent = function (id, type, body) {
     var self = this;
+    var kind = type === "snapshot" ? null : kindOf(body);
+    if (type !== "snapshot" && !kind) return; // an item type this client does not know
     (this._feeds.get(id) || new Set()).forEach(function (feed) {
       if (type === "snapshot") {
         feed.seen = true;
         feed.snapshot = body; // supersedes every held update
-        feed.runs.clear();
+        KIND_NAMES.forEach(function (k) { feed.changes[k].clear(); });
       } else {
-        feed.runs.set(body.id, body);
+        feed.changes[kind].set(KINDS[kind].idOf(body), body);
       }
       if (self._held > 0) self._pending.add(feed);
       else self._flush(feed);
@@ -752,11 +786,13 @@
       return;
     }
     var snapshot = p.snapshot;
-    var runs = Array.from(p.runs.values());
+    var runs = Array.from(p.changes.run.values());
+    var cards = Array.from(p.changes.pack.values());
     p.snapshot = null;
-    p.runs.clear();
-    if (snapshot) call(p.handlers.onSnapshot, snapshot.runs, snapshot);
+    p.changes = emptyStates();
+    if (snapshot) call(p.handlers.onSnapshot, snapshot.runs || [], snapshot);
     runs.forEach(function (run) { call(p.handlers.onRun, run); });
+    cards.forEach(function (card) { call(p.handlers.onReviewPack, card); });
   };
 
   Runwire.prototype._deliver = function (state, h) {
