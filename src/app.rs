@@ -310,7 +310,6 @@ impl Server {
         let shutdown = CancellationToken::new();
         let deadline = Deadline(settings.query_timeout());
         let streams = Arc::new(Streams {
-            pool: pool.clone(),
             hub,
             epochs,
             batcher: Arc::new(Batcher::start(pool.clone(), Arc::clone(&status), deadline)),

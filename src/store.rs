@@ -356,6 +356,42 @@ pub(crate) async fn recent_runs(
         .await
 }
 
+/// Everything a workspace feed's snapshot shows, with the facts that decide what of it the
+/// user may see, read in one snapshot of the database (REPEATABLE READ): the decision and
+/// the states it judges are of the same moment.
+pub(crate) struct FeedRead {
+    pub(crate) view: WorkspaceView,
+    pub(crate) active: Vec<RunRow>,
+    pub(crate) recent: Vec<RunRow>,
+    /// The review-pack cards of the tenants the user has a role in, in this workspace.
+    pub(crate) packs: Vec<TenantPack>,
+}
+
+pub(crate) async fn feed_read(
+    pool: &sqlx::PgPool,
+    user_id: i64,
+    workspace_id: i64,
+    recent_limit: i64,
+) -> sqlx::Result<FeedRead> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let view = workspace_view(&mut *tx, user_id, workspace_id).await?;
+    let active = active_runs(&mut *tx, workspace_id).await?;
+    let recent = recent_runs(&mut *tx, workspace_id, recent_limit).await?;
+    let mut tenants: Vec<i64> = view.tenant_roles.0.iter().map(|(t, _)| *t).collect();
+    tenants.sort_unstable();
+    let packs = latest_packs(&mut *tx, &tenants).await?;
+    tx.commit().await?;
+    Ok(FeedRead {
+        view,
+        active,
+        recent,
+        packs,
+    })
+}
+
 /// A workspace as a member sees it: its name and the tenants they belong to, with roles.
 #[derive(Debug, FromRow)]
 pub(crate) struct WorkspaceInfo {

@@ -653,3 +653,84 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
     );
     app.stop().await;
 }
+
+/// A burst larger than one drain (a bulk job's thousands of notifications) between the
+/// state's re-read and its revocation: every access change that arrived before the states
+/// are published is applied, however many notifications came with it.
+#[tokio::test]
+async fn a_revocation_behind_a_bulk_burst_never_leaks() {
+    let app = TestApp::spawn().await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    for _ in 0..10 {
+        rejoin(&app, &w).await;
+        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        s.expect("snapshot").await;
+        // A change the watcher re-reads, then a bulk job, then the revocation with an update,
+        // all committed back to back.
+        set_run(app.pool(), run, r#"summary_counts = '{"processed": 1}'"#).await;
+        exec(
+            app.pool(),
+            &format!(
+                "INSERT INTO operation_runs (workspace_id, type, status)
+                 SELECT {}, 'bulk', 'completed' FROM generate_series(1, 9000)",
+                w.other_workspace
+            ),
+        )
+        .await;
+        in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
+        loop {
+            let msg = s.expect_any().await;
+            assert!(!msg.data.to_string().contains(MARK), "leaked: {msg:?}");
+            if msg.event == "end" {
+                assert_eq!(msg.data["reason"], "forbidden");
+                break;
+            }
+        }
+    }
+    app.stop().await;
+}
+
+/// A feed whose snapshot read fails once (a locked table) writes nothing meanwhile and goes
+/// on once the read succeeds: the failure is not held against it later.
+#[tokio::test]
+async fn a_feed_snapshot_that_failed_once_does_not_end_the_feed_later() {
+    let mut settings = settings();
+    settings.query_timeout_secs = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut feed = app.sse(&feed(&w), &t).await;
+    assert_eq!(ids(&feed.expect("snapshot").await), vec![run]);
+    // A migration holds the runs table; meanwhile the owner joins tenant B, so the feed must
+    // re-read its snapshot, which fails until the table is free.
+    let mut lock = app.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE operation_runs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    exec(
+        app.pool(),
+        &format!(
+            "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')",
+            w.tenant_b, w.owner
+        ),
+    )
+    .await;
+    assert!(
+        feed.next_within(Duration::from_millis(2500))
+            .await
+            .is_none(),
+        "nothing is written while the snapshot cannot be read"
+    );
+    lock.rollback().await.unwrap();
+    assert_eq!(ids(&feed.expect("snapshot").await), vec![run]);
+    // Well past the 10 s an undecided stream gets: still open, still live.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    set_run(app.pool(), run, "status = 'completed'").await;
+    let u = feed.expect("update").await;
+    assert_eq!(u.data["id"], run);
+    app.stop().await;
+}

@@ -175,6 +175,24 @@ impl Batcher {
         }
     }
 
+    /// A workspace feed's snapshot with its facts (`store::feed_read`), under the same rules.
+    pub(crate) async fn feed(
+        &self,
+        user_id: i64,
+        workspace_id: i64,
+        recent_limit: i64,
+    ) -> Result<store::FeedRead, AccessError> {
+        if !self.listener.is_connected() {
+            return Err(AccessError::Unavailable);
+        }
+        let read = store::feed_read(&self.pool, user_id, workspace_id, recent_limit);
+        match tokio::time::timeout(self.deadline.total(), read).await {
+            Ok(Ok(read)) => Ok(read),
+            Ok(Err(e)) => Err(unavailable_or_internal(&e)),
+            Err(_) => Err(AccessError::Unavailable),
+        }
+    }
+
     async fn ask<T: Kind>(
         &self,
         queue: &mpsc::UnboundedSender<Job<T>>,

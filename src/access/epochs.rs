@@ -29,6 +29,8 @@ pub(crate) struct Epochs {
 }
 
 struct UserEpoch {
+    /// Open `UserAccess` handles (streams) of this user; counted under the map's lock.
+    handles: std::sync::atomic::AtomicUsize,
     /// Stamp of the newest change of this user's access.
     changed: AtomicU64,
     /// Wakes the user's streams (the value is the stamp, for nobody in particular).
@@ -81,10 +83,12 @@ impl Epochs {
         let mut users = self.users();
         let entry = users.entry(user_id).or_insert_with(|| {
             Arc::new(UserEpoch {
+                handles: std::sync::atomic::AtomicUsize::new(0),
                 changed: AtomicU64::new(0),
                 wake: watch::Sender::new(0),
             })
         });
+        entry.handles.fetch_add(1, Ordering::SeqCst);
         Arc::new(UserAccess {
             user_id,
             entry: Arc::clone(entry),
@@ -121,9 +125,8 @@ impl UserAccess {
 impl Drop for UserAccess {
     fn drop(&mut self) {
         let mut users = self.epochs.users();
-        // Handles are only made under this lock, so the count is exact here: the map's
-        // reference and ours mean this was the user's last stream.
-        if Arc::strong_count(&self.entry) == 2 {
+        // Handles are counted under this lock, so the last one out removes the entry.
+        if self.entry.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
             users.remove(&self.user_id);
         }
     }

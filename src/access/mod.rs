@@ -147,6 +147,39 @@ pub(crate) async fn decide(
 
 /// Decides whether `user` may follow a workspace's feed (non-members: 404), and what of it
 /// they may see.
+/// Reads a workspace feed's snapshot and decides, from the same read, what of it the user
+/// may see (non-members: 404): a grant stamped before the read, and the read.
+pub(crate) async fn read_feed(
+    batcher: &Batcher,
+    user: &Arc<UserAccess>,
+    workspace_id: i64,
+    recent_limit: i64,
+) -> Result<(Grant, store::FeedRead), AccessError> {
+    let stamp = user.now();
+    let read = batcher
+        .feed(user.user_id, workspace_id, recent_limit)
+        .await?;
+    let grant = workspace_grant(user, stamp, workspace_id, &read.view)?;
+    Ok((grant, read))
+}
+
+fn workspace_grant(
+    user: &Arc<UserAccess>,
+    stamp: u64,
+    workspace_id: i64,
+    view: &store::WorkspaceView,
+) -> Result<Grant, AccessError> {
+    if !view.workspace_member {
+        return Err(AccessError::NotFound);
+    }
+    let scope = Scope::Workspace {
+        workspace: workspace_id,
+        member: true,
+        roles: Arc::new(view.tenant_roles.0.iter().cloned().collect()),
+    };
+    Ok(Grant::new(user, stamp, scope))
+}
+
 pub(crate) async fn decide_workspace(
     batcher: &Batcher,
     user: &Arc<UserAccess>,
@@ -154,13 +187,5 @@ pub(crate) async fn decide_workspace(
 ) -> Result<Grant, AccessError> {
     let stamp = user.now();
     let view = batcher.workspace(user.user_id, workspace_id).await?;
-    if !view.workspace_member {
-        return Err(AccessError::NotFound);
-    }
-    let scope = Scope::Workspace {
-        workspace: workspace_id,
-        member: true,
-        roles: Arc::new(view.tenant_roles.0.into_iter().collect()),
-    };
-    Ok(Grant::new(user, stamp, scope))
+    workspace_grant(user, stamp, workspace_id, &view)
 }

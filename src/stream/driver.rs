@@ -32,6 +32,8 @@ use tokio::time::Instant;
 
 /// How long a stream may go without an access decision it needs before it gives up.
 pub(crate) const DECISION_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one write may wait for a client that does not read.
+const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
@@ -141,12 +143,12 @@ impl End {
 }
 
 impl Source {
-    async fn step(&mut self, streams: &Streams) -> Step {
+    async fn step(&mut self, streams: &Streams, user: &Arc<UserAccess>) -> Step {
         match self {
             Source::Items(items) => items.step(),
             // Boxed: its snapshot read is a large future, and inline it would size every
             // stream's task (most of them item streams, idle for hours).
-            Source::Feed(feed) => Box::pin(feed.step(streams)).await,
+            Source::Feed(feed) => Box::pin(feed.step(streams, user)).await,
         }
     }
 
@@ -231,22 +233,31 @@ impl Stream {
         loop {
             // Finish what a delivery left half-written before anything else goes out.
             if let Some(sink) = out.sink() {
-                if sink.flush().await.is_err() {
-                    return End::ClientGone;
+                match tokio::time::timeout(WRITE_DEADLINE, sink.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return End::ClientGone,
                 }
             }
             // Do everything pending: decisions first, then writes, in the source's order.
             loop {
-                let step = self.source.step(&self.streams).await;
+                let step = self.source.step(&self.streams, &self.user).await;
+                if matches!(step, Step::Write(..) | Step::Idle) {
+                    // Whatever was pending (a decision, a read) has been made.
+                    undecided = None;
+                }
                 match step {
-                    Step::Write(frame, seq) => match out.write(frame, seq).await {
-                        Ok(true) => {
-                            self.guard.sent(1);
-                            last_write = Instant::now();
+                    Step::Write(frame, seq) => {
+                        // A client that stops reading must not hold the stream (and its
+                        // slots, deadlines, shutdown) forever.
+                        match tokio::time::timeout(WRITE_DEADLINE, out.write(frame, seq)).await {
+                            Ok(Ok(true)) => {
+                                self.guard.sent(1);
+                                last_write = Instant::now();
+                            }
+                            Ok(Ok(false)) => {}
+                            Ok(Err(_)) | Err(_) => return End::ClientGone,
                         }
-                        Ok(false) => {}
-                        Err(_) => return End::ClientGone,
-                    },
+                    }
                     Step::End(end) => return end,
                     Step::Idle => {
                         if !started {
@@ -413,7 +424,6 @@ mod tests {
                 .unwrap();
             let metrics = Arc::new(Metrics::default());
             let streams = Arc::new(Streams {
-                pool: pool.clone(),
                 hub: Arc::new(Hub::default()),
                 epochs: Arc::new(Epochs::default()),
                 batcher: Arc::new(Batcher::start(

@@ -27,7 +27,6 @@ use crate::metrics::{CloseReason, KindLabel, Metrics, ReasonLabel, StreamKind};
 use crate::watch::hub::Hub;
 use limits::{StreamLimiter, StreamPermit};
 use rand::Rng;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,7 +37,6 @@ pub(crate) use driver::{Out, Stream};
 /// Everything streams need, cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Streams {
-    pub pool: PgPool,
     pub hub: Arc<Hub>,
     pub epochs: Arc<Epochs>,
     /// Batches the access reads of streams opened (or re-checked) together.

@@ -10,12 +10,11 @@
 //! it showed move out of sight or disappear, re-reads and sends a fresh snapshot (clients
 //! replace their list on every snapshot) instead of queueing without bound.
 
-use super::driver::{Source, Step, Stream};
+use super::driver::{End, Source, Step, Stream};
 use super::{sse, Deadlines, OpenError, StreamGuard, Streams};
-use crate::access::{self, AccessError, Claims, Grant, Scope, UserAccess};
+use crate::access::{self, AccessError, Claims, Grant, UserAccess};
 use crate::metrics::StreamKind;
-use crate::model::{ItemKey, Owner, State};
-use crate::store;
+use crate::model::{ItemKey, State};
 use crate::watch::hub::WorkspaceSubscription;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -90,14 +89,18 @@ pub(crate) async fn open(
 impl Feed {
     /// What is pending: a decision if the grant is stale; a snapshot if one is due; else the
     /// next received run change the grant admits and the client has not seen.
-    pub(super) async fn step(&mut self, streams: &Streams) -> Step {
+    pub(super) async fn step(&mut self, streams: &Streams, user: &Arc<UserAccess>) -> Step {
         loop {
             if !self.grant.current() {
                 return Step::Decide;
             }
             if self.snapshot_due {
-                let Ok(body) = self.snapshot(streams).await else {
-                    return Step::Failed;
+                let body = match self.snapshot(streams, user).await {
+                    Ok(body) => body,
+                    Err(AccessError::NotFound | AccessError::Forbidden) => {
+                        return Step::End(End::Forbidden)
+                    }
+                    Err(AccessError::Unavailable | AccessError::Internal) => return Step::Failed,
                 };
                 if !self.grant.current() {
                     continue; // decide first, then read again
@@ -140,33 +143,31 @@ impl Feed {
         }
     }
 
-    /// Reads what the grant lets the user see and renders the snapshot; resets what was sent.
-    async fn snapshot(&mut self, streams: &Streams) -> Result<String, sqlx::Error> {
+    /// Reads the snapshot and decides afresh, from the same read, what of it the user may
+    /// see; renders it and resets what was sent.
+    async fn snapshot(
+        &mut self,
+        streams: &Streams,
+        user: &Arc<UserAccess>,
+    ) -> Result<String, AccessError> {
+        // Read more finished runs than shown: some may be out of sight.
+        let limit = RECENTLY_FINISHED as i64 * 4;
+        let (grant, read) =
+            access::read_feed(&streams.batcher, user, self.workspace_id, limit).await?;
+        self.grant = grant;
         let grant = &self.grant;
         let visible = |state: &Arc<State>| grant.admits(state.owner.as_ref());
-        let rows = store::active_runs(&streams.pool, self.workspace_id).await?;
-        let active: Vec<Arc<State>> = rows
-            .iter()
-            .map(|r| Arc::new(State::run(r)))
-            .filter(visible)
-            .collect();
-        // Read more than shown: some may be out of sight.
-        let limit = RECENTLY_FINISHED as i64 * 4;
-        let recent = store::recent_runs(&streams.pool, self.workspace_id, limit).await?;
-        let recent: Vec<Arc<State>> = recent
-            .iter()
-            .map(|r| Arc::new(State::run(r)))
-            .filter(visible)
-            .take(RECENTLY_FINISHED)
-            .collect();
-        let mut tenants: Vec<i64> = match &grant.scope {
-            Scope::Workspace { roles, .. } => roles.keys().copied().collect(),
-            Scope::Owner(_) => Vec::new(),
+        let states = |rows: &[crate::model::RunRow]| -> Vec<Arc<State>> {
+            rows.iter()
+                .map(|r| Arc::new(State::run(r)))
+                .filter(visible)
+                .collect()
         };
-        tenants.retain(|t| grant.admits(Some(&Owner::Pack { tenant: *t })));
-        tenants.sort_unstable();
-        let packs = store::latest_packs(&streams.pool, &tenants).await?;
-        let packs: Vec<Arc<State>> = packs
+        let active = states(&read.active);
+        let mut recent = states(&read.recent);
+        recent.truncate(RECENTLY_FINISHED);
+        let packs: Vec<Arc<State>> = read
+            .packs
             .iter()
             .filter(|p| p.exists)
             .map(|p| Arc::new(State::pack(p.tenant_id, p.pack.as_ref())))

@@ -310,6 +310,7 @@ impl Watcher {
                             plan.packs.insert(tenant);
                         }
                     }
+                    plan.resnapshot_feeds = true;
                 }
                 _ => ignored += 1,
             }
@@ -347,9 +348,18 @@ impl Watcher {
                 Ok(Err(e)) => return Err(Stop::Lost(format!("fence failed: {e}"))),
                 Err(_) => return Err(Stop::Lost("fence timed out".into())),
             }
-            let mut arrived = Vec::new();
-            let lost = drain(listener, &mut arrived);
-            let next = self.plan(&arrived);
+            // Everything that arrived, not just a burst's worth: each chunk's access changes
+            // must be applied before these states go out.
+            let mut next = Plan::default();
+            let lost = loop {
+                let mut arrived = Vec::new();
+                let lost = drain(listener, &mut arrived);
+                let full = arrived.len() == MAX_BURST;
+                next.merge(self.plan(&arrived));
+                if lost.is_some() || !full {
+                    break lost;
+                }
+            };
             self.publish(states, &plan);
             if let Some(why) = lost {
                 return Err(Stop::Lost(why));
@@ -441,6 +451,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    fn merge(&mut self, other: Plan) {
+        self.runs.extend(other.runs);
+        self.packs.extend(other.packs);
+        for (key, feeds) in other.feeds {
+            self.feeds.entry(key).or_default().extend(feeds);
+        }
+        self.resnapshot_feeds |= other.resnapshot_feeds;
+    }
+
     fn is_empty(&self) -> bool {
         self.runs.is_empty() && self.packs.is_empty() && !self.resnapshot_feeds
     }
