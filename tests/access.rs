@@ -107,6 +107,32 @@ fn feed(w: &World) -> String {
     format!("/v1/workspaces/{}/runs/events", w.workspace)
 }
 
+/// The three ways to watch `run`: its own stream, a set (with `others`), and the feed; each
+/// past its snapshot(s). Returns them and the feed's first run ids.
+async fn watch_three_ways(
+    app: &TestApp,
+    w: &World,
+    t: &str,
+    run: i64,
+    others: &[i64],
+) -> (Sse, Sse, Sse, Vec<i64>) {
+    let mut single = app.sse(&run_events(run), t).await;
+    let list: Vec<String> = std::iter::once(run)
+        .chain(others.iter().copied())
+        .map(|r| r.to_string())
+        .collect();
+    let mut set = app
+        .sse(&format!("/v1/streams?runs={}", list.join(",")), t)
+        .await;
+    let mut ws = app.sse(&feed(w), t).await;
+    single.expect("snapshot").await;
+    for _ in 0..list.len() {
+        set.expect("snapshot").await;
+    }
+    let first = ids(&ws.expect("snapshot").await);
+    (single, set, ws, first)
+}
+
 #[tokio::test]
 async fn a_run_moved_to_a_tenant_the_user_cannot_see_ends_its_streams() {
     let app = TestApp::spawn().await;
@@ -114,13 +140,8 @@ async fn a_run_moved_to_a_tenant_the_user_cannot_see_ends_its_streams() {
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let keep = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut single = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
-    let mut set = app.sse(&format!("/v1/streams?runs={run},{keep}"), &t).await;
-    let mut ws = app.sse(&feed(&w), &t).await;
-    single.expect("snapshot").await;
-    set.expect("snapshot").await;
-    set.expect("snapshot").await;
-    assert!(ids(&ws.expect("snapshot").await).contains(&run));
+    let (mut single, mut set, mut ws, first) = watch_three_ways(&app, &w, &t, run, &[keep]).await;
+    assert!(first.contains(&run));
 
     set_run(app.pool(), run, &format!("tenant_id = {}", w.tenant_b)).await;
     set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
@@ -142,12 +163,8 @@ async fn a_run_moved_to_another_workspace_ends_its_streams() {
     let w = seed(app.pool()).await;
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut single = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
-    let mut set = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
-    let mut ws = app.sse(&feed(&w), &t).await;
-    single.expect("snapshot").await;
-    set.expect("snapshot").await;
-    assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
+    let (mut single, mut set, mut ws, first) = watch_three_ways(&app, &w, &t, run, &[]).await;
+    assert_eq!(first, vec![run]);
 
     set_run(
         app.pool(),
@@ -174,9 +191,7 @@ async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     let mut ws = app.sse(&feed(&w), &t).await;
     ps.expect("snapshot").await;
     assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
@@ -314,7 +329,7 @@ async fn a_recheck_that_cannot_be_made_writes_nothing_and_fails_closed() {
         )
         .await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        let mut s = app.sse(&run_events(run), &t).await;
         s.expect("snapshot").await;
         // A migration holds the membership table: every access re-check waits on it.
         let mut lock = app.pool().begin().await.unwrap();
@@ -361,7 +376,7 @@ async fn revocation_while_the_listener_is_away_never_leaks() {
     for _ in 0..5 {
         rejoin(&app, &w).await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        let mut s = app.sse(&run_events(run), &t).await;
         s.expect("snapshot").await;
         assert!(app.running.wait_ready(WAIT).await);
         let pid = app.running.listener_backend_pid().unwrap();
@@ -380,15 +395,13 @@ async fn a_deleted_run_ends_its_streams_with_gone_and_frees_their_slots() {
     let w = seed(app.pool()).await;
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut single = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut single = app.sse(&run_events(run), &t).await;
     let mut set = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
     single.expect("snapshot").await;
     set.expect("snapshot").await;
     let other = create_run(app.pool(), w.workspace, None, "running").await;
     assert_eq!(
-        app.get(&format!("/v1/runs/{other}/events"), Some(&t))
-            .await
-            .status(),
+        app.get(&run_events(other), Some(&t)).await.status(),
         429,
         "both slots are taken"
     );
@@ -399,14 +412,9 @@ async fn a_deleted_run_ends_its_streams_with_gone_and_frees_their_slots() {
     .await;
     single.expect_end("gone").await;
     set.expect_end("gone").await;
-    assert_eq!(
-        app.get(&format!("/v1/runs/{run}/events"), Some(&t))
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(app.get(&run_events(run), Some(&t)).await.status(), 404);
     // The slots are free again.
-    let mut s = app.sse(&format!("/v1/runs/{other}/events"), &t).await;
+    let mut s = app.sse(&run_events(other), &t).await;
     assert_eq!(s.status, 200);
     s.expect("snapshot").await;
     // Truncation ends every stream of a run too.
@@ -423,9 +431,7 @@ async fn a_deleted_run_leaves_the_feed_and_a_deleted_tenant_ends_its_pack_stream
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut ws = app.sse(&feed(&w), &t).await;
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
     ps.expect("snapshot").await;
     exec(
@@ -466,24 +472,12 @@ async fn a_pack_moved_between_tenants_updates_both_cards() {
     )
     .await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut a = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
-    let mut b = app
-        .sse(
-            &format!("/v1/tenants/{}/review-pack/events", w.tenant_b),
-            &t,
-        )
-        .await;
+    let mut a = app.sse(&pack_events(w.tenant), &t).await;
+    let mut b = app.sse(&pack_events(w.tenant_b), &t).await;
     assert_eq!(a.expect("snapshot").await.data["pack"]["id"], pack);
     assert!(b.expect("snapshot").await.data["pack"].is_null());
     b.expect_end("terminal").await;
-    let mut b = app
-        .sse(
-            &format!("/v1/tenants/{}/review-pack/events", w.tenant_b),
-            &t,
-        )
-        .await;
+    let mut b = app.sse(&pack_events(w.tenant_b), &t).await;
     assert!(b.expect("snapshot").await.data["pack"].is_null());
     b.expect_end("terminal").await;
 
@@ -558,18 +552,14 @@ async fn losing_workspace_membership_ends_every_affected_stream() {
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut rs = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut rs = app.sse(&run_events(run), &t).await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     let mut ws = app
         .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
         .await;
     let mut ms = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
     // Another user's stream must not be touched.
-    let mut other = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.readonly))
-        .await;
+    let mut other = app.sse(&run_events(run), &token(w.readonly)).await;
     for s in [&mut rs, &mut ps, &mut ws, &mut ms, &mut other] {
         s.expect("snapshot").await;
     }
@@ -587,12 +577,7 @@ async fn losing_workspace_membership_ends_every_affected_stream() {
         removed_at.elapsed() < Duration::from_secs(1),
         "ended within a second"
     );
-    assert_eq!(
-        app.get(&format!("/v1/runs/{run}/events"), Some(&t))
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(app.get(&run_events(run), Some(&t)).await.status(), 404);
     // The other user's stream goes on.
     set_run(app.pool(), run, "status = 'completed'").await;
     assert_eq!(other.expect("update").await.data["status"], "completed");
@@ -606,10 +591,8 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut rs = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut rs = app.sse(&run_events(run), &t).await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     rs.expect("snapshot").await;
     ps.expect("snapshot").await;
     sqlx::query(
@@ -622,12 +605,7 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
     .unwrap();
     ps.expect_end("forbidden").await;
     assert_eq!(
-        app.get(
-            &format!("/v1/tenants/{}/review-pack/events", w.tenant),
-            Some(&t)
-        )
-        .await
-        .status(),
+        app.get(&pack_events(w.tenant), Some(&t)).await.status(),
         403
     );
     // Tenant members of any role may still watch the run.
@@ -637,7 +615,7 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
 
     // Removing the tenant membership altogether ends a run stream with 403 on reconnect.
     let run2 = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    let mut rs2 = app.sse(&format!("/v1/runs/{run2}/events"), &t).await;
+    let mut rs2 = app.sse(&run_events(run2), &t).await;
     rs2.expect("snapshot").await;
     sqlx::query("DELETE FROM tenant_memberships WHERE user_id = $1")
         .bind(w.owner)
@@ -645,12 +623,7 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
         .await
         .unwrap();
     rs2.expect_end("forbidden").await;
-    assert_eq!(
-        app.get(&format!("/v1/runs/{run2}/events"), Some(&t))
-            .await
-            .status(),
-        403
-    );
+    assert_eq!(app.get(&run_events(run2), Some(&t)).await.status(), 403);
     app.stop().await;
 }
 
@@ -665,7 +638,7 @@ async fn a_revocation_behind_a_bulk_burst_never_leaks() {
     for _ in 0..10 {
         rejoin(&app, &w).await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        let mut s = app.sse(&run_events(run), &t).await;
         s.expect("snapshot").await;
         // A change the watcher re-reads, then a bulk job, then the revocation with an update,
         // all committed back to back.

@@ -123,7 +123,7 @@ async fn token_timestamps_out_of_range_or_in_the_future_are_401() {
     let far = signed(
         json!({"sub": w.owner, "exp": 253_402_300_799u64, "nbf": now + 30, "iat": now + 30}),
     );
-    let mut s = app.sse(&format!("/v1/runs/{run}/events"), &far).await;
+    let mut s = app.sse(&run_events(run), &far).await;
     assert_eq!(s.status, 200);
     s.expect("snapshot").await;
     app.stop().await;
@@ -255,9 +255,7 @@ async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering()
     }
     let asked = Instant::now();
     assert_eq!(app.get("/healthz", None).await.status(), 200);
-    let mut s = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
-        .await;
+    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
     s.expect("snapshot").await;
     assert!(
         asked.elapsed() < Duration::from_secs(1),
@@ -418,9 +416,7 @@ async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
         .get(&format!("/v1/tenants/{}/review-pack", w.tenant), Some(&t))
         .await;
     assert_eq!(pack.status(), 200);
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     ps.expect("snapshot").await;
     assert!(
         asked.elapsed() < Duration::from_secs(1),

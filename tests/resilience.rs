@@ -14,7 +14,7 @@ async fn a_stream_ends_when_its_token_expires() {
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let short = Tokens::new(SECRET.as_bytes()).issue(w.owner, 2);
-    let mut s = app.sse(&format!("/v1/runs/{run}/events"), &short).await;
+    let mut s = app.sse(&run_events(run), &short).await;
     s.expect("snapshot").await;
     let started = Instant::now();
     s.expect_end("token_expired").await;
@@ -151,9 +151,7 @@ async fn streams_close_without_end_after_their_lifetime() {
     let app = TestApp::spawn_with(settings).await;
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
-        .await;
+    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
     s.expect("snapshot").await;
     let started = Instant::now();
     s.expect_closed().await;
@@ -264,10 +262,8 @@ async fn every_runwire_backend_terminated_while_runs_finish() {
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut rs = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut rs = app.sse(&run_events(run), &t).await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     let mut feed = app
         .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
         .await;
@@ -366,9 +362,7 @@ async fn graceful_shutdown_with_many_open_streams() {
     let mut settings_note = Vec::new();
     let mut streams = Vec::new();
     for i in 0..40 {
-        let s = app
-            .sse(&format!("/v1/runs/{run}/events"), &token(w.owner + (i % 3)))
-            .await;
+        let s = app.sse(&run_events(run), &token(w.owner + (i % 3))).await;
         settings_note.push(s.status);
         streams.push(s);
     }

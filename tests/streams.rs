@@ -11,9 +11,7 @@ async fn run_streams_its_lifecycle_then_ends() {
     let app = TestApp::spawn().await;
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "queued").await;
-    let mut s = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
-        .await;
+    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
     assert_eq!(s.status, 200);
     assert_eq!(s.headers["content-type"], "text/event-stream");
     assert_eq!(s.headers["cache-control"], "no-cache");
@@ -98,7 +96,7 @@ async fn retry_hint_comes_first_and_follows_age() {
             &format!("created_at = now() - interval '{age_secs} seconds'"),
         )
         .await;
-        let text = first_bytes(&app, &format!("/v1/runs/{run}/events"), &t).await;
+        let text = first_bytes(&app, &run_events(run), &t).await;
         assert!(
             text.starts_with(&format!("retry: {want}\n\n")),
             "{age_secs}s: {text}"
@@ -112,12 +110,7 @@ async fn review_pack_goes_generating_to_ready() {
     let app = TestApp::spawn().await;
     let w = seed(app.pool()).await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
-    let mut s = app
-        .sse(
-            &format!("/v1/tenants/{}/review-pack/events", w.tenant),
-            &token(w.owner),
-        )
-        .await;
+    let mut s = app.sse(&pack_events(w.tenant), &token(w.owner)).await;
     assert_eq!(s.status, 200);
     let snap = s.expect("snapshot").await;
     assert_eq!(snap.data["type"], "review_pack");
@@ -150,12 +143,7 @@ async fn pack_stream_follows_a_newer_pack() {
     let app = TestApp::spawn().await;
     let w = seed(app.pool()).await;
     let old = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut s = app
-        .sse(
-            &format!("/v1/tenants/{}/review-pack/events", w.tenant),
-            &token(w.owner),
-        )
-        .await;
+    let mut s = app.sse(&pack_events(w.tenant), &token(w.owner)).await;
     assert_eq!(s.expect("snapshot").await.data["pack"]["id"], old);
     let newer = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
     let u = s.expect("update").await;
@@ -176,26 +164,24 @@ async fn terminal_on_connect_no_pack_and_unknown_status() {
     let t = token(w.owner);
 
     let done = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
-    let mut s = app.sse(&format!("/v1/runs/{done}/events"), &t).await;
+    let mut s = app.sse(&run_events(done), &t).await;
     assert_eq!(s.expect("snapshot").await.data["terminal"], true);
     s.expect_end("terminal").await;
 
-    let mut s = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut s = app.sse(&pack_events(w.tenant), &t).await;
     let snap = s.expect("snapshot").await;
     assert_eq!(snap.data["pack"], serde_json::Value::Null);
     assert_eq!(snap.data["terminal"], true);
     s.expect_end("terminal").await;
 
     let weird = create_run(app.pool(), w.workspace, None, "paused_by_host").await;
-    let mut s = app.sse(&format!("/v1/runs/{weird}/events"), &t).await;
+    let mut s = app.sse(&run_events(weird), &t).await;
     assert_eq!(s.expect("snapshot").await.data["terminal"], true);
     s.expect_end("terminal").await;
 
     // An active run that moves to a status runwire does not know ends too.
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+    let mut s = app.sse(&run_events(run), &t).await;
     s.expect("snapshot").await;
     set_run(app.pool(), run, "status = 'cancelled_by_magic'").await;
     assert_eq!(s.expect("update").await.data["terminal"], true);
@@ -209,7 +195,7 @@ async fn reconnect_after_terminal_gets_204_like_eventsource() {
     let w = seed(app.pool()).await;
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let url = app.url(&format!("/v1/runs/{run}/events"));
+    let url = app.url(&run_events(run));
     let mut s = Sse::open(&app.http, &url, Some(&t), None).await;
     s.expect("snapshot").await;
     set_run(app.pool(), run, "status = 'completed', outcome = 'failed'").await;
@@ -228,7 +214,7 @@ async fn reconnect_after_terminal_gets_204_like_eventsource() {
     }
     // Packs: the same, with their own ids.
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "ready").await;
-    let purl = app.url(&format!("/v1/tenants/{}/review-pack/events", w.tenant));
+    let purl = app.url(&pack_events(w.tenant));
     let mut s = Sse::open(&app.http, &purl, Some(&t), None).await;
     assert_eq!(s.expect("snapshot").await.data["pack"]["id"], pack);
     s.expect_end("terminal").await;
@@ -380,9 +366,7 @@ async fn forged_notify_cannot_fake_a_state() {
     let app = TestApp::spawn().await;
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
-        .await;
+    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
     let snap = s.expect("snapshot").await;
     for payload in [
         format!(
@@ -422,9 +406,7 @@ async fn fifty_rapid_updates_arrive_in_order() {
     let app = TestApp::spawn().await;
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
-        .await;
+    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
     let mut last_version = s.expect("snapshot").await.data["version"].as_i64().unwrap();
     for i in 1..=50 {
         set_run(
@@ -471,15 +453,13 @@ async fn listener_killed_while_runs_finish() {
     let mut streams = Vec::new();
     for _ in 0..5 {
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&format!("/v1/runs/{run}/events"), &t).await;
+        let mut s = app.sse(&run_events(run), &t).await;
         s.expect("snapshot").await;
         runs.push(run);
         streams.push(s);
     }
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut ps = app
-        .sse(&format!("/v1/tenants/{}/review-pack/events", w.tenant), &t)
-        .await;
+    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     ps.expect("snapshot").await;
 
     let pid = app
@@ -550,9 +530,7 @@ async fn shutdown_ends_open_streams_without_end_event() {
     let app = TestApp::spawn().await;
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app
-        .sse(&format!("/v1/runs/{run}/events"), &token(w.owner))
-        .await;
+    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
     s.expect("snapshot").await;
     let started = std::time::Instant::now();
     let TestApp { db, running, .. } = app;
@@ -684,9 +662,7 @@ async fn keep_alive_comments_follow_silence_not_events() {
     let app = TestApp::spawn_with(settings).await;
     let w = seed(app.pool()).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let resp = app
-        .get(&format!("/v1/runs/{run}/events"), Some(&token(w.owner)))
-        .await;
+    let resp = app.get(&run_events(run), Some(&token(w.owner))).await;
     let mut body = resp.bytes_stream();
     let mut text = String::new();
     read_until(&mut body, &mut text, "event: snapshot").await;

@@ -49,6 +49,8 @@ async fn item_stream(
     })
 }
 
+// One handler per stream route, alike on purpose: each names its own id in its 400, and the
+// shared work is `item_stream`.
 pub(super) async fn run_events(
     State(app): State<AppState>,
     Path(raw): Path<String>,

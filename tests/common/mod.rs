@@ -186,6 +186,16 @@ pub fn listener_through(proxy: &proxy::Proxy, db: &TestDb) -> Option<String> {
     ))
 }
 
+/// The stream path of a run.
+pub fn run_events(run: i64) -> String {
+    format!("/v1/runs/{run}/events")
+}
+
+/// The stream path of a tenant's review-pack card.
+pub fn pack_events(tenant: i64) -> String {
+    format!("/v1/tenants/{tenant}/review-pack/events")
+}
+
 pub fn token(user_id: i64) -> String {
     Tokens::new(SECRET.as_bytes()).issue(user_id, 3600)
 }
@@ -413,14 +423,19 @@ pub async fn create_run(pool: &PgPool, workspace: i64, tenant: Option<i64>, stat
     .unwrap()
 }
 
-pub async fn set_run(pool: &PgPool, run: i64, set: &str) {
+/// `UPDATE <table> SET <set>, updated_at = now() WHERE id = <id>`, as the host app writes.
+async fn update_row(pool: &PgPool, table: &str, id: i64, set: &str) {
     sqlx::query(&format!(
-        "UPDATE operation_runs SET {set}, updated_at = now() WHERE id = $1"
+        "UPDATE {table} SET {set}, updated_at = now() WHERE id = $1"
     ))
-    .bind(run)
+    .bind(id)
     .execute(pool)
     .await
     .unwrap();
+}
+
+pub async fn set_run(pool: &PgPool, run: i64, set: &str) {
+    update_row(pool, "operation_runs", run, set).await
 }
 
 pub async fn create_pack(pool: &PgPool, workspace: i64, tenant: i64, status: &str) -> i64 {
@@ -436,11 +451,5 @@ pub async fn create_pack(pool: &PgPool, workspace: i64, tenant: i64, status: &st
 }
 
 pub async fn set_pack(pool: &PgPool, pack: i64, set: &str) {
-    sqlx::query(&format!(
-        "UPDATE review_packs SET {set}, updated_at = now() WHERE id = $1"
-    ))
-    .bind(pack)
-    .execute(pool)
-    .await
-    .unwrap();
+    update_row(pool, "review_packs", pack, set).await
 }
