@@ -6,47 +6,19 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { createServer } from "node:net";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { chromium } from "playwright-core";
-import { runwireBinary } from "./support.mjs";
+import { ADMIN_URL, CHROMIUM, freePort, runwireBinary, waitFor } from "./support.mjs";
 
-const ADMIN_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
 const BIN = runwireBinary();
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SECRET = "e2e-dashboard-secret-0123456789abcdef";
 const ARTIFACTS = new URL("./artifacts/", import.meta.url).pathname;
 // The contract: the page shows a change within a second of the commit.
 const WITHIN = 1000;
 
 let admin, db, dbName, server, base, browser, world, adminToken;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
-
-async function waitFor(fn, what, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch {
-      /* not yet */
-    }
-    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function metric(name) {
   const text = await (await fetch(base + "/metrics")).text();
