@@ -10,7 +10,6 @@
 mod common;
 
 use common::*;
-use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
 const MARK: &str = "leaked";
@@ -66,21 +65,21 @@ fn ids(snapshot: &Msg) -> Vec<i64> {
         .collect()
 }
 
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::query(sql).execute(pool).await.unwrap();
-}
-
 /// Makes the owner a member of `tenant` again (with a role that may view review packs).
 async fn rejoin(app: &TestApp, w: &World) {
-    exec(
-        app.pool(),
-        &format!(
-            "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')
+    app.exec(&format!(
+        "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = 'owner'",
-            w.tenant, w.owner
-        ),
-    )
+        w.tenant, w.owner
+    ))
     .await;
+}
+
+/// The owner, a member of `tenant` again, watching a new active run of it.
+async fn watch_tenant_run(app: &TestApp, w: &World, t: &str) -> (i64, Sse) {
+    rejoin(app, w).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    (run, app.watch(&run_events(run), t).await)
 }
 
 fn leave_tenant(w: &World) -> String {
@@ -135,9 +134,7 @@ async fn watch_three_ways(
 
 #[tokio::test]
 async fn a_run_moved_to_a_tenant_the_user_cannot_see_ends_its_streams() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let keep = create_run(app.pool(), w.workspace, None, "running").await;
     let (mut single, mut set, mut ws, first) = watch_three_ways(&app, &w, &t, run, &[keep]).await;
@@ -150,18 +147,13 @@ async fn a_run_moved_to_a_tenant_the_user_cannot_see_ends_its_streams() {
     // The feed replaces its list: the run is gone from it, and nothing of it was sent.
     let now = next_feed_snapshot_without_leak(&mut ws, Some(w.tenant_b)).await;
     assert_eq!(now, vec![keep]);
-    assert_eq!(
-        app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
-        403
-    );
+    assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 403);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_run_moved_to_another_workspace_ends_its_streams() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let (mut single, mut set, mut ws, first) = watch_three_ways(&app, &w, &t, run, &[]).await;
     assert_eq!(first, vec![run]);
@@ -177,18 +169,13 @@ async fn a_run_moved_to_another_workspace_ends_its_streams() {
     assert!(next_feed_snapshot_without_leak(&mut ws, None)
         .await
         .is_empty());
-    assert_eq!(
-        app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
-        404
-    );
+    assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 404);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the_feed() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut ps = app.sse(&pack_events(w.tenant), &t).await;
@@ -196,13 +183,10 @@ async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the
     ps.expect("snapshot").await;
     assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
 
-    exec(
-        app.pool(),
-        &format!(
-            "UPDATE tenants SET workspace_id = {} WHERE id = {}",
-            w.other_workspace, w.tenant
-        ),
-    )
+    app.exec(&format!(
+        "UPDATE tenants SET workspace_id = {} WHERE id = {}",
+        w.other_workspace, w.tenant
+    ))
     .await;
     set_pack(app.pool(), pack, &format!("status = '{MARK}'")).await;
     set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
@@ -258,8 +242,8 @@ async fn revoke_while_updating(app: &TestApp, w: &World, kind: Kind, one_transac
     if one_transaction {
         in_one_transaction(app, &[revoke, update]).await;
     } else {
-        exec(app.pool(), &revoke).await;
-        exec(app.pool(), &update).await;
+        app.exec(&revoke).await;
+        app.exec(&update).await;
     }
     // Both runs finish (and lose the mark) in one transaction, so once the feed has shown
     // `other` finish, nothing of this repetition is still on its way to the next one.
@@ -274,7 +258,7 @@ async fn revoke_while_updating(app: &TestApp, w: &World, kind: Kind, one_transac
                 vec![other]
             );
             // And it goes on with what the user may still see.
-            exec(app.pool(), &finish).await;
+            app.exec(&finish).await;
             loop {
                 let msg = s.expect_any().await;
                 assert!(!msg.data.to_string().contains(MARK), "leaked: {msg:?}");
@@ -286,14 +270,13 @@ async fn revoke_while_updating(app: &TestApp, w: &World, kind: Kind, one_transac
         }
         _ => {
             expect_end_without_leak(&mut s, "forbidden", None).await;
-            exec(app.pool(), &finish).await;
+            app.exec(&finish).await;
         }
     }
 }
 
 async fn race(kind: Kind) {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, _) = TestApp::seeded().await;
     for one_transaction in [true, false] {
         for _ in 0..20 {
             revoke_while_updating(&app, &w, kind, one_transaction).await;
@@ -316,34 +299,21 @@ async fn revocation_racing_an_update_never_leaks() {
 /// decision for 10 s ends with `unavailable`.
 #[tokio::test]
 async fn a_recheck_that_cannot_be_made_writes_nothing_and_fails_closed() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     for hold in [Duration::from_secs(2), Duration::from_secs(12)] {
-        exec(
-            app.pool(),
-            &format!(
-                "INSERT INTO workspace_memberships VALUES ({}, {}, 'owner') ON CONFLICT DO NOTHING",
-                w.workspace, w.owner
-            ),
-        )
+        app.exec(&format!(
+            "INSERT INTO workspace_memberships VALUES ({}, {}, 'owner') ON CONFLICT DO NOTHING",
+            w.workspace, w.owner
+        ))
         .await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&run_events(run), &t).await;
-        s.expect("snapshot").await;
+        let mut s = app.watch(&run_events(run), &t).await;
         // A migration holds the membership table: every access re-check waits on it.
-        let mut lock = app.pool().begin().await.unwrap();
-        sqlx::query("LOCK TABLE tenant_memberships IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *lock)
-            .await
-            .unwrap();
-        exec(
-            app.pool(),
-            &format!(
-                "DELETE FROM workspace_memberships WHERE workspace_id = {} AND user_id = {}",
-                w.workspace, w.owner
-            ),
-        )
+        let lock = app.lock("tenant_memberships").await;
+        app.exec(&format!(
+            "DELETE FROM workspace_memberships WHERE workspace_id = {} AND user_id = {}",
+            w.workspace, w.owner
+        ))
         .await;
         set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
         // Nothing arrives while the decision cannot be made.
@@ -370,17 +340,13 @@ async fn a_recheck_that_cannot_be_made_writes_nothing_and_fails_closed() {
 /// new state to a stream whose access was decided before the gap.
 #[tokio::test]
 async fn revocation_while_the_listener_is_away_never_leaks() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     for _ in 0..5 {
-        rejoin(&app, &w).await;
-        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&run_events(run), &t).await;
-        s.expect("snapshot").await;
+        let (run, mut s) = watch_tenant_run(&app, &w, &t).await;
         assert!(app.running.wait_ready(WAIT).await);
         let pid = app.running.listener_backend_pid().unwrap();
-        exec(app.pool(), &format!("SELECT pg_terminate_backend({pid})")).await;
+        app.exec(&format!("SELECT pg_terminate_backend({pid})"))
+            .await;
         in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
         expect_end_without_leak(&mut s, "forbidden", None).await;
     }
@@ -389,11 +355,7 @@ async fn revocation_while_the_listener_is_away_never_leaks() {
 
 #[tokio::test]
 async fn a_deleted_run_ends_its_streams_with_gone_and_frees_their_slots() {
-    let mut settings = settings();
-    settings.max_streams_per_user = 2;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded_with(|s| s.max_streams_per_user = 2).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let mut single = app.sse(&run_events(run), &t).await;
     let mut set = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
@@ -401,54 +363,43 @@ async fn a_deleted_run_ends_its_streams_with_gone_and_frees_their_slots() {
     set.expect("snapshot").await;
     let other = create_run(app.pool(), w.workspace, None, "running").await;
     assert_eq!(
-        app.get(&run_events(other), Some(&t)).await.status(),
+        app.status(&run_events(other), &t).await,
         429,
         "both slots are taken"
     );
-    exec(
-        app.pool(),
-        &format!("DELETE FROM operation_runs WHERE id = {run}"),
-    )
-    .await;
+    app.exec(&format!("DELETE FROM operation_runs WHERE id = {run}"))
+        .await;
     single.expect_end("gone").await;
     set.expect_end("gone").await;
-    assert_eq!(app.get(&run_events(run), Some(&t)).await.status(), 404);
+    assert_eq!(app.status(&run_events(run), &t).await, 404);
     // The slots are free again.
     let mut s = app.sse(&run_events(other), &t).await;
     assert_eq!(s.status, 200);
     s.expect("snapshot").await;
     // Truncation ends every stream of a run too.
-    exec(app.pool(), "TRUNCATE operation_runs").await;
+    app.exec("TRUNCATE operation_runs").await;
     s.expect_end("gone").await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_deleted_run_leaves_the_feed_and_a_deleted_tenant_ends_its_pack_stream() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut ws = app.sse(&feed(&w), &t).await;
     let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
     ps.expect("snapshot").await;
-    exec(
-        app.pool(),
-        &format!("DELETE FROM operation_runs WHERE id = {run}"),
-    )
-    .await;
+    app.exec(&format!("DELETE FROM operation_runs WHERE id = {run}"))
+        .await;
     assert!(next_feed_snapshot_without_leak(&mut ws, None)
         .await
         .is_empty());
     // Deleting the tenant deletes the memberships too: whichever the stream learns first,
     // the tenant is gone or the access is, it ends without another state.
-    exec(
-        app.pool(),
-        &format!("DELETE FROM tenants WHERE id = {}", w.tenant),
-    )
-    .await;
+    app.exec(&format!("DELETE FROM tenants WHERE id = {}", w.tenant))
+        .await;
     let end = ps.expect("end").await;
     assert!(
         end.data["reason"] == "gone" || end.data["reason"] == "forbidden",
@@ -460,16 +411,11 @@ async fn a_deleted_run_leaves_the_feed_and_a_deleted_tenant_ends_its_pack_stream
 
 #[tokio::test]
 async fn a_pack_moved_between_tenants_updates_both_cards() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
-    exec(
-        app.pool(),
-        &format!(
-            "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')",
-            w.tenant_b, w.owner
-        ),
-    )
+    let (app, w, t) = TestApp::seeded().await;
+    app.exec(&format!(
+        "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')",
+        w.tenant_b, w.owner
+    ))
     .await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut a = app.sse(&pack_events(w.tenant), &t).await;
@@ -506,9 +452,7 @@ async fn a_pack_moved_between_tenants_updates_both_cards() {
 #[tokio::test]
 async fn a_hyper_served_stream_is_gated_too() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     for _ in 0..20 {
         rejoin(&app, &w).await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
@@ -547,9 +491,7 @@ async fn a_hyper_served_stream_is_gated_too() {
 
 #[tokio::test]
 async fn losing_workspace_membership_ends_every_affected_stream() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut rs = app.sse(&run_events(run), &t).await;
@@ -577,7 +519,7 @@ async fn losing_workspace_membership_ends_every_affected_stream() {
         removed_at.elapsed() < Duration::from_secs(1),
         "ended within a second"
     );
-    assert_eq!(app.get(&run_events(run), Some(&t)).await.status(), 404);
+    assert_eq!(app.status(&run_events(run), &t).await, 404);
     // The other user's stream goes on.
     set_run(app.pool(), run, "status = 'completed'").await;
     assert_eq!(other.expect("update").await.data["status"], "completed");
@@ -586,9 +528,7 @@ async fn losing_workspace_membership_ends_every_affected_stream() {
 
 #[tokio::test]
 async fn readonly_role_ends_pack_stream_but_not_run_stream() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut rs = app.sse(&run_events(run), &t).await;
@@ -604,10 +544,7 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
     .await
     .unwrap();
     ps.expect_end("forbidden").await;
-    assert_eq!(
-        app.get(&pack_events(w.tenant), Some(&t)).await.status(),
-        403
-    );
+    assert_eq!(app.status(&pack_events(w.tenant), &t).await, 403);
     // Tenant members of any role may still watch the run.
     set_run(app.pool(), run, "status = 'completed'").await;
     assert_eq!(rs.expect("update").await.data["status"], "completed");
@@ -615,15 +552,14 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
 
     // Removing the tenant membership altogether ends a run stream with 403 on reconnect.
     let run2 = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    let mut rs2 = app.sse(&run_events(run2), &t).await;
-    rs2.expect("snapshot").await;
+    let mut rs2 = app.watch(&run_events(run2), &t).await;
     sqlx::query("DELETE FROM tenant_memberships WHERE user_id = $1")
         .bind(w.owner)
         .execute(app.pool())
         .await
         .unwrap();
     rs2.expect_end("forbidden").await;
-    assert_eq!(app.get(&run_events(run2), Some(&t)).await.status(), 403);
+    assert_eq!(app.status(&run_events(run2), &t).await, 403);
     app.stop().await;
 }
 
@@ -632,35 +568,20 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
 /// are published is applied, however many notifications came with it.
 #[tokio::test]
 async fn a_revocation_behind_a_bulk_burst_never_leaks() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     for _ in 0..10 {
-        rejoin(&app, &w).await;
-        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&run_events(run), &t).await;
-        s.expect("snapshot").await;
+        let (run, mut s) = watch_tenant_run(&app, &w, &t).await;
         // A change the watcher re-reads, then a bulk job, then the revocation with an update,
         // all committed back to back.
         set_run(app.pool(), run, r#"summary_counts = '{"processed": 1}'"#).await;
-        exec(
-            app.pool(),
-            &format!(
-                "INSERT INTO operation_runs (workspace_id, type, status)
+        app.exec(&format!(
+            "INSERT INTO operation_runs (workspace_id, type, status)
                  SELECT {}, 'bulk', 'completed' FROM generate_series(1, 9000)",
-                w.other_workspace
-            ),
-        )
+            w.other_workspace
+        ))
         .await;
         in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
-        loop {
-            let msg = s.expect_any().await;
-            assert!(!msg.data.to_string().contains(MARK), "leaked: {msg:?}");
-            if msg.event == "end" {
-                assert_eq!(msg.data["reason"], "forbidden");
-                break;
-            }
-        }
+        expect_end_without_leak(&mut s, "forbidden", None).await;
     }
     app.stop().await;
 }
@@ -669,28 +590,17 @@ async fn a_revocation_behind_a_bulk_burst_never_leaks() {
 /// on once the read succeeds: the failure is not held against it later.
 #[tokio::test]
 async fn a_feed_snapshot_that_failed_once_does_not_end_the_feed_later() {
-    let mut settings = settings();
-    settings.query_timeout_secs = 1;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded_with(|s| s.query_timeout_secs = 1).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let mut feed = app.sse(&feed(&w), &t).await;
     assert_eq!(ids(&feed.expect("snapshot").await), vec![run]);
     // A migration holds the runs table; meanwhile the owner joins tenant B, so the feed must
     // re-read its snapshot, which fails until the table is free.
-    let mut lock = app.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE operation_runs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    exec(
-        app.pool(),
-        &format!(
-            "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')",
-            w.tenant_b, w.owner
-        ),
-    )
+    let lock = app.lock("operation_runs").await;
+    app.exec(&format!(
+        "INSERT INTO tenant_memberships VALUES ({}, {}, 'owner')",
+        w.tenant_b, w.owner
+    ))
     .await;
     assert!(
         feed.next_within(Duration::from_millis(2500))

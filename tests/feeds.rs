@@ -6,9 +6,7 @@ use common::*;
 
 #[tokio::test]
 async fn multiplexed_stream_snapshots_updates_and_ends_when_all_terminal() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let a = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let b = create_run(app.pool(), w.workspace, None, "queued").await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
@@ -55,8 +53,7 @@ async fn multiplexed_stream_snapshots_updates_and_ends_when_all_terminal() {
 
 #[tokio::test]
 async fn multiplexed_stream_refuses_as_a_whole_and_validates_lists() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, _) = TestApp::seeded().await;
     let mine = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let tenantless = create_run(app.pool(), w.workspace, None, "running").await;
     let elsewhere = create_run(app.pool(), w.other_workspace, None, "running").await;
@@ -120,18 +117,14 @@ async fn multiplexed_stream_refuses_as_a_whole_and_validates_lists() {
 
 #[tokio::test]
 async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let visible = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let tenantless = create_run(app.pool(), w.workspace, None, "queued").await;
     let hidden = create_run(app.pool(), w.workspace, Some(w.tenant_b), "running").await;
     let finished = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
 
     let mut owner = app
-        .sse(
-            &format!("/v1/workspaces/{}/runs/events", w.workspace),
-            &token(w.owner),
-        )
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
         .await;
     let mut member = app
         .sse(
@@ -203,12 +196,7 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
         )
         .await;
     assert_eq!(resp.status(), 404);
-    assert_eq!(
-        app.get("/v1/workspaces/abc/runs/events", Some(&token(w.owner)))
-            .await
-            .status(),
-        400
-    );
+    assert_eq!(app.status("/v1/workspaces/abc/runs/events", &t).await, 400);
     app.stop().await;
 }
 
@@ -217,8 +205,7 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
 /// user may view, pushed as packs change — no stream per card, no timer.
 #[tokio::test]
 async fn workspace_feed_carries_recent_runs_and_review_pack_cards() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let finished = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
     set_run(
         app.pool(),
@@ -236,7 +223,7 @@ async fn workspace_feed_carries_recent_runs_and_review_pack_cards() {
     let hidden = create_run(app.pool(), w.workspace, Some(w.tenant_b), "completed").await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let path = format!("/v1/workspaces/{}/runs/events", w.workspace);
-    let mut owner = app.sse(&path, &token(w.owner)).await;
+    let mut owner = app.sse(&path, &t).await;
     let mut readonly = app.sse(&path, &token(w.readonly)).await;
 
     let snap = owner.expect("snapshot").await;

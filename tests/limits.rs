@@ -80,6 +80,17 @@ async fn read_response(socket: &mut TcpStream) -> String {
     }
 }
 
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+
+/// A kept-alive connection that has had one `/healthz` answered.
+async fn answered_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(HEALTHZ).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    s
+}
+
 /// Resolves when the server closes the connection (EOF or reset), with how long it took.
 async fn closed_within(socket: &mut TcpStream, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -97,8 +108,7 @@ async fn closed_within(socket: &mut TcpStream, limit: Duration) -> Duration {
 
 #[tokio::test]
 async fn token_timestamps_out_of_range_or_in_the_future_are_401() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, _) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let now = now_secs();
     for claims in [
@@ -170,46 +180,39 @@ async fn every_refusal_is_json_bad_utf8_and_malformed_heads_included() {
 
 #[tokio::test]
 async fn a_non_bearer_authorization_header_hides_neither_cookie_nor_query_token() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    let t = token(w.owner);
     let basic = "Basic dXNlcjpwYXNz"; // what a Basic-auth proxy in front adds
+    let cookie = format!("runwire_token={t}");
     let via_cookie = app
-        .http
-        .get(app.url(&format!("/v1/runs/{run}")))
-        .header("authorization", basic)
-        .header("cookie", format!("runwire_token={t}"))
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            &format!("/v1/runs/{run}"),
+            &[("authorization", basic), ("cookie", &cookie)],
+        )
+        .await;
     assert_eq!(via_cookie.status(), 200);
     let via_query = app
-        .http
-        .get(app.url(&format!("/v1/runs/{run}/events?access_token={t}")))
-        .header("authorization", basic)
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            &format!("/v1/runs/{run}/events?access_token={t}"),
+            &[("authorization", basic)],
+        )
+        .await;
     assert_eq!(via_query.status(), 200);
     // A Bearer header is still the one that counts.
     let bad_bearer = app
-        .http
-        .get(app.url(&format!("/v1/runs/{run}?access_token={t}")))
-        .header("authorization", "Bearer nope")
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            &format!("/v1/runs/{run}?access_token={t}"),
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
     assert_eq!(error_code(bad_bearer).await.0, 401);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn the_item_limit_counts_ids_as_sent() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    let t = token(w.owner);
     let copies = vec![run.to_string(); 5001].join(",");
     let resp = app
         .get(&format!("/v1/streams?runs={copies}"), Some(&t))
@@ -226,8 +229,7 @@ async fn the_item_limit_counts_ids_as_sent() {
 
 #[tokio::test]
 async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let addr = app.running.addr;
     // Each connection is two files in this process (both ends), under its 20,000.
@@ -242,9 +244,7 @@ async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering()
                 let socket = tokio::net::TcpSocket::new_v4().unwrap();
                 socket.bind(source).unwrap();
                 let mut s = socket.connect(addr).await.unwrap();
-                s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-                    .await
-                    .unwrap();
+                s.write_all(HEALTHZ).await.unwrap();
                 let answer = read_response(&mut s).await;
                 assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
                 s
@@ -255,8 +255,7 @@ async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering()
     }
     let asked = Instant::now();
     assert_eq!(app.get("/healthz", None).await.status(), 200);
-    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
-    s.expect("snapshot").await;
+    let _s = app.watch(&run_events(run), &t).await;
     assert!(
         asked.elapsed() < Duration::from_secs(1),
         "took {:?} with {IDLE} idle connections",
@@ -276,24 +275,15 @@ async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering()
 
 #[tokio::test]
 async fn beyond_the_connection_cap_new_connections_are_closed_at_once() {
-    let mut settings = settings();
-    settings.max_connections = Some(20);
-    let app = TestApp::spawn_with(settings).await;
+    let app = TestApp::configured(|s| s.max_connections = Some(20)).await;
     let addr = app.running.addr;
     let mut held = Vec::new();
     for _ in 0..20 {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
-        held.push(s);
+        held.push(answered_connection(addr).await);
     }
     // The 21st is accepted and closed without a byte.
     let mut extra = TcpStream::connect(addr).await.unwrap();
-    let _ = extra
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await;
+    let _ = extra.write_all(HEALTHZ).await;
     let took = closed_within(&mut extra, Duration::from_secs(2)).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
     // A slot frees as soon as a connection closes.
@@ -322,19 +312,13 @@ async fn beyond_the_connection_cap_new_connections_are_closed_at_once() {
 
 #[tokio::test]
 async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
-    let mut settings = settings();
-    settings.request_head_timeout_secs = 1;
-    let app = TestApp::spawn_with(settings).await;
-    let mut s = TcpStream::connect(app.running.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let app = TestApp::configured(|s| s.request_head_timeout_secs = 1).await;
+    let s = answered_connection(app.running.addr).await;
     // The second head trickles in, a byte every 200 ms.
     let started = Instant::now();
     let (mut rd, mut wr) = s.into_split();
     let trickle = tokio::spawn(async move {
-        for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n" {
+        for b in HEALTHZ {
             if wr.write_all(&[*b]).await.is_err() {
                 return;
             }
@@ -354,22 +338,15 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
     );
     trickle.abort();
     // The same limit closes a kept-alive connection that sends nothing more.
-    let mut quiet = TcpStream::connect(app.running.addr).await.unwrap();
-    quiet
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_response(&mut quiet).await;
+    let mut quiet = answered_connection(app.running.addr).await;
     closed_within(&mut quiet, Duration::from_secs(3)).await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
-    let mut settings = settings();
-    settings.idle_timeout_secs = 1;
-    let app = TestApp::spawn_with(settings).await;
-    let mut s = TcpStream::connect(app.running.addr).await.unwrap();
+    let app = TestApp::configured(|s| s.idle_timeout_secs = 1).await;
+    let mut s = app.connect().await;
     // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
@@ -383,17 +360,11 @@ async fn an_idle_http2_connection_is_closed() {
 
 #[tokio::test]
 async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let t = token(w.owner);
     // A host migration holds the table.
-    let mut migration = app.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE operation_runs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *migration)
-        .await
-        .unwrap();
+    let migration = app.lock("operation_runs").await;
     let started = Instant::now();
     // Enough run requests, a little apart, to occupy every run query slot.
     let mut runs = Vec::new();
@@ -416,8 +387,7 @@ async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
         .get(&format!("/v1/tenants/{}/review-pack", w.tenant), Some(&t))
         .await;
     assert_eq!(pack.status(), 200);
-    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
-    ps.expect("snapshot").await;
+    let _ps = app.watch(&pack_events(w.tenant), &t).await;
     assert!(
         asked.elapsed() < Duration::from_secs(1),
         "packs waited {:?}",
@@ -438,30 +408,17 @@ async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
         assert!(took < Duration::from_secs(6), "answered after {took:?}");
     }
     migration.rollback().await.unwrap();
-    assert_eq!(
-        app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
-        200
-    );
+    assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_statement_timeout_elsewhere_is_503_not_500() {
-    let mut settings = settings();
-    settings.query_timeout_secs = 1;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
-    let mut migration = app.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE workspaces IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *migration)
-        .await
-        .unwrap();
+    let (app, w, t) = TestApp::seeded_with(|s| s.query_timeout_secs = 1).await;
+    let migration = app.lock("workspaces").await;
     let asked = Instant::now();
     let resp = app
-        .get(
-            &format!("/v1/workspaces/{}", w.workspace),
-            Some(&token(w.owner)),
-        )
+        .get(&format!("/v1/workspaces/{}", w.workspace), Some(&t))
         .await;
     assert_eq!(error_code(resp).await, (503, "database_unavailable".into()));
     assert!(
@@ -526,27 +483,20 @@ async fn database_errors_that_mean_unavailable() {
 #[tokio::test]
 async fn while_the_listener_is_down_requests_get_503_at_once() {
     let db = TestDb::new().await;
-    let proxy = proxy::Proxy::start(
-        format!("{}:{}", db.options.get_host(), db.options.get_port())
-            .parse()
-            .unwrap(),
-    )
-    .await;
+    let proxy = proxy_to(&db).await;
     let mut settings = settings();
     // Only the LISTEN connection goes through the proxy; queries would still work.
     settings.listener_database_url = listener_through(&proxy, &db);
     let running = start(&db, settings).await;
-    let base = format!("http://{}", running.addr);
-    let http = reqwest::Client::new();
-    let w = seed(&db.pool).await;
-    let run = create_run(&db.pool, w.workspace, Some(w.tenant), "running").await;
+    let app = TestApp::on(db, running);
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let t = token(w.owner);
     proxy.cut();
-    let deadline = Instant::now() + WAIT;
-    while running.listener_connected() {
-        assert!(Instant::now() < deadline, "listener never noticed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the listener to notice", || async {
+        !app.running.listener_connected()
+    })
+    .await;
     for path in [
         format!("/v1/runs/{run}"),
         format!("/v1/runs/{run}/events"),
@@ -554,12 +504,7 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
         format!("/v1/workspaces/{}/runs/events", w.workspace),
     ] {
         let asked = Instant::now();
-        let resp = http
-            .get(format!("{base}{path}"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get(&path, Some(&t)).await;
         assert_eq!(error_code(resp).await, (503, "database_unavailable".into()));
         assert!(
             asked.elapsed() < Duration::from_millis(300),
@@ -568,16 +513,9 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
         );
     }
     proxy.restore();
-    assert!(running.wait_ready(WAIT).await);
-    let ok = http
-        .get(format!("{base}/v1/runs/{run}"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    running.shutdown().await;
-    db.drop_db().await;
+    assert!(app.running.wait_ready(WAIT).await);
+    assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
+    app.stop().await;
 }
 
 // ---- start-up and secrets: the built binary ----
@@ -670,10 +608,10 @@ mod binary {
         }
 
         /// The address from the "runwire listening" line.
-        pub async fn addr(&self) -> String {
+        pub async fn addr(&self) -> SocketAddr {
             let line = self.line("runwire listening").await;
             let v: Value = serde_json::from_str(&line).unwrap();
-            v["fields"]["addr"].as_str().unwrap().to_string()
+            v["fields"]["addr"].as_str().unwrap().parse().unwrap()
         }
     }
 
@@ -774,19 +712,11 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
         &["serve", "--migrate", "--bind", "127.0.0.1:0"],
         &[("DATABASE_URL", &url), strong_secret()],
     );
-    let base = format!("http://{}", p.addr().await);
-    let http = reqwest::Client::new();
+    let c = Client::to(p.addr().await);
     p.line("does not exist").await;
-    assert_eq!(
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get("/healthz", None).await.status(), 200);
     for _ in 0..3 {
-        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        let r = c.get("/readyz", None).await;
         assert_eq!(r.status(), 503);
         let body: Value = r.json().await.unwrap();
         let reason = body["reason"].as_str().unwrap();
@@ -794,12 +724,7 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
     }
     // Requests that need the database answer 503 at once meanwhile.
     let t = runwire::Tokens::new(SECRET.as_bytes()).issue(1, 60);
-    let r = http
-        .get(format!("{base}/v1/runs/1"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get("/v1/runs/1", Some(&t)).await;
     assert_eq!(error_code(r).await, (503, "database_unavailable".into()));
     // Readiness failures are logged once per change, not per probe, and nothing at ERROR.
     assert_eq!(p.count("not ready"), 1, "{:#?}", p.lines.lock().unwrap());
@@ -816,22 +741,9 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
         .execute(&mut conn)
         .await
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.await_status("/readyz", 200).await;
     // Migrated: the tables are there.
-    let r = http
-        .get(format!("{base}/v1/runs/1"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get("/v1/runs/1", Some(&t)).await;
     assert_eq!(error_code(r).await, (404, "not_found".into()));
     drop(p);
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -81,25 +81,38 @@ fn serve(database_url: &str, port: u16, flags: &[&str]) -> Child {
         .expect("start the runwire binary")
 }
 
-/// Waits for `/readyz`; fails with the server's stderr if it exits first.
-async fn wait_ready(child: &mut Child, base: &str) {
-    let http = reqwest::Client::new();
+/// What the server wrote to stderr.
+async fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    stderr.read_to_string(&mut err).await.ok();
+    err
+}
+
+/// Waits for `serve` to exit unsuccessfully; returns its stderr.
+async fn refused(mut server: Child) -> String {
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .expect("serve exits")
+        .unwrap();
+    assert!(!status.success());
+    stderr_of(&mut server).await
+}
+
+/// Waits for `/readyz` on `port`; fails with the server's stderr if it exits first.
+async fn wait_ready(child: &mut Child, port: u16) -> Client {
+    let c = Client::to(([127, 0, 0, 1], port).into());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .await
-                .ok();
-            panic!("runwire serve exited ({status}): {err}");
+            panic!(
+                "runwire serve exited ({status}): {}",
+                stderr_of(child).await
+            );
         }
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+        if let Ok(r) = c.http.get(c.url("/readyz")).send().await {
             if r.status() == 200 {
-                return;
+                return c;
             }
         }
         assert!(
@@ -116,9 +129,8 @@ async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
     let w = seed(&db.pool).await;
     let role = select_only_role(&db).await;
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let mut server = serve(&database_url(&db, &role), port, &[]);
-    wait_ready(&mut server, &base).await;
+    let c = wait_ready(&mut server, port).await;
 
     // The role really is read-only: it cannot write, nor create anything.
     let mut as_role = PgConnection::connect(&database_url(&db, &role))
@@ -136,36 +148,16 @@ async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
     }
     as_role.close().await.ok();
 
-    let http = reqwest::Client::new();
     let token = Tokens::new(SECRET.as_bytes()).issue(w.owner, 600);
     let run = create_run(&db.pool, w.workspace, Some(w.tenant), "queued").await;
     let pack = create_pack(&db.pool, w.workspace, w.tenant, "generating").await;
-    let url = |path: String| format!("{base}{path}");
-
-    let mut runs = Sse::open(
-        &http,
-        &url(format!("/v1/runs/{run}/events")),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(runs.status, 200);
-    let mut card = Sse::open(
-        &http,
-        &url(format!("/v1/tenants/{}/review-pack/events", w.tenant)),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(card.status, 200);
-    let mut feed = Sse::open(
-        &http,
-        &url(format!("/v1/workspaces/{}/runs/events", w.workspace)),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(feed.status, 200);
+    let feed_path = format!("/v1/workspaces/{}/runs/events", w.workspace);
+    let mut runs = c.sse(&run_events(run), &token).await;
+    let mut card = c.sse(&pack_events(w.tenant), &token).await;
+    let mut feed = c.sse(&feed_path, &token).await;
+    for s in [&runs, &card, &feed] {
+        assert_eq!(s.status, 200);
+    }
 
     assert_eq!(runs.expect("snapshot").await.data["status"], "queued");
     assert_eq!(
@@ -196,13 +188,7 @@ async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
 
     // Access rules still come from the tables the role reads.
     let other = Tokens::new(SECRET.as_bytes()).issue(w.outsider, 600);
-    let refused = http
-        .get(url(format!("/v1/runs/{run}")))
-        .bearer_auth(other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 404);
+    assert_eq!(c.status(&format!("/v1/runs/{run}"), &other).await, 404);
 
     drop(feed);
     server.kill().await.ok();
@@ -211,34 +197,12 @@ async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
 
 /// A host database before runwire: its own tables, none of runwire's columns or triggers.
 async fn host_tables_only() -> TestDb {
-    let name = format!("runwire_test_host_{}", rand::random::<u32>());
-    let mut admin = PgConnection::connect_with(&settings_db("postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.ok();
-    let options = settings_db(&name);
-    let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
+    let db = TestDb::empty().await;
     sqlx::raw_sql(include_str!("../migrations/20260101000000_host_tables.sql"))
-        .execute(&pool)
+        .execute(&db.pool)
         .await
         .unwrap();
-    TestDb {
-        name,
-        options,
-        pool,
-    }
-}
-
-fn settings_db(name: &str) -> sqlx::postgres::PgConnectOptions {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    url.parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .database(name)
+    db
 }
 
 #[tokio::test]
@@ -246,20 +210,12 @@ async fn serve_refuses_a_database_without_the_integration_migration_and_changes_
     let db = host_tables_only().await;
     let port = free_port();
     // As the superuser: serve could change the schema, but must not without --migrate.
-    let mut server = serve(&database_url(&db, db.options.get_username()), port, &[]);
-    let status = tokio::time::timeout(WAIT, server.wait())
-        .await
-        .expect("serve exits")
-        .unwrap();
-    assert!(!status.success());
-    let mut err = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
+    let err = refused(serve(
+        &database_url(&db, db.options.get_username()),
+        port,
+        &[],
+    ))
+    .await;
     let last = err
         .trim_end()
         .lines()
@@ -284,7 +240,7 @@ async fn serve_refuses_a_database_without_the_integration_migration_and_changes_
         port,
         &["--migrate"],
     );
-    wait_ready(&mut server, &format!("http://127.0.0.1:{port}")).await;
+    wait_ready(&mut server, port).await;
     assert!(runwire::missing_integration(&db.pool)
         .await
         .unwrap()
@@ -301,20 +257,7 @@ async fn serve_names_a_table_it_may_not_read() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let mut server = serve(&database_url(&db, &role), free_port(), &[]);
-    let status = tokio::time::timeout(WAIT, server.wait())
-        .await
-        .expect("serve exits")
-        .unwrap();
-    assert!(!status.success());
-    let mut err = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
+    let err = refused(serve(&database_url(&db, &role), free_port(), &[])).await;
     assert!(
         err.trim_end().ends_with(
             "runwire needs SELECT on review_packs (missing table or grant); see docs/operations.md"

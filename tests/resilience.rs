@@ -3,19 +3,16 @@
 
 mod common;
 
-use common::proxy::Proxy;
 use common::*;
 use runwire::Tokens;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, _) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let short = Tokens::new(SECRET.as_bytes()).issue(w.owner, 2);
-    let mut s = app.sse(&run_events(run), &short).await;
-    s.expect("snapshot").await;
+    let mut s = app.watch(&run_events(run), &short).await;
     let started = Instant::now();
     s.expect_end("token_expired").await;
     assert!(started.elapsed() <= Duration::from_secs(3));
@@ -24,18 +21,18 @@ async fn a_stream_ends_when_its_token_expires() {
 
 #[tokio::test]
 async fn per_user_and_global_stream_caps() {
-    let mut settings = settings();
-    settings.max_streams_per_user = 2;
-    settings.max_streams = 3;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded_with(|s| {
+        s.max_streams_per_user = 2;
+        s.max_streams = 3;
+    })
+    .await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let path = format!("/v1/runs/{run}/events");
-    let mut a = app.sse(&path, &token(w.owner)).await;
-    let mut b = app.sse(&path, &token(w.owner)).await;
+    let mut a = app.sse(&path, &t).await;
+    let mut b = app.sse(&path, &t).await;
     a.expect("snapshot").await;
     b.expect("snapshot").await;
-    let refused = app.get(&path, Some(&token(w.owner))).await;
+    let refused = app.get(&path, Some(&t)).await;
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let body: serde_json::Value = refused.json().await.unwrap();
@@ -51,7 +48,7 @@ async fn per_user_and_global_stream_caps() {
     drop(a);
     let mut reopened = None;
     for _ in 0..200 {
-        let s = app.sse(&path, &token(w.owner)).await;
+        let s = app.sse(&path, &t).await;
         if s.status == 200 {
             reopened = Some(s);
             break;
@@ -64,17 +61,17 @@ async fn per_user_and_global_stream_caps() {
 
 #[tokio::test]
 async fn session_cookie_and_cors_allow_list() {
-    let mut settings = settings();
-    settings.allowed_origins = vec!["https://admin.example.com".into()];
-    settings.cookie_secure = true;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded_with(|s| {
+        s.allowed_origins = vec!["https://admin.example.com".into()];
+        s.cookie_secure = true;
+    })
+    .await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
 
     let resp = app
         .http
         .post(app.url("/v1/session"))
-        .bearer_auth(token(w.owner))
+        .bearer_auth(&t)
         .send()
         .await
         .unwrap();
@@ -146,13 +143,9 @@ async fn session_cookie_and_cors_allow_list() {
 
 #[tokio::test]
 async fn streams_close_without_end_after_their_lifetime() {
-    let mut settings = settings();
-    settings.max_stream_lifetime_secs = 1;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded_with(|s| s.max_stream_lifetime_secs = 1).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
-    s.expect("snapshot").await;
+    let mut s = app.watch(&run_events(run), &t).await;
     let started = Instant::now();
     s.expect_closed().await;
     let took = started.elapsed();
@@ -163,113 +156,66 @@ async fn streams_close_without_end_after_their_lifetime() {
     app.stop().await;
 }
 
-fn upstream(db: &TestDb) -> std::net::SocketAddr {
-    format!("{}:{}", db.options.get_host(), db.options.get_port())
-        .parse()
-        .unwrap_or_else(|_| "127.0.0.1:5432".parse().unwrap())
+/// The host finishes the run and the pack, as it would write them.
+async fn finish(app: &TestApp, run: i64, pack: i64) {
+    set_run(
+        app.pool(),
+        run,
+        "status = 'completed', outcome = 'succeeded'",
+    )
+    .await;
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+}
+
+/// Both streams show what [`finish`] wrote, then end.
+async fn expect_finished(rs: &mut Sse, ps: &mut Sse) {
+    assert_eq!(rs.expect("update").await.data["status"], "completed");
+    rs.expect_end("terminal").await;
+    assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
+    ps.expect_end("terminal").await;
 }
 
 #[tokio::test]
 async fn database_outage_keeps_streams_open_and_catches_up() {
     let db = TestDb::new().await;
-    let proxy = Proxy::start(upstream(&db)).await;
+    let proxy = proxy_to(&db).await;
     let via_proxy = db.options.clone().host("127.0.0.1").port(proxy.addr.port());
     let mut settings = settings();
     settings.keepalive_secs = 1;
-    let running = start_with(via_proxy, settings).await;
-    let base = format!("http://{}", running.addr);
-    let http = reqwest::Client::new();
-    let w = seed(&db.pool).await;
-    let t = token(w.owner);
-    let run = create_run(&db.pool, w.workspace, Some(w.tenant), "running").await;
-    let pack = create_pack(&db.pool, w.workspace, w.tenant, "generating").await;
-    let mut rs = Sse::open(
-        &http,
-        &format!("{base}/v1/runs/{run}/events"),
-        Some(&t),
-        None,
-    )
-    .await;
-    let mut ps = Sse::open(
-        &http,
-        &format!("{base}/v1/tenants/{}/review-pack/events", w.tenant),
-        Some(&t),
-        None,
-    )
-    .await;
-    rs.expect("snapshot").await;
-    ps.expect("snapshot").await;
-
-    proxy.cut();
-    // Not ready, but up; new streams are refused quickly instead of hanging.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
-        if r.status() == 503 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "readyz never said not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let asked = Instant::now();
-    let refused = http
-        .get(format!("{base}/v1/runs/{run}/events"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 503);
-    assert!(asked.elapsed() < Duration::from_secs(5));
-
-    // The host app keeps working against the database directly; runwire cannot see it.
-    set_run(&db.pool, run, "status = 'completed', outcome = 'succeeded'").await;
-    set_pack(&db.pool, pack, "status = 'ready'").await;
-
-    proxy.restore();
-    let u = rs.expect("update").await;
-    assert_eq!(u.data["status"], "completed");
-    rs.expect_end("terminal").await;
-    assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
-    ps.expect_end("terminal").await;
-    let deadline = Instant::now() + WAIT;
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running.shutdown().await;
-    db.drop_db().await;
-}
-
-#[tokio::test]
-async fn every_runwire_backend_terminated_while_runs_finish() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::on(db, start_with(via_proxy, settings).await);
     let w = seed(app.pool()).await;
     let t = token(w.owner);
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut rs = app.sse(&run_events(run), &t).await;
-    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
-    let mut feed = app
-        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
-        .await;
-    rs.expect("snapshot").await;
-    ps.expect("snapshot").await;
-    feed.expect("snapshot").await;
+    let mut rs = app.watch(&run_events(run), &t).await;
+    let mut ps = app.watch(&pack_events(w.tenant), &t).await;
+
+    proxy.cut();
+    // Not ready, but up; new streams are refused quickly instead of hanging.
+    app.await_status("/readyz", 503).await;
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    let asked = Instant::now();
+    assert_eq!(app.status(&run_events(run), &t).await, 503);
+    assert!(asked.elapsed() < Duration::from_secs(5));
+
+    // The host app keeps working against the database directly; runwire cannot see it.
+    finish(&app, run, pack).await;
+
+    proxy.restore();
+    expect_finished(&mut rs, &mut ps).await;
+    app.await_status("/readyz", 200).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_runwire_backend_terminated_while_runs_finish() {
+    let (app, w, t) = TestApp::seeded().await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut rs = app.watch(&run_events(run), &t).await;
+    let mut ps = app.watch(&pack_events(w.tenant), &t).await;
+    let feed_path = format!("/v1/workspaces/{}/runs/events", w.workspace);
+    let mut feed = app.watch(&feed_path, &t).await;
 
     // What a Postgres restart does to runwire: every one of its connections goes away — the
     // listener and the whole query pool — while the host keeps writing.
@@ -281,18 +227,9 @@ async fn every_runwire_backend_terminated_while_runs_finish() {
     .await
     .unwrap();
     assert!(killed >= 2, "listener and pool connections: {killed}");
-    set_run(
-        app.pool(),
-        run,
-        "status = 'completed', outcome = 'succeeded'",
-    )
-    .await;
-    set_pack(app.pool(), pack, "status = 'ready'").await;
+    finish(&app, run, pack).await;
 
-    assert_eq!(rs.expect("update").await.data["status"], "completed");
-    rs.expect_end("terminal").await;
-    assert_eq!(ps.expect("update").await.data["pack"]["status"], "ready");
-    ps.expect_end("terminal").await;
+    expect_finished(&mut rs, &mut ps).await;
     // The feed catches up too: the terminal update, or a fresh snapshot without the run.
     let msg = feed.next().await.expect("feed still open");
     match msg.event.as_str() {
@@ -313,34 +250,26 @@ async fn every_runwire_backend_terminated_while_runs_finish() {
 #[tokio::test]
 async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     let db = TestDb::new().await;
-    let proxy = Proxy::start(upstream(&db)).await;
+    let proxy = proxy_to(&db).await;
     let mut settings = settings();
     settings.heartbeat_secs = 2;
     // Only the LISTEN connection goes through the proxy.
     settings.listener_database_url = listener_through(&proxy, &db);
     let running = start(&db, settings).await;
-    let base = format!("http://{}", running.addr);
-    let http = reqwest::Client::new();
-    let w = seed(&db.pool).await;
-    let run = create_run(&db.pool, w.workspace, None, "running").await;
-    let mut s = Sse::open(
-        &http,
-        &format!("{base}/v1/runs/{run}/events"),
-        Some(&token(w.owner)),
-        None,
-    )
-    .await;
-    s.expect("snapshot").await;
+    let app = TestApp::on(db, running);
+    let w = seed(app.pool()).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &token(w.owner)).await;
     // A round trip through the listener first: everything notified so far (the seeding) has
     // been received, so nothing is still on its way when the connection goes quiet.
-    set_run(&db.pool, run, r#"summary_counts = '{"processed": 1}'"#).await;
+    set_run(app.pool(), run, r#"summary_counts = '{"processed": 1}'"#).await;
     s.expect("update").await;
-    let old_pid = running.listener_backend_pid().unwrap();
+    let old_pid = app.running.listener_backend_pid().unwrap();
 
     proxy.blackhole(); // no FIN, no RST: the socket just goes quiet
     proxy.wait_all_stalled().await;
     let cut_at = Instant::now();
-    set_run(&db.pool, run, "status = 'completed'").await;
+    set_run(app.pool(), run, "status = 'completed'").await;
     let u = s.expect("update").await;
     assert_eq!(u.data["status"], "completed");
     assert!(
@@ -349,15 +278,13 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
         cut_at.elapsed()
     );
     s.expect_end("terminal").await;
-    assert_ne!(running.listener_backend_pid(), Some(old_pid));
-    running.shutdown().await;
-    db.drop_db().await;
+    assert_ne!(app.running.listener_backend_pid(), Some(old_pid));
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_with_many_open_streams() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, _) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let mut settings_note = Vec::new();
     let mut streams = Vec::new();

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn run_streams_its_lifecycle_then_ends() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "queued").await;
-    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
+    let mut s = app.sse(&run_events(run), &t).await;
     assert_eq!(s.status, 200);
     assert_eq!(s.headers["content-type"], "text/event-stream");
     assert_eq!(s.headers["cache-control"], "no-cache");
@@ -85,9 +84,7 @@ async fn first_bytes(app: &TestApp, path: &str, t: &str) -> String {
 
 #[tokio::test]
 async fn retry_hint_comes_first_and_follows_age() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     for (age_secs, want) in [(0, 1000), (30, 5000), (3600, 10000)] {
         let run = create_run(app.pool(), w.workspace, None, "running").await;
         set_run(
@@ -107,10 +104,9 @@ async fn retry_hint_comes_first_and_follows_age() {
 
 #[tokio::test]
 async fn review_pack_goes_generating_to_ready() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
-    let mut s = app.sse(&pack_events(w.tenant), &token(w.owner)).await;
+    let mut s = app.sse(&pack_events(w.tenant), &t).await;
     assert_eq!(s.status, 200);
     let snap = s.expect("snapshot").await;
     assert_eq!(snap.data["type"], "review_pack");
@@ -140,10 +136,9 @@ async fn review_pack_goes_generating_to_ready() {
 
 #[tokio::test]
 async fn pack_stream_follows_a_newer_pack() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let old = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut s = app.sse(&pack_events(w.tenant), &token(w.owner)).await;
+    let mut s = app.sse(&pack_events(w.tenant), &t).await;
     assert_eq!(s.expect("snapshot").await.data["pack"]["id"], old);
     let newer = create_pack(app.pool(), w.workspace, w.tenant, "queued").await;
     let u = s.expect("update").await;
@@ -159,9 +154,7 @@ async fn pack_stream_follows_a_newer_pack() {
 
 #[tokio::test]
 async fn terminal_on_connect_no_pack_and_unknown_status() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
 
     let done = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
     let mut s = app.sse(&run_events(done), &t).await;
@@ -181,8 +174,7 @@ async fn terminal_on_connect_no_pack_and_unknown_status() {
 
     // An active run that moves to a status runwire does not know ends too.
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app.sse(&run_events(run), &t).await;
-    s.expect("snapshot").await;
+    let mut s = app.watch(&run_events(run), &t).await;
     set_run(app.pool(), run, "status = 'cancelled_by_magic'").await;
     assert_eq!(s.expect("update").await.data["terminal"], true);
     s.expect_end("terminal").await;
@@ -191,9 +183,7 @@ async fn terminal_on_connect_no_pack_and_unknown_status() {
 
 #[tokio::test]
 async fn reconnect_after_terminal_gets_204_like_eventsource() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let url = app.url(&run_events(run));
     let mut s = Sse::open(&app.http, &url, Some(&t), None).await;
@@ -225,8 +215,7 @@ async fn reconnect_after_terminal_gets_204_like_eventsource() {
 
 #[tokio::test]
 async fn access_table_for_streams_and_json() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let tenant_run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let tenantless = create_run(app.pool(), w.workspace, None, "running").await;
     let other_run = create_run(app.pool(), w.other_workspace, None, "running").await;
@@ -234,7 +223,7 @@ async fn access_table_for_streams_and_json() {
 
     let cases: Vec<(String, Option<String>, u16)> = vec![
         // runs
-        (format!("/v1/runs/{tenant_run}"), Some(token(w.owner)), 200),
+        (format!("/v1/runs/{tenant_run}"), Some(t.clone()), 200),
         (
             format!("/v1/runs/{tenant_run}"),
             Some(token(w.readonly)),
@@ -247,8 +236,8 @@ async fn access_table_for_streams_and_json() {
             404,
         ),
         (format!("/v1/runs/{tenantless}"), Some(token(w.member)), 200),
-        (format!("/v1/runs/{other_run}"), Some(token(w.owner)), 404),
-        ("/v1/runs/999999".into(), Some(token(w.owner)), 404),
+        (format!("/v1/runs/{other_run}"), Some(t.clone()), 404),
+        ("/v1/runs/999999".into(), Some(t.clone()), 404),
         (format!("/v1/runs/{tenant_run}"), None, 401),
         (
             format!("/v1/runs/{tenant_run}"),
@@ -265,17 +254,17 @@ async fn access_table_for_streams_and_json() {
             Some(expired_token(w.owner)),
             401,
         ),
-        ("/v1/runs/abc".into(), Some(token(w.owner)), 400),
-        ("/v1/runs/-1".into(), Some(token(w.owner)), 400),
+        ("/v1/runs/abc".into(), Some(t.clone()), 400),
+        ("/v1/runs/-1".into(), Some(t.clone()), 400),
         (
             "/v1/runs/99999999999999999999999".into(),
-            Some(token(w.owner)),
+            Some(t.clone()),
             400,
         ),
         // review packs
         (
             format!("/v1/tenants/{}/review-pack", w.tenant),
-            Some(token(w.owner)),
+            Some(t.clone()),
             200,
         ),
         (
@@ -295,20 +284,12 @@ async fn access_table_for_streams_and_json() {
         ),
         (
             "/v1/tenants/424242/review-pack".into(),
-            Some(token(w.owner)),
+            Some(t.clone()),
             404,
         ),
         (format!("/v1/tenants/{}/review-pack", w.tenant), None, 401),
-        (
-            "/v1/tenants/abc/review-pack".into(),
-            Some(token(w.owner)),
-            400,
-        ),
-        (
-            "/v1/tenants/-5/review-pack".into(),
-            Some(token(w.owner)),
-            400,
-        ),
+        ("/v1/tenants/abc/review-pack".into(), Some(t.clone()), 400),
+        ("/v1/tenants/-5/review-pack".into(), Some(t.clone()), 400),
     ];
     for (path, tok, want) in cases {
         for p in [path.clone(), stream_path(&path)] {
@@ -324,19 +305,13 @@ async fn access_table_for_streams_and_json() {
     }
     // The token may also come from the query (EventSource) or the cookie.
     let q = app
-        .get(
-            &format!("/v1/runs/{tenant_run}?access_token={}", token(w.owner)),
-            None,
-        )
+        .get(&format!("/v1/runs/{tenant_run}?access_token={}", t), None)
         .await;
     assert_eq!(q.status(), 200);
     let c = app
         .http
         .get(app.url(&format!("/v1/runs/{tenant_run}")))
-        .header(
-            "cookie",
-            format!("theme=dark; runwire_token={}", token(w.owner)),
-        )
+        .header("cookie", format!("theme=dark; runwire_token={}", t))
         .send()
         .await
         .unwrap();
@@ -363,10 +338,9 @@ use runwire::Tokens;
 
 #[tokio::test]
 async fn forged_notify_cannot_fake_a_state() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
+    let mut s = app.sse(&run_events(run), &t).await;
     let snap = s.expect("snapshot").await;
     for payload in [
         format!(
@@ -403,10 +377,9 @@ async fn forged_notify_cannot_fake_a_state() {
 
 #[tokio::test]
 async fn fifty_rapid_updates_arrive_in_order() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
+    let mut s = app.sse(&run_events(run), &t).await;
     let mut last_version = s.expect("snapshot").await.data["version"].as_i64().unwrap();
     for i in 1..=50 {
         set_run(
@@ -446,21 +419,17 @@ async fn fifty_rapid_updates_arrive_in_order() {
 
 #[tokio::test]
 async fn listener_killed_while_runs_finish() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
-    let t = token(w.owner);
+    let (app, w, t) = TestApp::seeded().await;
     let mut runs = Vec::new();
     let mut streams = Vec::new();
     for _ in 0..5 {
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.sse(&run_events(run), &t).await;
-        s.expect("snapshot").await;
+        let s = app.watch(&run_events(run), &t).await;
         runs.push(run);
         streams.push(s);
     }
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
-    let mut ps = app.sse(&pack_events(w.tenant), &t).await;
-    ps.expect("snapshot").await;
+    let mut ps = app.watch(&pack_events(w.tenant), &t).await;
 
     let pid = app
         .running
@@ -527,11 +496,9 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn shutdown_ends_open_streams_without_end_event() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let mut s = app.sse(&run_events(run), &token(w.owner)).await;
-    s.expect("snapshot").await;
+    let mut s = app.watch(&run_events(run), &t).await;
     let started = std::time::Instant::now();
     let TestApp { db, running, .. } = app;
     running.shutdown().await;
@@ -543,8 +510,7 @@ async fn shutdown_ends_open_streams_without_end_event() {
 #[tokio::test]
 async fn the_connection_front_guards_its_inputs() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "completed").await;
     let addr = app.running.addr;
     let raw = |req: Vec<u8>| async move {
@@ -564,7 +530,6 @@ async fn the_connection_front_guards_its_inputs() {
     assert!(raw(b"\x16\x03\x01garbage\r\n\r\n".to_vec())
         .await
         .contains("400"));
-    let t = token(w.owner);
     let v10 = raw(
         format!("GET /v1/runs/{run} HTTP/1.0\r\nAuthorization: Bearer {t}\r\n\r\n").into_bytes(),
     )
@@ -587,18 +552,14 @@ async fn the_connection_front_guards_its_inputs() {
     );
     // JSON requests keep their connection (hyper, keep-alive): several on one client.
     for _ in 0..3 {
-        assert_eq!(
-            app.get(&format!("/v1/runs/{run}"), Some(&t)).await.status(),
-            200
-        );
+        assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
     }
     app.stop().await;
 }
 
 #[tokio::test]
 async fn concurrent_opens_batched_together_keep_each_users_answer() {
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, _) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "completed").await;
     create_pack(app.pool(), w.workspace, w.tenant, "ready").await;
     // Many opens at once land in the same batched access query; answers must not mix users.
@@ -657,12 +618,9 @@ where
 
 #[tokio::test]
 async fn keep_alive_comments_follow_silence_not_events() {
-    let mut settings = settings();
-    settings.keepalive_secs = 1;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded_with(|s| s.keepalive_secs = 1).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let resp = app.get(&run_events(run), Some(&token(w.owner))).await;
+    let resp = app.get(&run_events(run), Some(&t)).await;
     let mut body = resp.bytes_stream();
     let mut text = String::new();
     read_until(&mut body, &mut text, "event: snapshot").await;
@@ -688,15 +646,14 @@ async fn keep_alive_comments_follow_silence_not_events() {
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_the_newest_state_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn().await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded().await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut conn = socket.connect(app.running.addr).await.unwrap();
     let request = format!(
         "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        token(w.owner)
+        t
     );
     conn.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
@@ -789,17 +746,12 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
 /// in order (or skips to a newer one), the terminal state and `end`.
 #[tokio::test]
 async fn two_hundred_viewers_of_one_run_all_get_the_final_state_and_end() {
-    let mut settings = settings();
-    settings.max_streams_per_user = 500;
-    let app = TestApp::spawn_with(settings).await;
-    let w = seed(app.pool()).await;
+    let (app, w, t) = TestApp::seeded_with(|s| s.max_streams_per_user = 500).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
-    let t = token(w.owner);
     let path = format!("/v1/runs/{run}/events");
     let mut viewers = Vec::new();
     for _ in 0..200 {
-        let mut s = app.sse(&path, &t).await;
-        s.expect("snapshot").await;
+        let s = app.watch(&path, &t).await;
         viewers.push(s);
     }
     for i in 1..=3 {

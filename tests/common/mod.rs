@@ -9,6 +9,7 @@ use runwire::Tokens;
 use runwire::{Server, Settings, MIGRATOR};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,7 +36,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database with runwire's migrations (the host tables and the integration).
     pub async fn new() -> TestDb {
+        let db = Self::empty().await;
+        MIGRATOR.run(&db.pool).await.expect("migrations");
+        db
+    }
+
+    /// A database with nothing in it yet.
+    pub async fn empty() -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "runwire_test_{}_{}_{}",
@@ -59,7 +68,6 @@ impl TestDb {
             .connect_with(options.clone())
             .await
             .expect("test pool");
-        MIGRATOR.run(&pool).await.expect("migrations");
         TestDb {
             name,
             options,
@@ -106,12 +114,19 @@ pub fn settings() -> Settings {
     s
 }
 
-/// The real service on its own database.
+/// The real service on its own database; a [`Client`] of it through `Deref`.
 pub struct TestApp {
     pub db: TestDb,
     pub running: Running,
-    pub base: String,
-    pub http: reqwest::Client,
+    pub client: Client,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl TestApp {
@@ -119,15 +134,39 @@ impl TestApp {
         Self::spawn_with(settings()).await
     }
 
+    /// The service with test settings changed by `change`.
+    pub async fn configured(change: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut s = settings();
+        change(&mut s);
+        Self::spawn_with(s).await
+    }
+
+    /// How most tests begin: the service, a seeded [`World`] and the owner's token.
+    pub async fn seeded() -> (TestApp, World, String) {
+        Self::seeded_with(|_| {}).await
+    }
+
+    /// [`TestApp::seeded`] with test settings changed by `change`.
+    pub async fn seeded_with(change: impl FnOnce(&mut Settings)) -> (TestApp, World, String) {
+        let app = Self::configured(change).await;
+        let w = seed(app.pool()).await;
+        let t = token(w.owner);
+        (app, w, t)
+    }
+
     pub async fn spawn_with(settings: Settings) -> TestApp {
         let db = TestDb::new().await;
         let running = start(&db, settings).await;
-        let base = format!("http://{}", running.addr);
+        Self::on(db, running)
+    }
+
+    /// An instance started some other way (e.g. through a proxy, see [`start_with`]).
+    pub fn on(db: TestDb, running: Running) -> TestApp {
+        let client = Client::to(running.addr);
         TestApp {
             db,
             running,
-            base,
-            http: reqwest::Client::new(),
+            client,
         }
     }
 
@@ -135,13 +174,45 @@ impl TestApp {
         &self.db.pool
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
     pub async fn stop(self) {
         self.running.shutdown().await;
         self.db.drop_db().await;
+    }
+
+    /// Runs one statement on the test database.
+    pub async fn exec(&self, sql: &str) {
+        sqlx::query(sql).execute(self.pool()).await.unwrap();
+    }
+
+    /// Holds `table` as a host migration would, until the transaction ends.
+    pub async fn lock(&self, table: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.pool().begin().await.unwrap();
+        sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    }
+}
+
+/// An HTTP client of one instance (in process, or the built binary).
+pub struct Client {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn to(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -152,8 +223,56 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    /// The status of a GET with this token.
+    pub async fn status(&self, path: &str, token: &str) -> u16 {
+        self.get(path, Some(token)).await.status().as_u16()
+    }
+
+    /// A GET with these headers (and no token unless one is among them).
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(self.url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// Waits until a GET of `path` (without a token) answers `status`.
+    pub async fn await_status(&self, path: &str, status: u16) {
+        let what = format!("{path} to answer {status}");
+        eventually(&what, || async {
+            self.get(path, None).await.status() == status
+        })
+        .await;
+    }
+
     pub async fn sse(&self, path: &str, token: &str) -> Sse {
         Sse::open(&self.http, &self.url(path), Some(token), None).await
+    }
+
+    /// A stream read past its first snapshot.
+    pub async fn watch(&self, path: &str, token: &str) -> Sse {
+        let mut s = self.sse(path, token).await;
+        s.expect("snapshot").await;
+        s
+    }
+
+    /// A raw connection to the service.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr).await.unwrap()
+    }
+}
+
+/// Waits until `check` holds, polling; fails the test after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -173,6 +292,12 @@ pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Runnin
     let running = Server::build(settings, pool).await.expect("build").start();
     assert!(running.wait_ready(WAIT).await, "listener never connected");
     running
+}
+
+/// A proxy in front of the server that holds `db`.
+pub async fn proxy_to(db: &TestDb) -> proxy::Proxy {
+    let upstream = format!("{}:{}", db.options.get_host(), db.options.get_port());
+    proxy::Proxy::start(upstream.parse().expect("Postgres at an IP address")).await
 }
 
 /// A `--listener-database-url` that reaches `db` through `proxy`, so a test can break the
@@ -338,89 +463,57 @@ pub struct World {
     pub outsider: i64,
 }
 
+/// The id a `... RETURNING id` statement returns.
+async fn insert(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
 pub async fn seed(pool: &PgPool) -> World {
-    let mut ids = Vec::new();
+    let mut users = Vec::new();
     for email in ["owner@x", "readonly@x", "member@x", "outsider@x"] {
-        let id: i64 = sqlx::query_scalar("INSERT INTO users (email) VALUES ($1) RETURNING id")
-            .bind(email)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        ids.push(id);
+        let sql = format!("INSERT INTO users (email) VALUES ('{email}') RETURNING id");
+        users.push(insert(pool, &sql).await);
     }
-    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ('Acme') RETURNING id")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let other: i64 =
-        sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ('Other') RETURNING id")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    let tenant: i64 = sqlx::query_scalar(
-        "INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Tenant A') RETURNING id",
-    )
-    .bind(ws)
-    .fetch_one(pool)
+    let [owner, readonly, member, outsider] = users[..] else {
+        unreachable!()
+    };
+    let named = |table: &str, columns: &str, values: &str| {
+        format!("INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id")
+    };
+    let ws = insert(pool, &named("workspaces", "name", "'Acme'")).await;
+    let other = insert(pool, &named("workspaces", "name", "'Other'")).await;
+    let tenant_in = |name: &str| named("tenants", "workspace_id, name", &format!("{ws}, '{name}'"));
+    let tenant = insert(pool, &tenant_in("Tenant A")).await;
+    let tenant_b = insert(pool, &tenant_in("Tenant B")).await;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO workspace_memberships VALUES
+            ({ws}, {owner}, 'owner'), ({ws}, {readonly}, 'readonly'), ({ws}, {member}, 'operator'),
+            ({other}, {outsider}, 'owner');
+         INSERT INTO tenant_memberships VALUES
+            ({tenant}, {owner}, 'owner'), ({tenant}, {readonly}, 'readonly');"
+    ))
+    .execute(pool)
     .await
     .unwrap();
-    let tenant_b: i64 = sqlx::query_scalar(
-        "INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Tenant B') RETURNING id",
-    )
-    .bind(ws)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    for (user, role) in [
-        (ids[0], "owner"),
-        (ids[1], "readonly"),
-        (ids[2], "operator"),
-    ] {
-        sqlx::query("INSERT INTO workspace_memberships VALUES ($1, $2, $3)")
-            .bind(ws)
-            .bind(user)
-            .bind(role)
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-    for (user, role) in [(ids[0], "owner"), (ids[1], "readonly")] {
-        sqlx::query("INSERT INTO tenant_memberships VALUES ($1, $2, $3)")
-            .bind(tenant)
-            .bind(user)
-            .bind(role)
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-    sqlx::query("INSERT INTO workspace_memberships VALUES ($1, $2, 'owner')")
-        .bind(other)
-        .bind(ids[3])
-        .execute(pool)
-        .await
-        .unwrap();
     World {
         workspace: ws,
         other_workspace: other,
         tenant,
         tenant_b,
-        owner: ids[0],
-        readonly: ids[1],
-        member: ids[2],
-        outsider: ids[3],
+        owner,
+        readonly,
+        member,
+        outsider,
     }
 }
 
 pub async fn create_run(pool: &PgPool, workspace: i64, tenant: Option<i64>, status: &str) -> i64 {
-    sqlx::query_scalar(
-        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'sync', $3) RETURNING id",
-    )
-    .bind(workspace)
-    .bind(tenant)
-    .bind(status)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    let tenant = tenant.map_or("NULL".to_string(), |t| t.to_string());
+    let sql = format!(
+        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status)
+         VALUES ({workspace}, {tenant}, 'sync', '{status}') RETURNING id"
+    );
+    insert(pool, &sql).await
 }
 
 /// `UPDATE <table> SET <set>, updated_at = now() WHERE id = <id>`, as the host app writes.
@@ -439,15 +532,11 @@ pub async fn set_run(pool: &PgPool, run: i64, set: &str) {
 }
 
 pub async fn create_pack(pool: &PgPool, workspace: i64, tenant: i64, status: &str) -> i64 {
-    sqlx::query_scalar(
-        "INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(workspace)
-    .bind(tenant)
-    .bind(status)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    let sql = format!(
+        "INSERT INTO review_packs (workspace_id, tenant_id, status)
+         VALUES ({workspace}, {tenant}, '{status}') RETURNING id"
+    );
+    insert(pool, &sql).await
 }
 
 pub async fn set_pack(pool: &PgPool, pack: i64, set: &str) {
