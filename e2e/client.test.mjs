@@ -3,19 +3,11 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { createDatabase, startRunwire, launchChromium, runwireBinary, waitFor, freePort } from "./support.mjs";
+import { createDatabase, startRunwire, launchChromium, watchRun, waitFor, freePort } from "./support.mjs";
 
 const SECRET = "e2e-client-secret-0123456789abcdef0123";
 
 let db, runwire, browser, world;
-
-const token = (user) =>
-  execFileSync(runwireBinary(), ["token", "--user", String(user), "--ttl", "600"], {
-    env: { ...process.env, RUNWIRE_JWT_SECRET: SECRET },
-  })
-    .toString()
-    .trim();
 
 before(async () => {
   db = await createDatabase("runwire_e2e_client");
@@ -38,38 +30,22 @@ after(async () => {
 const newRun = async () =>
   (await db.one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [world.ws])).id;
 
-/** A tab on runwire's origin with runwire.js loaded. */
-async function tab(context, initScript) {
-  const page = await context.newPage();
-  if (initScript) await page.addInitScript(initScript);
-  await page.goto(runwire.base + "/healthz");
-  await page.addScriptTag({ url: "/runwire.js" });
-  return page;
-}
+const token = (user) => runwire.token(user, 600);
 
-/** Opens a client in `page` watching `run`; states land in window.states. */
-function watch(page, run, tokenValue) {
-  return page.evaluate(
-    ({ run, token }) => {
-      window.states = [];
-      window.rw = new Runwire({ token });
-      window.rw.watchRun(run, { onState: (s) => window.states.push(s.status) });
-    },
-    { run, token: tokenValue },
-  );
-}
+/** Opens a client in `page` watching `run` as `user`; states land in window.states. */
+const watch = (page, run, user) => watchRun(page, run, { token: token(user) });
 
 const multiOpen = () => runwire.metric('runwire_streams_open{kind="multi"}');
 
 test("tabs of one user share a stream; another user's tab gets its own", async () => {
   const context = await browser.newContext();
   const run = await newRun();
-  const a1 = await tab(context);
-  const a2 = await tab(context);
-  const b1 = await tab(context);
-  await watch(a1, run, token(world.alice));
-  await watch(a2, run, token(world.alice));
-  await watch(b1, run, token(world.bob));
+  const a1 = await runwire.page(context);
+  const a2 = await runwire.page(context);
+  const b1 = await runwire.page(context);
+  await watch(a1, run, world.alice);
+  await watch(a2, run, world.alice);
+  await watch(b1, run, world.bob);
   for (const p of [a1, a2, b1]) await p.waitForFunction(() => window.states.length === 1);
   await waitFor(async () => (await multiOpen()) === 2, "two streams: alice's and bob's");
   const leads = await Promise.all([a1, a2, b1].map((p) => p.evaluate(() => !!window.rw._hub)));
@@ -87,8 +63,8 @@ test("without Web Locks each tab connects on its own", async () => {
   const noLocks = () => {
     delete Navigator.prototype.locks;
   };
-  const pages = [await tab(context, noLocks), await tab(context, noLocks)];
-  for (const p of pages) await watch(p, run, token(world.alice));
+  const pages = [await runwire.page(context, noLocks), await runwire.page(context, noLocks)];
+  for (const p of pages) await watch(p, run, world.alice);
   for (const p of pages) await p.waitForFunction(() => window.states.length === 1);
   await waitFor(async () => (await multiOpen()) === 2, "one stream per tab");
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'failed' WHERE id = $1", [run]);
@@ -118,10 +94,10 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, runs to on
       },
       { ws: world.ws, token: token(world.alice) },
     );
-  const leader = await tab(context);
+  const leader = await runwire.page(context);
   await follow(leader);
   await leader.waitForFunction(() => window.feed.snapshots.length >= 1 && !!window.rw._hub);
-  const follower = await tab(context);
+  const follower = await runwire.page(context);
   await follow(follower);
   await follower.waitForFunction(() => window.feed.snapshots.length >= 1);
   assert.equal(await follower.evaluate(() => !!window.rw._hub), false, "the second tab follows");
@@ -154,24 +130,12 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, runs to on
 test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, then silence", async () => {
   const context = await browser.newContext();
   const run = await newRun();
-  const page = await tab(context);
+  const page = await runwire.page(context);
   const streams = [];
   page.on("request", (r) => {
     if (r.url().includes("/v1/")) streams.push(r.url());
   });
-  await page.evaluate((run) => {
-    window.refreshes = 0;
-    window.errors = [];
-    window.rw = new Runwire({
-      token: "not.a.token",
-      refreshToken: () => {
-        window.refreshes++;
-        return Promise.reject(new Error("the host's token route is down"));
-      },
-      onError: (e) => window.errors.push(e),
-    });
-    window.rw.watchRun(run, {});
-  }, run);
+  await watchRun(page, run, { token: "not.a.token", refresh: { fail: "the host's token route is down" } });
   await page.waitForFunction(() => window.errors.length === 1, null, { timeout: 10000 });
   const [error] = await page.evaluate(() => window.errors);
   assert.equal(error.status, 401);
@@ -185,19 +149,13 @@ test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, 
 
 test("an unreachable runwire is retried with growing, jittered pauses", async () => {
   const context = await browser.newContext();
-  const page = await tab(context);
+  const page = await runwire.page(context);
   const closed = `http://127.0.0.1:${await freePort()}`; // nothing listens here
   const attempts = [];
   page.on("request", (r) => {
     if (r.url().startsWith(closed)) attempts.push(Date.now());
   });
-  await page.evaluate(
-    ({ closed, token }) => {
-      window.rw = new Runwire({ baseUrl: closed, token });
-      window.rw.watchRun(1, {});
-    },
-    { closed, token: token(world.alice) },
-  );
+  await watchRun(page, 1, { baseUrl: closed, token: token(world.alice) });
   await page.waitForTimeout(8000);
   await page.evaluate(() => window.rw.close());
   const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
@@ -229,13 +187,13 @@ test("close() removes every listener it added and lets another tab lead", async 
       return remove.call(this, type, fn, o);
     };
   };
-  const first = await tab(context, count);
-  const second = await tab(context, count);
+  const first = await runwire.page(context, count);
+  const second = await runwire.page(context, count);
   // Count only what the client adds (Playwright adds listeners of its own).
   await first.evaluate(() => window.listeners.clear());
-  await watch(first, run, token(world.alice));
+  await watch(first, run, world.alice);
   await first.waitForFunction(() => window.states.length === 1 && !!window.rw._hub);
-  await watch(second, run, token(world.alice));
+  await watch(second, run, world.alice);
   await second.waitForFunction(() => window.states.length === 1);
   assert.equal(await second.evaluate(() => !!window.rw._hub), false);
 
@@ -263,22 +221,13 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
   });
   try {
     const context = await browser.newContext();
-    const page = await context.newPage();
-    await page.goto(short.base + "/healthz");
-    await page.addScriptTag({ url: "/runwire.js" });
+    const page = await short.page(context);
     const run = await newRun();
     const streams = [];
     page.on("request", (r) => {
       if (r.url().startsWith(short.base + "/v1/streams")) streams.push(Date.now());
     });
-    await page.evaluate(
-      ({ run, token }) => {
-        window.states = [];
-        window.rw = new Runwire({ token });
-        window.rw.watchRun(run, { onState: (s) => window.states.push(s.summary_counts.processed ?? 0) });
-      },
-      { run, token: token(world.alice) },
-    );
+    await watchRun(page, run, { token: token(world.alice), pick: "processed" });
     await page.waitForFunction(() => window.states.length === 1);
     await waitFor(async () => (await short.metric('runwire_streams_closed_total{reason="lifetime"}')) >= 1, "the lifetime to end the stream", 5000);
     await db.query(`UPDATE operation_runs SET summary_counts = '{"processed": 7}' WHERE id = $1`, [run]);
@@ -294,7 +243,7 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
 
 test("more items than one stream may carry (100): the rest follow as the first ones finish", async () => {
   const context = await browser.newContext();
-  const page = await tab(context);
+  const page = await runwire.page(context);
   const ids = (
     await db.query(
       "INSERT INTO operation_runs (workspace_id, type, status) SELECT $1, 'sync', 'running' FROM generate_series(1, 110) RETURNING id",

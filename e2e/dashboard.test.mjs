@@ -5,117 +5,63 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import pg from "pg";
-import { chromium } from "playwright-core";
-import { ADMIN_URL, CHROMIUM, freePort, runwireBinary, waitFor } from "./support.mjs";
+import { createDatabase, startRunwire, launchChromium, openPage, watchRun, waitFor } from "./support.mjs";
 
-const BIN = runwireBinary();
 const SECRET = "e2e-dashboard-secret-0123456789abcdef";
 const ARTIFACTS = new URL("./artifacts/", import.meta.url).pathname;
 // The contract: the page shows a change within a second of the commit.
 const WITHIN = 1000;
 
-let admin, db, dbName, server, base, browser, world, adminToken;
-
-async function metric(name) {
-  const text = await (await fetch(base + "/metrics")).text();
-  const line = text.split("\n").find((l) => l.startsWith(name + " "));
-  return line ? Number(line.split(" ")[1]) : NaN;
-}
-
-/** A metric summed over its labels, e.g. metricSum("runwire_streams_opened_total"). */
-async function metricSum(name) {
-  const text = await (await fetch(base + "/metrics")).text();
-  return text
-    .split("\n")
-    .filter((l) => l.startsWith(name + "{") || l.startsWith(name + " "))
-    .reduce((n, l) => n + Number(l.split(" ").pop()), 0);
-}
-
-const one = async (sql, params) => (await db.query(sql, params)).rows[0];
+let db, runwire, browser, world, adminToken;
 
 before(async () => {
-  dbName = "runwire_e2e_" + process.pid + "_" + Math.floor(Math.random() * 1e6);
-  admin = new pg.Client({ connectionString: ADMIN_URL });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  const url = new URL(ADMIN_URL);
-  url.pathname = "/" + dbName;
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  server = spawn(BIN, ["serve", "--migrate"], {
-    env: {
-      ...process.env,
-      DATABASE_URL: url.toString(),
-      RUNWIRE_JWT_SECRET: SECRET,
-      RUNWIRE_BIND: `127.0.0.1:${port}`,
-      RUST_LOG: "warn",
-    },
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  await waitFor(async () => (await fetch(base + "/readyz")).ok, "runwire to be ready");
-  db = new pg.Client({ connectionString: url.toString() });
-  await db.connect();
+  db = await createDatabase("runwire_e2e");
+  runwire = await startRunwire({ databaseUrl: db.url, secret: SECRET, args: ["--migrate"] });
 
-  const user = async (email) => (await one("INSERT INTO users (email) VALUES ($1) RETURNING id", [email])).id;
+  const user = async (email) => (await db.one("INSERT INTO users (email) VALUES ($1) RETURNING id", [email])).id;
   const owner = await user("owner@e2e");
-  const ws = (await one("INSERT INTO workspaces (name) VALUES ('E2E Workspace') RETURNING id")).id;
-  const tenantA = (await one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Alpha Tenant') RETURNING id", [ws])).id;
-  const tenantB = (await one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Beta Tenant') RETURNING id", [ws])).id;
+  const ws = (await db.one("INSERT INTO workspaces (name) VALUES ('E2E Workspace') RETURNING id")).id;
+  const tenantA = (await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Alpha Tenant') RETURNING id", [ws])).id;
+  const tenantB = (await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Beta Tenant') RETURNING id", [ws])).id;
   await db.query("INSERT INTO workspace_memberships VALUES ($1, $2, 'owner')", [ws, owner]);
   await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner'), ($3, $2, 'manager')", [tenantA, owner, tenantB]);
   world = { owner, ws, tenantA, tenantB };
-  adminToken = execFileSync(BIN, ["token", "--user", String(owner)], {
-    env: { ...process.env, RUNWIRE_JWT_SECRET: SECRET },
-  })
-    .toString()
-    .trim();
-
-  // playwright-core gives each launch a fresh, temporary profile (--user-data-dir).
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  adminToken = runwire.token(owner);
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  await db?.end();
-  if (server) {
-    const exited = new Promise((r) => server.once("exit", r));
-    server.kill("SIGTERM");
-    await exited;
-  }
-  await admin?.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-  await admin?.end();
+  await runwire?.stop();
+  await db?.drop();
 });
 
 async function openDashboard(workspace = world.ws) {
-  const page = await browser.newPage({ viewport: { width: 1360, height: 860 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(`${base}/#token=${adminToken}&workspace=${workspace}`);
+  const { page, errors } = await openPage(browser, `${runwire.base}/#token=${adminToken}&workspace=${workspace}`, { viewport: { width: 1360, height: 860 } });
   await page.waitForSelector('#live[data-state="on"]', { timeout: 15000 });
   return { page, errors };
+}
+
+/**
+ * A runwire.js tab watching a new run of the workspace as the admin (`options` go to
+ * watchRun and may replace the token); `requests` lists the URLs the tab asks for meanwhile.
+ */
+async function watchNewRun(type, status, options = {}) {
+  const run = (await db.one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, $2, $3) RETURNING id", [world.ws, type, status])).id;
+  const page = await runwire.page(browser);
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url())); // before the client starts: its first stream counts
+  await watchRun(page, run, { token: adminToken, ...options });
+  return { run, page, requests };
 }
 
 test("the dashboard shows a run go queued → running → completed, each within a second", async () => {
   const { page, errors } = await openDashboard();
   assert.ok(!(await page.url()).includes("token="), "the token leaves the address bar");
 
-  const run = (await one("INSERT INTO operation_runs (workspace_id, tenant_id, type) VALUES ($1, $2, 'backup') RETURNING id", [world.ws, world.tenantA])).id;
+  const run = (await db.one("INSERT INTO operation_runs (workspace_id, tenant_id, type) VALUES ($1, $2, 'backup') RETURNING id", [world.ws, world.tenantA])).id;
   const card = `li.run[data-run-id="${run}"]`;
   await page.waitForSelector(`${card}[data-status="queued"]`, { timeout: WITHIN });
   assert.match(await page.textContent(card), /Backup · Alpha Tenant/);
@@ -142,7 +88,7 @@ test("the dashboard shows a run go queued → running → completed, each within
 });
 
 test("the review-pack card goes generating → ready", async () => {
-  const pack = (await one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, 'generating') RETURNING id", [world.ws, world.tenantB])).id;
+  const pack = (await db.one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, 'generating') RETURNING id", [world.ws, world.tenantB])).id;
   const { page } = await openDashboard();
   const box = `.pack[data-tenant-id="${world.tenantB}"]`;
   await page.waitForSelector(`${box}[data-status="generating"]`, { timeout: 5000 });
@@ -154,14 +100,14 @@ test("the review-pack card goes generating → ready", async () => {
 
 test("\"Recently finished\" is filled on load from the feed's snapshot: the last 24 h, newest first", async (t) => {
   // A workspace of its own, so the runs other tests finish do not crowd the list.
-  const ws = (await one("INSERT INTO workspaces (name) VALUES ('Finished Workspace') RETURNING id")).id;
-  const tenant = (await one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Gamma Tenant') RETURNING id", [ws])).id;
+  const ws = (await db.one("INSERT INTO workspaces (name) VALUES ('Finished Workspace') RETURNING id")).id;
+  const tenant = (await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Gamma Tenant') RETURNING id", [ws])).id;
   await db.query("INSERT INTO workspace_memberships VALUES ($1, $2, 'owner')", [ws, world.owner]);
   await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [tenant, world.owner]);
   const run = async (type, status, outcome, finishedAgo) =>
     Number(
       (
-        await one(
+        await db.one(
         `INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, created_at, started_at, completed_at)
          VALUES ($1, $2, $3, $4, $5, now() - $6::interval - interval '5 minutes', now() - $6::interval - interval '4 minutes', now() - $6::interval)
          RETURNING id`,
@@ -172,7 +118,7 @@ test("\"Recently finished\" is filled on load from the feed's snapshot: the last
   const hourAgo = await run("backup", "completed", "succeeded", "1 hour");
   const threeHoursAgo = await run("export", "completed", "failed", "3 hours");
   const dayAgo = await run("sync", "completed", "succeeded", "25 hours");
-  const active = Number((await one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'inventory', 'running') RETURNING id", [ws, tenant])).id);
+  const active = Number((await db.one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'inventory', 'running') RETURNING id", [ws, tenant])).id);
 
   const { page, errors } = await openDashboard(ws);
   t.after(() => page.close()); // also when an assertion fails: its feed must not outlive the test
@@ -201,8 +147,8 @@ test("the cards follow a minute of pack changes on the feed alone: each state wi
   const box = (tenant) => `.pack[data-tenant-id="${tenant}"]`;
   const tenants = [world.tenantA, world.tenantB].map(Number);
   for (const tenant of tenants) await page.waitForSelector(box(tenant), { timeout: WITHIN });
-  await waitFor(async () => (await metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed stream to be open");
-  const openedBefore = await metricSum("runwire_streams_opened_total");
+  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed stream to be open");
+  const openedBefore = await runwire.metricSum("runwire_streams_opened_total");
   const requests = [];
   page.on("request", (r) => {
     if (new URL(r.url()).pathname.startsWith("/v1/")) requests.push(r.url());
@@ -213,7 +159,7 @@ test("the cards follow a minute of pack changes on the feed alone: each state wi
   async function* packs(tenant, parity) {
     for (let cycle = 0; ; cycle++) {
       const first = cycle === 0 ? "generating" : "queued";
-      const id = Number((await one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, $3) RETURNING id", [world.ws, tenant, first])).id);
+      const id = Number((await db.one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, $3) RETURNING id", [world.ws, tenant, first])).id);
       yield { id, status: first };
       if (first === "queued") {
         await db.query("UPDATE review_packs SET status = 'generating' WHERE id = $1", [id]);
@@ -250,7 +196,7 @@ test("the cards follow a minute of pack changes on the feed alone: each state wi
     }
   }
   const elapsed = Date.now() - started;
-  const openedAfter = await metricSum("runwire_streams_opened_total");
+  const openedAfter = await runwire.metricSum("runwire_streams_opened_total");
   latencies.sort((a, b) => a - b);
   t.diagnostic(
     `${latencies.length} pack changes in ${elapsed} ms; commit → card: p50 ${latencies[latencies.length >> 1]} ms, max ${latencies[latencies.length - 1]} ms; streams opened during the minute: ${openedAfter - openedBefore}; page requests to /v1/: ${requests.length}`,
@@ -258,16 +204,16 @@ test("the cards follow a minute of pack changes on the feed alone: each state wi
   assert.ok(elapsed >= MINUTE && latencies.length >= 28, "a minute of changes on both tenants");
   assert.ok(latencies[latencies.length - 1] <= WITHIN, "every state within a second of its commit");
   assert.equal(openedAfter - openedBefore, 0, "no stream (re-)opened while the packs changed");
-  assert.equal(await metric('runwire_streams_open{kind="workspace"}'), 1, "the feed stayed open");
-  assert.equal(await metric('runwire_streams_open{kind="multi"}'), 0, "no stream per card");
+  assert.equal(await runwire.metric('runwire_streams_open{kind="workspace"}'), 1, "the feed stayed open");
+  assert.equal(await runwire.metric('runwire_streams_open{kind="multi"}'), 0, "no stream per card");
   assert.deepEqual(requests, [], "the page asked runwire nothing during the minute");
   assert.deepEqual(errors, []);
 });
 
 test("a plain EventSource stops for good after the terminal state (204 on reconnect)", async () => {
-  const run = (await one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [world.ws])).id;
+  const run = (await db.one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [world.ws])).id;
   const page = await browser.newPage();
-  await page.goto(base + "/healthz"); // any same-origin page
+  await page.goto(runwire.base + "/healthz"); // any same-origin page
   const streamRequests = [];
   page.on("request", (r) => {
     if (r.url().includes(`/v1/runs/${run}/events`)) streamRequests.push(r.url());
@@ -295,39 +241,20 @@ test("a plain EventSource stops for good after the terminal state (204 on reconn
 });
 
 test("runwire.js closes its stream on end and does not reconnect", async () => {
-  const run = (await one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'restore', 'running') RETURNING id", [world.ws])).id;
-  const page = await browser.newPage();
-  await page.goto(base + "/healthz");
-  await page.addScriptTag({ url: "/runwire.js" });
-  const streamRequests = [];
-  page.on("request", (r) => {
-    if (r.url().includes("/v1/streams")) streamRequests.push(r.url());
-  });
-  await page.evaluate(
-    ({ run, token }) => {
-      window.states = [];
-      window.ended = false;
-      window.rw = new Runwire({ token });
-      window.rw.watchRun(run, {
-        onState: (s) => window.states.push(s.status),
-        onEnd: () => (window.ended = true),
-      });
-    },
-    { run, token: adminToken },
-  );
+  const { run, page, requests } = await watchNewRun("restore", "running");
   await page.waitForFunction(() => window.states.length === 1);
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'failed' WHERE id = $1", [run]);
   await page.waitForFunction(() => window.ended, null, { timeout: WITHIN });
   await page.waitForFunction(() => !window.rw._hub.items.active());
   assert.deepEqual(await page.evaluate(() => window.states), ["running", "completed"]);
   await page.waitForTimeout(2500);
-  assert.equal(streamRequests.length, 1, "no reconnect after end");
+  assert.equal(requests.filter((u) => u.includes("/v1/streams")).length, 1, "no reconnect after end");
   await page.close();
 });
 
 test("a hidden tab stops its streams and catches up when visible again", async () => {
   const { page } = await openDashboard();
-  await waitFor(async () => (await metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed stream to be open");
+  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed stream to be open");
 
   const setVisibility = (state) =>
     page.evaluate((state) => {
@@ -337,71 +264,48 @@ test("a hidden tab stops its streams and catches up when visible again", async (
     }, state);
 
   await setVisibility("hidden");
-  await waitFor(async () => (await metric('runwire_streams_open{kind="workspace"}')) === 0, "the server to see the stream close");
+  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 0, "the server to see the stream close");
   assert.equal(await page.getAttribute("#live", "data-state"), "paused");
 
   // Changes while hidden reach nobody...
-  const run = (await one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'inventory', 'running') RETURNING id", [world.ws, world.tenantA])).id;
+  const run = (await db.one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'inventory', 'running') RETURNING id", [world.ws, world.tenantA])).id;
   assert.equal(await page.$(`li.run[data-run-id="${run}"]`), null);
 
   // ...and the fresh snapshot on becoming visible catches the page up.
   await setVisibility("visible");
   await page.waitForSelector(`li.run[data-run-id="${run}"][data-status="running"]`, { timeout: 5000 });
-  await waitFor(async () => (await metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed to reopen");
+  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 1, "the feed to reopen");
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
   await page.waitForSelector(`#finished-runs tr[data-run-id="${run}"]`, { timeout: WITHIN });
   await page.close();
 });
 
 test("runwire.js: hold() defers updates and release() applies only the newest state", async () => {
-  const run = (await one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [world.ws])).id;
-  const page = await browser.newPage();
-  await page.goto(base + "/healthz");
-  await page.addScriptTag({ url: "/runwire.js" });
+  // window.states: the processed counts the client applied.
+  const { run, page } = await watchNewRun("sync", "running", { pick: "processed" });
   await page.evaluate(
     ({ run, token }) => {
-      window.applied = [];
       window.raw = [];
-      window.rw = new Runwire({ token });
-      window.rw.watchRun(run, { onState: (s) => window.applied.push(s.summary_counts.processed ?? null) });
       // An independent plain EventSource tells the test when the server has sent each update.
       const es = new EventSource(`/v1/runs/${run}/events?access_token=${token}`);
       es.addEventListener("update", (e) => window.raw.push(JSON.parse(e.data).summary_counts.processed));
     },
     { run, token: adminToken },
   );
-  await page.waitForFunction(() => window.applied.length === 1);
+  await page.waitForFunction(() => window.states.length === 1);
   await page.evaluate(() => window.rw.hold()); // e.g. a modal opened
   for (const n of [1, 2, 3]) {
     await db.query(`UPDATE operation_runs SET summary_counts = '{"processed": ${n}}' WHERE id = $1`, [run]);
     await page.waitForFunction((n) => window.raw.includes(n), n);
   }
-  assert.deepEqual(await page.evaluate(() => window.applied), [null], "nothing applied while held");
+  assert.deepEqual(await page.evaluate(() => window.states), [null], "nothing applied while held");
   await page.evaluate(() => window.rw.release());
-  assert.deepEqual(await page.evaluate(() => window.applied), [null, 3], "only the newest state");
+  assert.deepEqual(await page.evaluate(() => window.states), [null, 3], "only the newest state");
   await page.close();
 });
 
 test("runwire.js: a 401 asks the page for a fresh token and reconnects", async () => {
-  const run = (await one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'backup', 'queued') RETURNING id", [world.ws])).id;
-  const page = await browser.newPage();
-  await page.goto(base + "/healthz");
-  await page.addScriptTag({ url: "/runwire.js" });
-  await page.evaluate(
-    ({ run, token }) => {
-      window.refreshes = 0;
-      window.states = [];
-      window.rw = new Runwire({
-        token: "an.expired.token",
-        refreshToken: () => {
-          window.refreshes++;
-          return Promise.resolve(token);
-        },
-      });
-      window.rw.watchRun(run, { onState: (s) => window.states.push(s.status) });
-    },
-    { run, token: adminToken },
-  );
+  const { run, page } = await watchNewRun("backup", "queued", { token: "an.expired.token", refresh: { token: adminToken } });
   await page.waitForFunction(() => window.states.length === 1, null, { timeout: 10000 });
   assert.equal(await page.evaluate(() => window.refreshes), 1);
   await db.query("UPDATE operation_runs SET status = 'running' WHERE id = $1", [run]);

@@ -16,6 +16,7 @@ import {
   laravelEnv,
   laravelMigrate,
   launchChromium,
+  openPage,
   waitFor,
   freePort,
 } from "./support.mjs";
@@ -70,12 +71,8 @@ const newRun = async (status = "queued") =>
   (await db.one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'backup', $3) RETURNING id", [world.ws, world.tenant, status])).id;
 
 /** Signs in (the example's dev login) and opens `path` in a new tab of `context`. */
-async function open(app, path, context) {
-  const page = await (context || browser).newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(`${app.base}/dev/login/${world.owner}?next=${encodeURIComponent(path)}`);
-  return { page, errors };
+function open(app, path, context) {
+  return openPage(context || browser, `${app.base}/dev/login/${world.owner}?next=${encodeURIComponent(path)}`);
 }
 
 /** Every request a page makes from now on, by origin. */

@@ -135,24 +135,40 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
   }, "runwire to be ready").catch((e) => {
     throw exited ? new Error("runwire serve exited before it was ready (see its output above)") : e;
   });
-  return {
+  const metricLines = async () => (await (await fetch(base + "/metrics")).text()).split("\n");
+  const handle = {
     base,
     ...proc,
     /** The value of one metric line, e.g. metric('runwire_streams_open{kind="multi"}'). */
     async metric(name) {
-      const text = await (await fetch(base + "/metrics")).text();
-      const line = text.split("\n").find((l) => l.startsWith(name + " "));
+      const line = (await metricLines()).find((l) => l.startsWith(name + " "));
       return line ? Number(line.split(" ")[1]) : NaN;
     },
+    /** A metric summed over its labels, e.g. metricSum("runwire_streams_opened_total"). */
+    async metricSum(name) {
+      return (await metricLines())
+        .filter((l) => l.startsWith(name + "{") || l.startsWith(name + " "))
+        .reduce((n, l) => n + Number(l.split(" ").pop()), 0);
+    },
     /** Open streams of every kind. */
-    async streamsOpen() {
-      const text = await (await fetch(base + "/metrics")).text();
-      return text
-        .split("\n")
-        .filter((l) => l.startsWith("runwire_streams_open{"))
-        .reduce((n, l) => n + Number(l.split(" ")[1]), 0);
+    streamsOpen: () => handle.metricSum("runwire_streams_open"),
+    /** A token this runwire accepts for `user` (`runwire token`; its default lifetime unless `ttl`). */
+    token(user, ttl) {
+      const args = ["token", "--user", String(user), ...(ttl ? ["--ttl", String(ttl)] : [])];
+      return execFileSync(runwireBinary(), args, { env: { ...process.env, RUNWIRE_JWT_SECRET: secret } })
+        .toString()
+        .trim();
+    },
+    /** A tab of `context` (or a browser) on this runwire's origin with runwire.js loaded. */
+    async page(context, initScript) {
+      const page = await context.newPage();
+      if (initScript) await page.addInitScript(initScript);
+      await page.goto(base + "/healthz"); // any same-origin page
+      await page.addScriptTag({ url: "/runwire.js" });
+      return page;
     },
   };
+  return handle;
 }
 
 /** The environment the Laravel example reads (see examples/laravel/README.md). */
@@ -228,4 +244,45 @@ export function launchChromium() {
       "--disable-sync",
     ],
   });
+}
+
+/** A new page of `context` (or a browser) at `url`; `errors` collects its uncaught exceptions. */
+export async function openPage(context, url, options) {
+  const page = await context.newPage(options);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(url);
+  return { page, errors };
+}
+
+/**
+ * Opens a runwire.js client (window.rw) in `page` watching `run`, and records what it hears:
+ * window.states (each state's status, or its processed count with `pick: "processed"`),
+ * window.ended, window.errors (the client's onError) and window.refreshes (refreshToken calls).
+ * `refresh`: { token } answers refreshToken with that token, { fail } rejects with that
+ * message; without it the client has no refreshToken hook.
+ */
+export function watchRun(page, run, { token, baseUrl, refresh, pick = "status" }) {
+  return page.evaluate(
+    ({ run, token, baseUrl, refresh, pick }) => {
+      window.states = [];
+      window.ended = false;
+      window.errors = [];
+      window.refreshes = 0;
+      const options = { token, onError: (e) => window.errors.push(e) };
+      if (baseUrl) options.baseUrl = baseUrl;
+      if (refresh) {
+        options.refreshToken = () => {
+          window.refreshes++;
+          return refresh.fail ? Promise.reject(new Error(refresh.fail)) : Promise.resolve(refresh.token);
+        };
+      }
+      window.rw = new Runwire(options);
+      window.rw.watchRun(run, {
+        onState: (s) => window.states.push(pick === "processed" ? (s.summary_counts.processed ?? null) : s.status),
+        onEnd: () => (window.ended = true),
+      });
+    },
+    { run, token, baseUrl, refresh, pick },
+  );
 }
