@@ -168,21 +168,19 @@ pub(crate) async fn require_integration(conn: &mut sqlx::PgConnection) -> anyhow
     let unreadable = crate::store::unreadable_tables(&mut *conn)
         .await
         .context("cannot check which tables runwire may read")?;
-    if !unreadable.is_empty() {
-        anyhow::bail!(
-            "runwire needs SELECT on {} (missing table or grant); see docs/operations.md",
-            unreadable.join(", ")
-        );
-    }
+    anyhow::ensure!(
+        unreadable.is_empty(),
+        "runwire needs SELECT on {} (missing table or grant); see docs/operations.md",
+        unreadable.join(", ")
+    );
     let missing = crate::store::missing_integration(&mut *conn)
         .await
         .context("cannot check the database for runwire's integration migration")?;
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the integration migration is not applied to this database (missing {}): run `runwire migrate` (or pass --migrate)",
-            missing.join(", ")
-        );
-    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the integration migration is not applied to this database (missing {}): run `runwire migrate` (or pass --migrate)",
+        missing.join(", ")
+    );
     Ok(())
 }
 

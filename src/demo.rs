@@ -140,12 +140,7 @@ pub(crate) async fn seed(pool: &PgPool) -> anyhow::Result<DemoWorld> {
                     .fetch_one(&mut *tx)
                     .await?;
             for (user, role) in [(admin, "owner"), (viewer, "member")] {
-                sqlx::query("INSERT INTO workspace_memberships VALUES ($1, $2, $3)")
-                    .bind(ws)
-                    .bind(user)
-                    .bind(role)
-                    .execute(&mut *tx)
-                    .await?;
+                grant(&mut tx, "workspace_memberships", ws, user, role).await?;
             }
             for (name, admin_role, viewer_role) in [
                 ("Contoso Europe", "owner", Some("readonly")),
@@ -162,12 +157,7 @@ pub(crate) async fn seed(pool: &PgPool) -> anyhow::Result<DemoWorld> {
                 .await?;
                 for (user, role) in [(admin, Some(admin_role)), (viewer, viewer_role)] {
                     if let Some(role) = role {
-                        sqlx::query("INSERT INTO tenant_memberships VALUES ($1, $2, $3)")
-                            .bind(t)
-                            .bind(user)
-                            .bind(role)
-                            .execute(&mut *tx)
-                            .await?;
+                        grant(&mut tx, "tenant_memberships", t, user, role).await?;
                     }
                 }
             }
@@ -186,6 +176,23 @@ pub(crate) async fn seed(pool: &PgPool) -> anyhow::Result<DemoWorld> {
         viewer,
         tenants,
     })
+}
+
+/// A membership row: `user` has `role` in the workspace or tenant `scope`.
+async fn grant(
+    conn: &mut sqlx::PgConnection,
+    memberships: &str,
+    scope: i64,
+    user: i64,
+    role: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(&format!("INSERT INTO {memberships} VALUES ($1, $2, $3)"))
+        .bind(scope)
+        .bind(user)
+        .bind(role)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 fn between(lo: u64, hi: u64) -> u64 {

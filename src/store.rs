@@ -4,6 +4,10 @@
 //! notifications or a multiplexed stream costs one query however many items it covers.
 //! Access queries return *facts* (memberships, roles); the rules that judge them live in
 //! `access::rules`, once.
+//!
+//! The functions look alike on purpose (a signature, the statement built once from the
+//! shared fragments below, a bind per slice): one function per question, so each reads as
+//! its SQL.
 
 use crate::access::rules::Facts;
 use crate::model::{Owner, PackRow, RunRow, ACTIVE_RUN_STATUSES};

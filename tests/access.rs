@@ -51,18 +51,9 @@ async fn next_feed_snapshot_without_leak(s: &mut Sse, forbidden: Option<i64>) ->
             );
         }
         if msg.event == "snapshot" {
-            return ids(&msg);
+            return run_ids(&msg);
         }
     }
-}
-
-fn ids(snapshot: &Msg) -> Vec<i64> {
-    snapshot.data["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect()
 }
 
 /// Makes the owner a member of `tenant` again (with a role that may view review packs).
@@ -91,6 +82,17 @@ fn leave_tenant(w: &World) -> String {
 
 fn mark_run(run: i64) -> String {
     format!("UPDATE operation_runs SET outcome = '{MARK}', updated_at = now() WHERE id = {run}")
+}
+
+/// The owner leaves the tenant and the run gets a marked state, in one transaction.
+async fn revoke_and_mark(app: &TestApp, w: &World, run: i64) {
+    in_one_transaction(app, &[leave_tenant(w), mark_run(run)]).await;
+}
+
+/// [`revoke_and_mark`], then the stream must end `forbidden` without the mark.
+async fn revoke_and_expect_end(app: &TestApp, w: &World, run: i64, s: &mut Sse) {
+    revoke_and_mark(app, w, run).await;
+    expect_end_without_leak(s, "forbidden", None).await;
 }
 
 /// Runs these statements in one transaction.
@@ -128,7 +130,7 @@ async fn watch_three_ways(
     for _ in 0..list.len() {
         set.expect("snapshot").await;
     }
-    let first = ids(&ws.expect("snapshot").await);
+    let first = run_ids(&ws.expect("snapshot").await);
     (single, set, ws, first)
 }
 
@@ -148,7 +150,6 @@ async fn a_run_moved_to_a_tenant_the_user_cannot_see_ends_its_streams() {
     let now = next_feed_snapshot_without_leak(&mut ws, Some(w.tenant_b)).await;
     assert_eq!(now, vec![keep]);
     assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 403);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -170,7 +171,6 @@ async fn a_run_moved_to_another_workspace_ends_its_streams() {
         .await
         .is_empty());
     assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 404);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -181,7 +181,7 @@ async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the
     let mut ps = app.sse(&pack_events(w.tenant), &t).await;
     let mut ws = app.sse(&feed(&w), &t).await;
     ps.expect("snapshot").await;
-    assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
+    assert_eq!(run_ids(&ws.expect("snapshot").await), vec![run]);
 
     app.exec(&format!(
         "UPDATE tenants SET workspace_id = {} WHERE id = {}",
@@ -194,7 +194,6 @@ async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the
     assert!(next_feed_snapshot_without_leak(&mut ws, None)
         .await
         .is_empty());
-    app.stop().await;
 }
 
 /// Which stream a race repetition watches.
@@ -252,7 +251,7 @@ async fn revoke_while_updating(app: &TestApp, w: &World, kind: Kind, one_transac
     );
     match kind {
         Kind::Feed => {
-            assert!(ids(&first).contains(&run));
+            assert!(run_ids(&first).contains(&run));
             assert_eq!(
                 next_feed_snapshot_without_leak(&mut s, None).await,
                 vec![other]
@@ -282,7 +281,6 @@ async fn race(kind: Kind) {
             revoke_while_updating(&app, &w, kind, one_transaction).await;
         }
     }
-    app.stop().await;
 }
 
 /// 20 revocations in one transaction with an update and 20 in the transaction just before
@@ -333,7 +331,6 @@ async fn a_recheck_that_cannot_be_made_writes_nothing_and_fails_closed() {
         expect_end_without_leak(&mut s, reason, None).await;
         released.await.unwrap();
     }
-    app.stop().await;
 }
 
 /// Revoked and updated while the listener is disconnected: the resync must not publish the
@@ -347,10 +344,8 @@ async fn revocation_while_the_listener_is_away_never_leaks() {
         let pid = app.running.listener_backend_pid().unwrap();
         app.exec(&format!("SELECT pg_terminate_backend({pid})"))
             .await;
-        in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
-        expect_end_without_leak(&mut s, "forbidden", None).await;
+        revoke_and_expect_end(&app, &w, run, &mut s).await;
     }
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -379,7 +374,6 @@ async fn a_deleted_run_ends_its_streams_with_gone_and_frees_their_slots() {
     // Truncation ends every stream of a run too.
     app.exec("TRUNCATE operation_runs").await;
     s.expect_end("gone").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -389,7 +383,7 @@ async fn a_deleted_run_leaves_the_feed_and_a_deleted_tenant_ends_its_pack_stream
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut ws = app.sse(&feed(&w), &t).await;
     let mut ps = app.sse(&pack_events(w.tenant), &t).await;
-    assert_eq!(ids(&ws.expect("snapshot").await), vec![run]);
+    assert_eq!(run_ids(&ws.expect("snapshot").await), vec![run]);
     ps.expect("snapshot").await;
     app.exec(&format!("DELETE FROM operation_runs WHERE id = {run}"))
         .await;
@@ -406,7 +400,6 @@ async fn a_deleted_run_leaves_the_feed_and_a_deleted_tenant_ends_its_pack_stream
         "{end:?}"
     );
     ps.expect_closed().await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -444,7 +437,6 @@ async fn a_pack_moved_between_tenants_updates_both_cards() {
     let arrived = set.expect("update").await;
     assert_eq!(arrived.data["tenant_id"], w.tenant_b);
     assert_eq!(arrived.data["pack"]["id"], pack);
-    app.stop().await;
 }
 
 /// Streams that hyper serves (here: a request with a `Content-Length`, which the connection
@@ -474,7 +466,7 @@ async fn a_hyper_served_stream_is_gated_too() {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
-        in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
+        revoke_and_mark(&app, &w, run).await;
         while !seen.contains("event: end") {
             let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
                 .await
@@ -486,7 +478,6 @@ async fn a_hyper_served_stream_is_gated_too() {
         assert!(!seen.contains(MARK), "leaked: {seen}");
         assert!(seen.contains(r#"{"reason":"forbidden"}"#), "{seen}");
     }
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -523,7 +514,6 @@ async fn losing_workspace_membership_ends_every_affected_stream() {
     // The other user's stream goes on.
     set_run(app.pool(), run, "status = 'completed'").await;
     assert_eq!(other.expect("update").await.data["status"], "completed");
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -560,7 +550,6 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
         .unwrap();
     rs2.expect_end("forbidden").await;
     assert_eq!(app.status(&run_events(run2), &t).await, 403);
-    app.stop().await;
 }
 
 /// A burst larger than one drain (a bulk job's thousands of notifications) between the
@@ -580,10 +569,8 @@ async fn a_revocation_behind_a_bulk_burst_never_leaks() {
             w.other_workspace
         ))
         .await;
-        in_one_transaction(&app, &[leave_tenant(&w), mark_run(run)]).await;
-        expect_end_without_leak(&mut s, "forbidden", None).await;
+        revoke_and_expect_end(&app, &w, run, &mut s).await;
     }
-    app.stop().await;
 }
 
 /// A feed whose snapshot read fails once (a locked table) writes nothing meanwhile and goes
@@ -593,7 +580,7 @@ async fn a_feed_snapshot_that_failed_once_does_not_end_the_feed_later() {
     let (app, w, t) = TestApp::seeded_with(|s| s.query_timeout_secs = 1).await;
     let run = create_run(app.pool(), w.workspace, None, "running").await;
     let mut feed = app.sse(&feed(&w), &t).await;
-    assert_eq!(ids(&feed.expect("snapshot").await), vec![run]);
+    assert_eq!(run_ids(&feed.expect("snapshot").await), vec![run]);
     // A migration holds the runs table; meanwhile the owner joins tenant B, so the feed must
     // re-read its snapshot, which fails until the table is free.
     let lock = app.lock("operation_runs").await;
@@ -609,11 +596,10 @@ async fn a_feed_snapshot_that_failed_once_does_not_end_the_feed_later() {
         "nothing is written while the snapshot cannot be read"
     );
     lock.rollback().await.unwrap();
-    assert_eq!(ids(&feed.expect("snapshot").await), vec![run]);
+    assert_eq!(run_ids(&feed.expect("snapshot").await), vec![run]);
     // Well past the 10 s an undecided stream gets: still open, still live.
     tokio::time::sleep(Duration::from_secs(11)).await;
     set_run(app.pool(), run, "status = 'completed'").await;
     let u = feed.expect("update").await;
     assert_eq!(u.data["id"], run);
-    app.stop().await;
 }

@@ -48,15 +48,12 @@ async fn multiplexed_stream_snapshots_updates_and_ends_when_all_terminal() {
         fresh.expect("snapshot").await;
     }
     fresh.expect_end("terminal").await;
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn multiplexed_stream_refuses_as_a_whole_and_validates_lists() {
     let (app, w, _) = TestApp::seeded().await;
-    let mine = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    let tenantless = create_run(app.pool(), w.workspace, None, "running").await;
-    let elsewhere = create_run(app.pool(), w.other_workspace, None, "running").await;
+    let (mine, tenantless, elsewhere) = runs_each_way(app.pool(), &w).await;
     let hundred: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
     let cases = [
         (
@@ -112,7 +109,6 @@ async fn multiplexed_stream_refuses_as_a_whole_and_validates_lists() {
             .status(),
         401
     );
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -135,12 +131,7 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
     let snap = owner.expect("snapshot").await;
     assert_eq!(snap.data["type"], "workspace_runs");
     assert_eq!(snap.data["workspace_id"], w.workspace);
-    let ids: Vec<i64> = snap.data["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
+    let ids = run_ids(&snap);
     assert!(
         ids.contains(&visible) && ids.contains(&tenantless),
         "{ids:?}"
@@ -151,12 +142,7 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
     );
     assert_eq!(ids.len(), 2, "only active runs");
     let msnap = member.expect("snapshot").await;
-    let mids: Vec<i64> = msnap.data["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
+    let mids = run_ids(&msnap);
     assert_eq!(mids, vec![tenantless]);
 
     // A change to a hidden run sends nothing; the next visible change is what arrives.
@@ -170,12 +156,7 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
         u = owner.expect("update").await;
     }
     assert_eq!(u.data["id"], created);
-    set_run(
-        app.pool(),
-        visible,
-        "status = 'completed', outcome = 'succeeded'",
-    )
-    .await;
+    set_run(app.pool(), visible, SUCCEEDED).await;
     let done = owner.expect("update").await;
     assert_eq!(
         (done.data["id"].as_i64(), done.data["terminal"].as_bool()),
@@ -197,7 +178,6 @@ async fn workspace_feed_shows_only_visible_runs_and_never_ends_on_terminal() {
         .await;
     assert_eq!(resp.status(), 404);
     assert_eq!(app.status("/v1/workspaces/abc/runs/events", &t).await, 400);
-    app.stop().await;
 }
 
 /// The feed carries everything a dashboard shows: runs finished in the last day (so "recently
@@ -271,5 +251,4 @@ async fn workspace_feed_carries_recent_runs_and_review_pack_cards() {
         metrics.contains(r#"runwire_streams_opened_total{kind="workspace"} 2"#),
         "{metrics}"
     );
-    app.stop().await;
 }

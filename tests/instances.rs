@@ -42,12 +42,7 @@ async fn two_instances_on_one_database_both_deliver_every_terminal_state() {
     }
     for run in &runs {
         set_run(&db.pool, *run, "status = 'running'").await;
-        set_run(
-            &db.pool,
-            *run,
-            "status = 'completed', outcome = 'succeeded'",
-        )
-        .await;
+        set_run(&db.pool, *run, SUCCEEDED).await;
     }
     set_pack(&db.pool, pack, "status = 'generating'").await;
     set_pack(&db.pool, pack, "status = 'ready'").await;

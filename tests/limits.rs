@@ -136,7 +136,6 @@ async fn token_timestamps_out_of_range_or_in_the_future_are_401() {
     let mut s = app.sse(&run_events(run), &far).await;
     assert_eq!(s.status, 200);
     s.expect("snapshot").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -175,7 +174,6 @@ async fn every_refusal_is_json_bad_utf8_and_malformed_heads_included() {
     let answer = raw(addr, huge.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(answer.contains("application/json"), "{answer}");
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -206,7 +204,6 @@ async fn a_non_bearer_authorization_header_hides_neither_cookie_nor_query_token(
         )
         .await;
     assert_eq!(error_code(bad_bearer).await.0, 401);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -222,7 +219,6 @@ async fn the_item_limit_counts_ids_as_sent() {
     let mut s = app.sse(&format!("/v1/streams?runs={hundred}"), &t).await;
     assert_eq!(s.status, 200);
     s.expect("snapshot").await;
-    app.stop().await;
 }
 
 // ---- connections ----
@@ -270,7 +266,6 @@ async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering()
         .unwrap();
     assert!(open > IDLE, "{open} open connections counted");
     drop(idle);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -307,7 +302,6 @@ async fn beyond_the_connection_cap_new_connections_are_closed_at_once() {
         metrics.contains("runwire_connections_refused_total 1"),
         "{metrics}"
     );
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -340,7 +334,6 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
     // The same limit closes a kept-alive connection that sends nothing more.
     let mut quiet = answered_connection(app.running.addr).await;
     closed_within(&mut quiet, Duration::from_secs(3)).await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -353,7 +346,6 @@ async fn an_idle_http2_connection_is_closed() {
         .unwrap();
     let took = closed_within(&mut s, Duration::from_secs(5)).await;
     assert!(took >= Duration::from_millis(900), "closed early: {took:?}");
-    app.stop().await;
 }
 
 // ---- queries ----
@@ -409,7 +401,6 @@ async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
     }
     migration.rollback().await.unwrap();
     assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -427,7 +418,6 @@ async fn a_statement_timeout_elsewhere_is_503_not_500() {
         asked.elapsed()
     );
     migration.rollback().await.unwrap();
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -515,7 +505,6 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
     proxy.restore();
     assert!(app.running.wait_ready(WAIT).await);
     assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
-    app.stop().await;
 }
 
 // ---- start-up and secrets: the built binary ----

@@ -170,12 +170,7 @@ async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
     set_run(&db.pool, run, "status = 'running', started_at = now()").await;
     assert_eq!(runs.expect("update").await.data["status"], "running");
     assert_eq!(feed.expect("update").await.data["status"], "running");
-    set_run(
-        &db.pool,
-        run,
-        "status = 'completed', outcome = 'succeeded', completed_at = now()",
-    )
-    .await;
+    set_run(&db.pool, run, SUCCEEDED).await;
     let done = runs.expect("update").await;
     assert_eq!(done.data["status"], "completed");
     assert_eq!(done.data["terminal"], true);

@@ -16,7 +16,6 @@ async fn a_stream_ends_when_its_token_expires() {
     let started = Instant::now();
     s.expect_end("token_expired").await;
     assert!(started.elapsed() <= Duration::from_secs(3));
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -56,7 +55,6 @@ async fn per_user_and_global_stream_caps() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     reopened.expect("slot freed").expect("snapshot").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -138,7 +136,6 @@ async fn session_cookie_and_cors_allow_list() {
         .await
         .unwrap();
     assert!(!other.headers().contains_key("access-control-allow-origin"));
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -153,17 +150,11 @@ async fn streams_close_without_end_after_their_lifetime() {
         took >= Duration::from_millis(800) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    app.stop().await;
 }
 
 /// The host finishes the run and the pack, as it would write them.
 async fn finish(app: &TestApp, run: i64, pack: i64) {
-    set_run(
-        app.pool(),
-        run,
-        "status = 'completed', outcome = 'succeeded'",
-    )
-    .await;
+    set_run(app.pool(), run, SUCCEEDED).await;
     set_pack(app.pool(), pack, "status = 'ready'").await;
 }
 
@@ -204,7 +195,6 @@ async fn database_outage_keeps_streams_open_and_catches_up() {
     proxy.restore();
     expect_finished(&mut rs, &mut ps).await;
     app.await_status("/readyz", 200).await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -244,7 +234,6 @@ async fn every_runwire_backend_terminated_while_runs_finish() {
     // And new streams work again.
     let again = app.get(&format!("/v1/runs/{run}"), Some(&t)).await;
     assert_eq!(again.status(), 200);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -279,7 +268,6 @@ async fn a_silently_dead_listener_is_replaced_within_the_heartbeat() {
     );
     s.expect_end("terminal").await;
     assert_ne!(app.running.listener_backend_pid(), Some(old_pid));
-    app.stop().await;
 }
 
 #[tokio::test]

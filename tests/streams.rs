@@ -51,18 +51,12 @@ async fn run_streams_its_lifecycle_then_ends() {
     assert_eq!(u2.data["summary_counts"]["processed"], 4);
     assert!(u2.id.parse::<i64>().unwrap() > u.id.parse::<i64>().unwrap());
 
-    set_run(
-        app.pool(),
-        run,
-        "status = 'completed', outcome = 'succeeded', completed_at = now()",
-    )
-    .await;
+    set_run(app.pool(), run, SUCCEEDED).await;
     let done = s.expect("update").await;
     assert_eq!(done.data["status"], "completed");
     assert_eq!(done.data["outcome"], "succeeded");
     assert_eq!(done.data["terminal"], true);
     s.expect_end("terminal").await;
-    app.stop().await;
 }
 
 /// The raw start of a stream, before any SSE parsing: `retry:` must come first.
@@ -99,7 +93,6 @@ async fn retry_hint_comes_first_and_follows_age() {
             "{age_secs}s: {text}"
         );
     }
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -131,7 +124,6 @@ async fn review_pack_goes_generating_to_ready() {
     assert_eq!(r.data["terminal"], true);
     assert!(r.data["pack"]["generated_at"].is_string());
     s.expect_end("terminal").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -149,7 +141,6 @@ async fn pack_stream_follows_a_newer_pack() {
     assert_eq!(r.data["pack"]["id"], newer);
     assert_eq!(r.data["pack"]["status"], "ready");
     s.expect_end("terminal").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -178,7 +169,6 @@ async fn terminal_on_connect_no_pack_and_unknown_status() {
     set_run(app.pool(), run, "status = 'cancelled_by_magic'").await;
     assert_eq!(s.expect("update").await.data["terminal"], true);
     s.expect_end("terminal").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -210,15 +200,12 @@ async fn reconnect_after_terminal_gets_204_like_eventsource() {
     s.expect_end("terminal").await;
     let again = Sse::open(&app.http, &purl, Some(&t), s.last_id.as_deref()).await;
     assert_eq!(again.status, 204);
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn access_table_for_streams_and_json() {
     let (app, w, t) = TestApp::seeded().await;
-    let tenant_run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    let tenantless = create_run(app.pool(), w.workspace, None, "running").await;
-    let other_run = create_run(app.pool(), w.other_workspace, None, "running").await;
+    let (tenant_run, tenantless, other_run) = runs_each_way(app.pool(), &w).await;
     create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
 
     let cases: Vec<(String, Option<String>, u16)> = vec![
@@ -316,7 +303,6 @@ async fn access_table_for_streams_and_json() {
         .await
         .unwrap();
     assert_eq!(c.status(), 200);
-    app.stop().await;
 }
 
 fn stream_path(json_path: &str) -> String {
@@ -372,7 +358,6 @@ async fn forged_notify_cannot_fake_a_state() {
     );
     // And the service is still healthy.
     assert_eq!(app.get("/healthz", None).await.status(), 200);
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -382,12 +367,7 @@ async fn fifty_rapid_updates_arrive_in_order() {
     let mut s = app.sse(&run_events(run), &t).await;
     let mut last_version = s.expect("snapshot").await.data["version"].as_i64().unwrap();
     for i in 1..=50 {
-        set_run(
-            app.pool(),
-            run,
-            &format!(r#"summary_counts = '{{"processed": {i}}}'"#),
-        )
-        .await;
+        progress(app.pool(), run, i).await;
     }
     // State, not a log: bursts may be coalesced, but never reordered, and the last state
     // always arrives.
@@ -414,7 +394,6 @@ async fn fifty_rapid_updates_arrive_in_order() {
         50
     );
     s.expect_end("terminal").await;
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -443,12 +422,7 @@ async fn listener_killed_while_runs_finish() {
     assert!(killed);
     // Finish everything while the listener is (probably) still gone.
     for run in &runs {
-        set_run(
-            app.pool(),
-            *run,
-            "status = 'completed', outcome = 'succeeded'",
-        )
-        .await;
+        set_run(app.pool(), *run, SUCCEEDED).await;
     }
     set_pack(app.pool(), pack, "status = 'ready'").await;
 
@@ -467,7 +441,6 @@ async fn listener_killed_while_runs_finish() {
         metrics.contains("runwire_listener_reconnects_total 1"),
         "{metrics}"
     );
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -491,7 +464,6 @@ async fn health_readiness_and_metrics() {
     let nf = app.get("/v1/nope", None).await;
     assert_eq!(nf.status(), 404);
     assert_eq!(nf.headers()["content-type"], "application/json");
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -554,7 +526,6 @@ async fn the_connection_front_guards_its_inputs() {
     for _ in 0..3 {
         assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
     }
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -596,7 +567,6 @@ async fn concurrent_opens_batched_together_keep_each_users_answer() {
         let (got, want, path, user) = r.await.unwrap();
         assert_eq!(got, want, "user {user} on {path}");
     }
-    app.stop().await;
 }
 
 /// Reads raw stream bytes until `needle` appears in what arrives after this call.
@@ -637,7 +607,6 @@ async fn keep_alive_comments_follow_silence_not_events() {
         "comment too soon after an event: {gap:?}"
     );
     assert!(gap < Duration::from_secs(3), "comment too late: {gap:?}");
-    app.stop().await;
 }
 
 /// A client that stops reading fills its socket: direct delivery hands its stream to the
@@ -713,7 +682,6 @@ async fn a_client_that_stops_reading_gets_the_newest_state_in_order() {
     let final_state = &updates.last().expect("the final state").1;
     assert_eq!(final_state["status"], "completed");
     assert_eq!(final_state["summary_counts"]["processed"], i as i64);
-    app.stop().await;
 }
 
 async fn metric(app: &TestApp, name: &str) -> f64 {
@@ -755,12 +723,7 @@ async fn two_hundred_viewers_of_one_run_all_get_the_final_state_and_end() {
         viewers.push(s);
     }
     for i in 1..=3 {
-        set_run(
-            app.pool(),
-            run,
-            &format!(r#"summary_counts = '{{"processed": {i}}}'"#),
-        )
-        .await;
+        progress(app.pool(), run, i).await;
     }
     set_run(app.pool(), run, "status = 'completed'").await;
     let checks = viewers.into_iter().map(|mut s| async move {
@@ -778,5 +741,4 @@ async fn two_hundred_viewers_of_one_run_all_get_the_final_state_and_end() {
         s.expect_end("terminal").await;
     });
     futures_util::future::join_all(checks).await;
-    app.stop().await;
 }

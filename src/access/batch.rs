@@ -129,6 +129,9 @@ impl Batcher {
         }
     }
 
+    // One typed method per kind, alike on purpose: each names its collector and row type;
+    // the shared work is `ask`.
+
     /// Access facts and state of these runs for `user_id` (rows of runs that exist).
     pub(crate) async fn runs(
         &self,

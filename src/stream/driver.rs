@@ -472,6 +472,14 @@ mod tests {
             }
         }
 
+        /// A rig whose stream has written its `retry:` and snapshot (both at once).
+        async fn opened(token_secs: u64, lifetime_secs: Option<u64>) -> Rig {
+            let mut rig = Rig::new(token_secs, lifetime_secs);
+            rig.expect("retry: 1000", NOW).await;
+            rig.expect("event: snapshot", NOW).await;
+            rig
+        }
+
         /// The next frame and when it came (None: the stream closed).
         async fn next(&mut self) -> Option<(String, Duration)> {
             let frame = self.frames.recv().await?;
@@ -500,9 +508,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn keep_alives_follow_silence_exactly() {
-        let mut rig = Rig::new(3600, None);
-        rig.expect("retry: 1000", NOW).await;
-        rig.expect("event: snapshot", NOW).await;
+        let mut rig = Rig::opened(3600, None).await;
         rig.expect(":", secs(15)).await;
         tokio::time::sleep(secs(5)).await;
         rig.publish(run(2));
@@ -514,9 +520,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_ends_when_its_token_expires() {
-        let mut rig = Rig::new(20, None);
-        rig.expect("retry", NOW).await;
-        rig.expect("event: snapshot", NOW).await;
+        let mut rig = Rig::opened(20, None).await;
         rig.expect(":", secs(15)).await;
         rig.expect("event: end\ndata: {\"reason\":\"token_expired\"}", secs(20))
             .await;
@@ -525,9 +529,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_closes_without_end_when_its_lifetime_is_over() {
-        let mut rig = Rig::new(3600, Some(40));
-        rig.expect("retry", NOW).await;
-        rig.expect("event: snapshot", NOW).await;
+        let mut rig = Rig::opened(3600, Some(40)).await;
         rig.expect(":", secs(15)).await;
         rig.expect(":", secs(30)).await;
         let closed = rig.next().await;
@@ -540,9 +542,7 @@ mod tests {
     /// ends with `unavailable`.
     #[tokio::test(start_paused = true)]
     async fn without_a_decision_nothing_is_written_then_unavailable() {
-        let mut rig = Rig::new(3600, None);
-        rig.expect("retry", NOW).await;
-        rig.expect("event: snapshot", NOW).await;
+        let mut rig = Rig::opened(3600, None).await;
         tokio::time::sleep(secs(1)).await;
         rig.streams.epochs.user_changed(7);
         rig.publish(run(2));

@@ -114,7 +114,9 @@ pub fn settings() -> Settings {
     s
 }
 
-/// The real service on its own database; a [`Client`] of it through `Deref`.
+/// The real service on its own database; a [`Client`] of it through `Deref`. Dropping it
+/// ends the test: the database goes (see [`TestDb`]) and the server's tasks go with the
+/// test's runtime. Graceful shutdown has tests of its own (`resilience.rs`).
 pub struct TestApp {
     pub db: TestDb,
     pub running: Running,
@@ -172,11 +174,6 @@ impl TestApp {
 
     pub fn pool(&self) -> &PgPool {
         &self.db.pool
-    }
-
-    pub async fn stop(self) {
-        self.running.shutdown().await;
-        self.db.drop_db().await;
     }
 
     /// Runs one statement on the test database.
@@ -525,6 +522,30 @@ async fn update_row(pool: &PgPool, table: &str, id: i64, set: &str) {
     .execute(pool)
     .await
     .unwrap();
+}
+
+/// Active runs of three kinds: of `tenant`, without a tenant, and in the other workspace.
+pub async fn runs_each_way(pool: &PgPool, w: &World) -> (i64, i64, i64) {
+    (
+        create_run(pool, w.workspace, Some(w.tenant), "running").await,
+        create_run(pool, w.workspace, None, "running").await,
+        create_run(pool, w.other_workspace, None, "running").await,
+    )
+}
+
+/// The host reports progress on a run: `processed` items so far.
+pub async fn progress(pool: &PgPool, run: i64, processed: i64) {
+    let set = format!(r#"summary_counts = '{{"processed": {processed}}}'"#);
+    set_run(pool, run, &set).await
+}
+
+/// How the host finishes a run well (`set_run`).
+pub const SUCCEEDED: &str = "status = 'completed', outcome = 'succeeded', completed_at = now()";
+
+/// The run ids of a feed snapshot, in order.
+pub fn run_ids(snapshot: &Msg) -> Vec<i64> {
+    let runs = snapshot.data["runs"].as_array().expect("a feed snapshot");
+    runs.iter().map(|r| r["id"].as_i64().unwrap()).collect()
 }
 
 pub async fn set_run(pool: &PgPool, run: i64, set: &str) {
