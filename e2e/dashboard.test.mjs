@@ -288,11 +288,13 @@ test("runwire.js: hold() defers updates and release() applies only the newest st
       window.raw = [];
       // An independent plain EventSource tells the test when the server has sent each update.
       const es = new EventSource(`/v1/runs/${run}/events?access_token=${token}`);
+      es.addEventListener("snapshot", () => (window.rawOpen = true));
       es.addEventListener("update", (e) => window.raw.push(JSON.parse(e.data).summary_counts.processed));
     },
     { run, token: adminToken },
   );
-  await page.waitForFunction(() => window.states.length === 1);
+  // Both streams are past their snapshots before the first update is written.
+  await page.waitForFunction(() => window.states.length === 1 && window.rawOpen === true);
   await page.evaluate(() => window.rw.hold()); // e.g. a modal opened
   for (const n of [1, 2, 3]) {
     await db.query(`UPDATE operation_runs SET summary_counts = '{"processed": ${n}}' WHERE id = $1`, [run]);

@@ -118,6 +118,8 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const proc = start(runwireBinary(), ["serve", ...args], {
+    // Its log (warnings and worse) goes to stdout: keep it in the test output.
+    stdio: ["ignore", "inherit", "inherit"],
     env: {
       ...process.env,
       DATABASE_URL: databaseUrl,

@@ -85,7 +85,7 @@ fn serve(database_url: &str, port: u16, flags: &[&str]) -> Child {
 async fn stderr_of(child: &mut Child) -> String {
     let mut err = String::new();
     let stderr = child.stderr.as_mut().expect("stderr is piped");
-    stderr.read_to_string(&mut err).await.ok();
+    stderr.read_to_string(&mut err).await.expect("read stderr");
     err
 }
 

@@ -293,8 +293,13 @@ pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Runnin
 
 /// A proxy in front of the server that holds `db`.
 pub async fn proxy_to(db: &TestDb) -> proxy::Proxy {
-    let upstream = format!("{}:{}", db.options.get_host(), db.options.get_port());
-    proxy::Proxy::start(upstream.parse().expect("Postgres at an IP address")).await
+    let (host, port) = (db.options.get_host(), db.options.get_port());
+    let upstream = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("Postgres at {host}:{port} has no TCP address"));
+    proxy::Proxy::start(upstream).await
 }
 
 /// A `--listener-database-url` that reaches `db` through `proxy`, so a test can break the
