@@ -66,13 +66,6 @@ async fn rejoin(app: &TestApp, w: &World) {
     .await;
 }
 
-/// The owner, a member of `tenant` again, watching a new active run of it.
-async fn watch_tenant_run(app: &TestApp, w: &World, t: &str) -> (i64, Sse) {
-    rejoin(app, w).await;
-    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-    (run, app.watch(&run_events(run), t).await)
-}
-
 fn leave_tenant(w: &World) -> String {
     format!(
         "DELETE FROM tenant_memberships WHERE tenant_id = {} AND user_id = {}",
@@ -89,10 +82,19 @@ async fn revoke_and_mark(app: &TestApp, w: &World, run: i64) {
     in_one_transaction(app, &[leave_tenant(w), mark_run(run)]).await;
 }
 
-/// [`revoke_and_mark`], then the stream must end `forbidden` without the mark.
-async fn revoke_and_expect_end(app: &TestApp, w: &World, run: i64, s: &mut Sse) {
-    revoke_and_mark(app, w, run).await;
-    expect_end_without_leak(s, "forbidden", None).await;
+/// `times` repetitions: the owner (a tenant member again) watches a new active run of the
+/// tenant, `between` happens, then [`revoke_and_mark`]; the stream must end `forbidden`
+/// without the mark.
+async fn revoke_after(times: usize, between: impl AsyncFn(&TestApp, &World, i64)) {
+    let (app, w, t) = TestApp::seeded().await;
+    for _ in 0..times {
+        rejoin(&app, &w).await;
+        let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        let mut s = app.watch(&run_events(run), &t).await;
+        between(&app, &w, run).await;
+        revoke_and_mark(&app, &w, run).await;
+        expect_end_without_leak(&mut s, "forbidden", None).await;
+    }
 }
 
 /// Runs these statements in one transaction.
@@ -337,15 +339,13 @@ async fn a_recheck_that_cannot_be_made_writes_nothing_and_fails_closed() {
 /// new state to a stream whose access was decided before the gap.
 #[tokio::test]
 async fn revocation_while_the_listener_is_away_never_leaks() {
-    let (app, w, t) = TestApp::seeded().await;
-    for _ in 0..5 {
-        let (run, mut s) = watch_tenant_run(&app, &w, &t).await;
+    revoke_after(5, async |app, _, _| {
         assert!(app.running.wait_ready(WAIT).await);
         let pid = app.running.listener_backend_pid().unwrap();
         app.exec(&format!("SELECT pg_terminate_backend({pid})"))
             .await;
-        revoke_and_expect_end(&app, &w, run, &mut s).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -557,20 +557,18 @@ async fn readonly_role_ends_pack_stream_but_not_run_stream() {
 /// are published is applied, however many notifications came with it.
 #[tokio::test]
 async fn a_revocation_behind_a_bulk_burst_never_leaks() {
-    let (app, w, t) = TestApp::seeded().await;
-    for _ in 0..10 {
-        let (run, mut s) = watch_tenant_run(&app, &w, &t).await;
-        // A change the watcher re-reads, then a bulk job, then the revocation with an update,
-        // all committed back to back.
+    // A change the watcher re-reads, then a bulk job, then the revocation with an update,
+    // all committed back to back.
+    revoke_after(10, async |app, w, run| {
         set_run(app.pool(), run, r#"summary_counts = '{"processed": 1}'"#).await;
         app.exec(&format!(
             "INSERT INTO operation_runs (workspace_id, type, status)
-                 SELECT {}, 'bulk', 'completed' FROM generate_series(1, 9000)",
+             SELECT {}, 'bulk', 'completed' FROM generate_series(1, 9000)",
             w.other_workspace
         ))
         .await;
-        revoke_and_expect_end(&app, &w, run, &mut s).await;
-    }
+    })
+    .await;
 }
 
 /// A feed whose snapshot read fails once (a locked table) writes nothing meanwhile and goes
