@@ -165,6 +165,7 @@ pub(crate) async fn prepare_database(
 /// What `serve` needs of a database it does not change: SELECT on every table it reads, and
 /// the integration migration applied. Says exactly what is missing.
 pub(crate) async fn require_integration(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    // Two checks alike in shape, in this order: without the grants the second cannot look.
     let unreadable = crate::store::unreadable_tables(&mut *conn)
         .await
         .context("cannot check which tables runwire may read")?;

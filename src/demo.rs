@@ -250,6 +250,10 @@ pub(crate) async fn simulate(pool: PgPool, world: DemoWorld, stop: CancellationT
     tasks.shutdown().await;
 }
 
+// The two lifecycles begin alike (insert the row, then pause): each is the host's writes for
+// one kind, in order, so a reader follows one item from start to end.
+
+/// One run as the host writes it: queued, running with progress, completed with an outcome.
 async fn run_lifecycle(
     pool: &PgPool,
     ws: i64,
@@ -323,6 +327,7 @@ async fn run_lifecycle(
     Ok(())
 }
 
+/// One review pack: queued, generating, then ready or failed.
 async fn pack_lifecycle(
     pool: &PgPool,
     ws: i64,
