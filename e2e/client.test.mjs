@@ -72,7 +72,7 @@ test("without Web Locks each tab connects on its own", async () => {
   await context.close();
 });
 
-test("a workspace feed relayed to a follower tab: the whole snapshot, runs to onRun, pack cards to onReviewPack", async () => {
+test("a workspace feed relayed to a follower tab: the whole snapshot, then each run and pack card to onState", async () => {
   const tenant = Number((await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Relay Tenant') RETURNING id", [world.ws])).id);
   await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [tenant, world.alice]);
   const context = await browser.newContext();
@@ -80,16 +80,18 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, runs to on
     page.evaluate(
       ({ ws, token }) => {
         window.feed = { snapshots: [], runs: [], cards: [] };
-        window.rw = new Runwire({ token });
+        window.rw = new runwire.Runwire({ token });
         window.rw.watchWorkspace(ws, {
-          onSnapshot: (runs, snapshot) =>
+          onSnapshot: (snapshot) =>
             window.feed.snapshots.push({
-              runs: runs.map((r) => r.id),
+              runs: snapshot.runs.map((r) => r.id),
               finished: snapshot.recently_finished.map((r) => r.id),
               packs: snapshot.review_packs.map((c) => [c.tenant_id, c.pack && c.pack.status]),
             }),
-          onRun: (run) => window.feed.runs.push([run.type, run.id, run.status]),
-          onReviewPack: (card) => window.feed.cards.push([card.type, card.tenant_id, card.pack && card.pack.id, card.pack && card.pack.status]),
+          onState: (s) =>
+            s.type === "operation_run"
+              ? window.feed.runs.push([s.type, s.id, s.status])
+              : window.feed.cards.push([s.type, s.tenant_id, s.pack && s.pack.id, s.pack && s.pack.status]),
         });
       },
       { ws: world.ws, token: token(world.alice) },
@@ -121,13 +123,13 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, runs to on
       ["review_pack", tenant, pack, "generating"],
       ["review_pack", tenant, pack, "ready"],
     ]);
-    assert.deepEqual(feed.runs, [["operation_run", run, "running"]], "onRun hears runs only");
+    assert.deepEqual(feed.runs, [["operation_run", run, "running"]], "one run change");
   }
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
   await context.close();
 });
 
-test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, then silence", async () => {
+test("a refreshToken that keeps failing counts as a 401: 3 tries, then one RunwireError, then silence", async () => {
   const context = await browser.newContext();
   const run = await newRun();
   const page = await runwire.page(context);
@@ -138,12 +140,14 @@ test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, 
   await watchRun(page, run, { token: "not.a.token", refresh: { fail: "the host's token route is down" } });
   await page.waitForFunction(() => window.errors.length === 1, null, { timeout: 10000 });
   const [error] = await page.evaluate(() => window.errors);
-  assert.equal(error.status, 401);
-  assert.match(error.cause, /refused|refresh/);
+  assert.deepEqual({ ...error, message: undefined }, { name: "RunwireError", isError: true, status: 401, reason: "unauthorized", message: undefined });
+  assert.match(error.message, /refused 3 refreshed tokens/);
   await page.waitForTimeout(3000);
   assert.equal(await page.evaluate(() => window.refreshes), 3);
   assert.equal(await page.evaluate(() => window.errors.length), 1);
-  assert.equal(streams.length, 1, "one stream request, refused; none after");
+  assert.equal(await page.evaluate(() => window.rw.readyState), "failed");
+  // The token was refused when the client asked runwire whom it names; nothing after.
+  assert.deepEqual(streams.map((u) => new URL(u).pathname), ["/v1/session"], "one request, refused; none after");
   await context.close();
 });
 
@@ -257,7 +261,7 @@ test("more items than one stream may carry (100): the rest follow as the first o
   await page.evaluate(
     ({ ids, token }) => {
       window.seen = new Set();
-      window.rw = new Runwire({ token });
+      window.rw = new runwire.Runwire({ token });
       window.rw.watchMany({ runs: ids }, { onState: (s) => window.seen.add(s.id) });
     },
     { ids, token: token(world.alice) },

@@ -260,29 +260,31 @@ export async function openPage(context, url, options) {
 /**
  * Opens a runwire.js client (window.rw) in `page` watching `run`, and records what it hears:
  * window.states (each state's status, or its processed count with `pick: "processed"`),
- * window.ended, window.errors (the client's onError) and window.refreshes (refreshToken calls).
- * `refresh`: { token } answers refreshToken with that token, { fail } rejects with that
- * message; without it the client has no refreshToken hook.
+ * window.ended (the end reason, or null), window.errors (the client's onError, as plain
+ * objects) and window.refreshes (refreshToken calls). `refresh`: { token } answers
+ * refreshToken with that token, { fail } rejects with that message; without it the client has
+ * no refreshToken hook.
  */
 export function watchRun(page, run, { token, baseUrl, refresh, pick = "status" }) {
   return page.evaluate(
     ({ run, token, baseUrl, refresh, pick }) => {
       window.states = [];
-      window.ended = false;
+      window.ended = null;
       window.errors = [];
       window.refreshes = 0;
-      const options = { token, onError: (e) => window.errors.push(e) };
-      if (baseUrl) options.baseUrl = baseUrl;
+      const plain = (e) => ({ name: e.name, isError: e instanceof Error, status: e.status, reason: e.reason, message: e.message });
+      const options = { token, onError: (e) => window.errors.push(plain(e)) };
+      if (baseUrl) options.url = baseUrl;
       if (refresh) {
         options.refreshToken = () => {
           window.refreshes++;
           return refresh.fail ? Promise.reject(new Error(refresh.fail)) : Promise.resolve(refresh.token);
         };
       }
-      window.rw = new Runwire(options);
+      window.rw = new runwire.Runwire(options);
       window.rw.watchRun(run, {
         onState: (s) => window.states.push(pick === "processed" ? (s.summary_counts.processed ?? null) : s.status),
-        onEnd: () => (window.ended = true),
+        onEnd: ({ reason }) => (window.ended = reason),
       });
     },
     { run, token, baseUrl, refresh, pick },
