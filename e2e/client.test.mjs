@@ -274,3 +274,111 @@ test("more items than one stream may carry (100): the rest follow as the first o
   await waitFor(async () => (await multiOpen()) === 0, "the stream to end");
   await context.close();
 });
+
+/**
+ * Alice may see runs of tenant A, Bob runs of tenant B; both the workspace's tenantless runs.
+ * Records in window.seen every state a tab's client hands it, and its end reasons.
+ */
+async function twoUserWorld() {
+  const tenant = async (name, user) => {
+    const id = (await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, $2) RETURNING id", [world.ws, name])).id;
+    await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [id, user]);
+    return id;
+  };
+  const run = async (tenant) =>
+    (await db.one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'sync', 'running') RETURNING id", [world.ws, tenant])).id;
+  const [ta, tb] = [await tenant("Alice's", world.alice), await tenant("Bob's", world.bob)];
+  return { runA: Number(await run(ta)), runB: Number(await run(tb)), shared: Number(await run(null)) };
+}
+
+function watchAll(page, runs, options) {
+  return page.evaluate(
+    ({ runs, options }) => {
+      window.seen = [];
+      window.ends = {};
+      if (options.refreshWith) options.refreshToken = () => options.refreshWith;
+      window.rw = new runwire.Runwire(options);
+      for (const id of runs) {
+        window.rw.watchRun(id, {
+          onState: (s) => window.seen.push([s.id, s.summary_counts.processed ?? null]),
+          onEnd: ({ reason }) => (window.ends[id] = reason),
+        });
+      }
+    },
+    { runs, options },
+  );
+}
+
+const progress = (run, n) => db.query(`UPDATE operation_runs SET summary_counts = $2 WHERE id = $1`, [run, { processed: n }]);
+
+test("two users in one browser, even with one's session cookie set: no tab receives the other user's states", async () => {
+  const { runA, runB, shared } = await twoUserWorld();
+  const context = await browser.newContext();
+  const alice = await runwire.page(context);
+  const bob = await runwire.page(context);
+  // Bob signed in here before (the dashboard's cookie): a token-mode page must still be Alice.
+  await bob.evaluate((t) => runwire.Runwire.startSession("", t), token(world.bob));
+  const tabs = [[alice, world.alice], [bob, world.bob]];
+  for (const [page, user] of tabs) await watchAll(page, [runA, runB, shared], { token: token(user) });
+  await alice.waitForFunction((run) => window.ends[run] === "forbidden", runB);
+  await bob.waitForFunction((run) => window.ends[run] === "forbidden", runA);
+  await waitFor(async () => (await multiOpen()) === 2, "one stream per user");
+  for (const [page, user] of tabs) {
+    assert.equal(await page.evaluate(() => window.rw._group && window.rw._group.user), String(user), "grouped by the user runwire confirmed");
+    assert.equal(await page.evaluate(() => !!window.rw._hub), true, "each user's tab leads its own group");
+  }
+  for (let n = 1; n <= 20; n++) {
+    await progress(runA, n);
+    await progress(runB, n);
+    await progress(shared, n);
+  }
+  await alice.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 20), runA);
+  await bob.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 20), runB);
+  for (const page of [alice, bob]) await page.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 20), shared);
+  const seenBy = async (page) => new Set((await page.evaluate(() => window.seen)).map(([id]) => id));
+  assert.deepEqual(await seenBy(alice), new Set([runA, shared]), "Alice never got a state of Bob's run");
+  assert.deepEqual(await seenBy(bob), new Set([runB, shared]), "Bob never got a state of Alice's run");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [[runA, runB, shared]]);
+  await waitFor(async () => (await multiOpen()) === 0, "the streams to end");
+  await context.close();
+});
+
+test("a refreshed token that names another user moves the tab to that user's tabs", async () => {
+  const { runA, runB, shared } = await twoUserWorld();
+  const context = await browser.newContext();
+  const moving = await runwire.page(context);
+  const alice = await runwire.page(context);
+  const bob = await runwire.page(context);
+  // Alice's token lives 2 s; the page's token route then answers with Bob's (another login).
+  await watchAll(moving, [runA, shared], { token: runwire.token(world.alice, 2), refreshWith: token(world.bob) });
+  await moving.waitForFunction(() => !!window.rw._hub);
+  await watchAll(alice, [shared], { token: token(world.alice) });
+  await watchAll(bob, [shared], { token: token(world.bob) });
+  await moving.waitForFunction((run) => window.seen.some(([id]) => id === run), runA);
+  await waitFor(async () => (await multiOpen()) === 2, "Alice's and Bob's streams");
+  assert.equal(await moving.evaluate(() => window.rw._group.user), String(world.alice));
+  assert.equal(await alice.evaluate(() => !!window.rw._hub), false, "Alice's other tab follows the moving one");
+
+  // At the token's expiry the tab refreshes, learns the token is Bob's and joins his tabs.
+  await moving.waitForFunction((bob) => window.rw._group && window.rw._group.user === bob, String(world.bob), { timeout: 10000 });
+  await moving.waitForFunction((run) => window.ends[run] === "forbidden", runA);
+  await waitFor(async () => (await multiOpen()) === 1, "one stream: Bob's, for both tabs");
+  assert.equal(await moving.evaluate(() => !!window.rw._hub), false, "it follows Bob's leader");
+  const before = (await moving.evaluate(() => window.seen)).filter(([id]) => id === runA).length;
+  await progress(runA, 5);
+  await progress(shared, 5);
+  for (const page of [moving, bob]) await page.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 5), shared);
+  const after = (await moving.evaluate(() => window.seen)).filter(([id]) => id === runA).length;
+  assert.equal(after, before, "nothing of Alice's run after the tab became Bob's");
+
+  // Alice's other tab now leads her group with her own token: Bob's run stays Bob's.
+  await alice.waitForFunction(() => !!window.rw._hub);
+  await alice.evaluate((run) => window.rw.watchRun(run, { onState: (s) => window.seen.push([s.id, null]), onEnd: ({ reason }) => (window.ends[run] = reason) }), runB);
+  await alice.waitForFunction((run) => window.ends[run] === "forbidden", runB);
+  await progress(runB, 9);
+  await bob.evaluate((run) => window.rw.watchRun(run, { onState: (s) => window.seen.push([s.id, s.summary_counts.processed]) }), runB);
+  await bob.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 9), runB);
+  assert.equal((await alice.evaluate(() => window.seen)).filter(([id]) => id === runB).length, 0, "Alice's tab got nothing of Bob's run");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [[runA, runB, shared]]);
+  await context.close();
+});
