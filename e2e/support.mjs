@@ -3,6 +3,7 @@
 
 import { spawn, execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -171,6 +172,27 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
     },
   };
   return handle;
+}
+
+/**
+ * A site of its own origin (`port`, or a free one; not runwire's): serves `routes`, each path
+ * to `[content type, body]`. For pages that load runwire from another origin, as hosts do.
+ */
+export async function startSite(routes, port) {
+  port = port || (await freePort());
+  const server = createHttpServer((req, res) => {
+    const route = routes[new URL(req.url, "http://site").pathname];
+    res.writeHead(route ? 200 : 404, { "content-type": route ? route[0] : "text/plain" });
+    res.end(route ? route[1] : "not found");
+  });
+  await new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
+  return {
+    base: `http://127.0.0.1:${port}`,
+    stop() {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 /** The environment the Laravel example reads (see examples/laravel/README.md). */

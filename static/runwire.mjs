@@ -1190,9 +1190,10 @@ function absoluteBase(url) {
 
 /**
  * Coalesces and defers a refresh: `trigger()` asks for one; `fire()` runs at most once per
- * `interval` ms (the first at once, the rest at the end of the interval), never while
- * `deferred()` says so — then once, as soon as it no longer does (checked every interval;
- * no request is made meanwhile).
+ * `interval` ms — the first right after the current task (so the states of one burst, say a
+ * snapshot of several items, make one refresh), the rest at the end of the interval — and
+ * never while `deferred()` says so, then once, as soon as it no longer does (checked every
+ * interval; nothing is requested meanwhile).
  */
 export class RefreshGate {
   constructor(fire, { interval = REFRESH_INTERVAL_MS, deferred = () => false, now = () => Date.now() } = {}) {
@@ -1207,7 +1208,7 @@ export class RefreshGate {
 
   trigger() {
     this.pending = true;
-    if (!this._timer) this._run();
+    if (!this._timer) this._schedule(Math.max(0, this._last + this.interval - this.now()));
   }
 
   cancel() {
@@ -1216,14 +1217,15 @@ export class RefreshGate {
     this._timer = null;
   }
 
+  _schedule(wait) {
+    this._timer = setTimeout(() => this._run(), wait);
+  }
+
   _run() {
     this._timer = null;
     if (!this.pending) return;
     const wait = this.deferred() ? this.interval : this._last + this.interval - this.now();
-    if (wait > 0) {
-      this._timer = setTimeout(() => this._run(), wait);
-      return;
-    }
+    if (wait > 0) return this._schedule(wait);
     this.pending = false;
     this._last = this.now();
     call(this.fire);
