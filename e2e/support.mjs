@@ -214,6 +214,8 @@ export function laravelEnv({ databaseName, runwireUrl, secret, ttl = 300, storag
     RUNWIRE_URL: runwireUrl,
     RUNWIRE_JWT_SECRET: secret,
     RUNWIRE_TOKEN_TTL: String(ttl),
+    // What a host's bundle would contain (npm); the example serves it as /js/laravel-echo.js.
+    LARAVEL_ECHO_JS: join(ROOT, "e2e/node_modules/laravel-echo/dist/echo.iife.js"),
   };
 }
 
@@ -228,7 +230,7 @@ export async function startLaravel(options) {
   const base = `http://127.0.0.1:${port}`;
   const storage = mkdtempSync(join(tmpdir(), "runwire-laravel-"));
   const env = laravelEnv({ ...options, storage });
-  const proc = start("php", ["-S", `127.0.0.1:${port}`, "-t", "public", "public/index.php"], {
+  const proc = start("php", ["-S", `127.0.0.1:${port}`, "-t", "public", "server.php"], {
     cwd: LARAVEL,
     env,
     stdio: ["ignore", "ignore", "pipe"],
@@ -239,7 +241,7 @@ export async function startLaravel(options) {
     const lines = (rest + chunk).split("\n");
     rest = lines.pop();
     for (const line of lines) {
-      if (!/Development Server|Accepted$|Closing$|\[\d{3}\]: (GET|POST) /.test(line)) process.stderr.write(`[laravel] ${line}\n`);
+      if (!/Development Server|Accepted$|Closing$|\[\d{3}\]: (GET|POST|HEAD) /.test(line)) process.stderr.write(`[laravel] ${line}\n`);
     }
   });
   await waitFor(async () => (await fetch(base + "/")).ok, "the Laravel example to answer");

@@ -135,6 +135,16 @@ export declare class Runwire {
   onStateChange: ((state: ReadyState) => void) | null;
   /** Whether hold() is in effect. */
   readonly held: boolean;
+  /**
+   * The page's shared client, made on the first call from `options` or from the JSON in
+   * `<script type="application/json" id="runwire-config">` (`{url, token, tokenUrl}`).
+   */
+  static page(options?: RunwireOptions): Runwire;
+  /**
+   * Keeps server-rendered `[data-runwire-run]` / `[data-runwire-review-pack]` elements live
+   * (`data-status`, `data-terminal`, `[data-runwire-field]` children, a `runwire:state` event).
+   */
+  bind(root: Element | Document): Subscription;
   watchRun(runId: number | string, handlers?: Handlers<RunState>): Subscription;
   watchReviewPack(tenantId: number | string, handlers?: Handlers<ReviewPackState>): Subscription;
   watchMany(

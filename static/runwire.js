@@ -727,6 +727,60 @@ class Runwire {
     });
   }
 
+  /**
+   * The page's shared client, made on the first call from `options` or, without them, from
+   * the JSON in `<script type="application/json" id="runwire-config">` (what the Laravel
+   * package's `@runwireScripts` renders): `{url, token, tokenUrl}`, where `tokenUrl` is a
+   * same-origin URL that answers a fresh token as text when runwire refuses the current one.
+   * Configured that way, it reports giving up as a `runwire:error` event on window.
+   */
+  static page(options) {
+    if (!pageClient) pageClient = new Runwire(options || pageConfig());
+    return pageClient;
+  }
+
+  /**
+   * Keeps server-rendered elements live: every `[data-runwire-run="{id}"]` and
+   * `[data-runwire-review-pack="{tenant id}"]` in `rootElement` (itself included). Each state
+   * sets the element's `data-status` (a pack's status, or `none`), `data-terminal`, the text
+   * of its `[data-runwire-field]` children (`status`, `outcome`, `counts`: "processed /
+   * total"; `pack`: the pack's id), its `progress[data-runwire-field="progress"]`, and
+   * dispatches `runwire:state` on it (`detail`: the state); the end sets `data-ended` to the
+   * reason. An element rendered terminal (`data-terminal="true"`) is not watched until a
+   * `runwire:follow` event on it says there is something new to follow (a newly requested
+   * review pack). Returns one handle that stops them all.
+   */
+  bind(rootElement) {
+    const handles = [];
+    const found = [];
+    const selector = "[data-runwire-run], [data-runwire-review-pack]";
+    if (rootElement.matches && rootElement.matches(selector)) found.push(rootElement);
+    if (rootElement.querySelectorAll) found.push(...rootElement.querySelectorAll(selector));
+    found.forEach((el) => {
+      if (el.__runwireBound) return;
+      el.__runwireBound = true;
+      let sub = null;
+      const follow = () => {
+        if (sub) sub.close();
+        el.removeAttribute("data-ended");
+        const handlers = {
+          onState: (state) => renderInto(el, state),
+          onEnd: ({ reason }) => el.setAttribute("data-ended", reason),
+        };
+        const run = el.getAttribute("data-runwire-run");
+        sub = run ? this.watchRun(run, handlers) : this.watchReviewPack(el.getAttribute("data-runwire-review-pack"), handlers);
+      };
+      el.addEventListener("runwire:follow", follow);
+      if (el.getAttribute("data-terminal") !== "true") follow();
+      handles.push(() => {
+        el.removeEventListener("runwire:follow", follow);
+        el.__runwireBound = false;
+        if (sub) sub.close();
+      });
+    });
+    return { close: () => handles.forEach((close) => close()) };
+  }
+
   /** Follows one run until it is terminal. */
   watchRun(runId, handlers) {
     return this._watch("run", runId, handlers);
@@ -1180,6 +1234,61 @@ class Runwire {
   }
 }
 
+let pageClient = null;
+
+/** `Runwire.page()`'s options from the page: the JSON `@runwireScripts` renders. */
+function pageConfig() {
+  const node = root.document && root.document.getElementById("runwire-config");
+  if (!node) throw new RunwireError("Runwire.page() needs options or a <script id=\"runwire-config\"> element", { reason: "no_config" });
+  const config = JSON.parse(node.textContent);
+  // The page hears that live updates stopped as a `runwire:error` event on window.
+  const onError = (error) => {
+    if (typeof root.CustomEvent === "function") root.dispatchEvent(new root.CustomEvent("runwire:error", { detail: error }));
+  };
+  const options = { url: config.url, token: config.token || undefined, onError };
+  if (config.tokenUrl) {
+    const fetchToken = () =>
+      fetch(config.tokenUrl, { credentials: "same-origin", headers: { Accept: "text/plain" }, cache: "no-store" }).then((r) => {
+        if (!r.ok) throw new RunwireError("the token route answered " + r.status, { status: r.status, reason: "token_route" });
+        return r.text();
+      });
+    if (options.token) options.refreshToken = fetchToken;
+    else options.token = fetchToken;
+  }
+  return options;
+}
+
+/** What `bind` shows of a state in a server-rendered element. */
+function renderInto(el, state) {
+  const field = (name, text) => {
+    el.querySelectorAll('[data-runwire-field="' + name + '"]').forEach((node) => {
+      node.textContent = text;
+    });
+  };
+  if (state.type === "review_pack") {
+    const pack = state.pack;
+    el.setAttribute("data-status", pack ? pack.status : "none");
+    el.setAttribute("data-pack-id", pack ? String(pack.id) : "");
+    field("status", pack ? pack.status : el.getAttribute("data-none-text") || "none");
+    field("pack", pack ? String(pack.id) : "");
+  } else {
+    const counts = state.summary_counts || {};
+    const total = Number(counts.total) || 0;
+    const processed = Number(counts.processed) || 0;
+    el.setAttribute("data-status", state.status);
+    field("status", state.status);
+    field("outcome", state.outcome);
+    field("counts", total ? processed + " / " + total : "");
+    el.querySelectorAll('progress[data-runwire-field="progress"]').forEach((bar) => {
+      bar.hidden = !total;
+      bar.max = total;
+      bar.value = processed;
+    });
+  }
+  el.setAttribute("data-terminal", state.terminal ? "true" : "false");
+  if (typeof root.CustomEvent === "function") el.dispatchEvent(new root.CustomEvent("runwire:state", { detail: state }));
+}
+
 /** runwire's URL made absolute, without a trailing slash: what tabs share by. */
 function absoluteBase(url) {
   try {
@@ -1259,6 +1368,14 @@ function filamentActionMounted(id) {
     }
     return Array.isArray(value) ? value.length > 0 : !!value;
   });
+}
+
+/** `$refresh` of the Livewire component `id` through Livewire's own JavaScript API. */
+function refreshLivewire(id) {
+  const wire = root.Livewire && typeof root.Livewire.find === "function" ? root.Livewire.find(id) : null;
+  if (!wire) return;
+  if (typeof wire.$refresh === "function") wire.$refresh();
+  else if (typeof wire.call === "function") wire.call("$refresh");
 }
 
 // ---- Laravel Echo -------------------------------------------------------------------------
@@ -1368,6 +1485,13 @@ class RunwireChannel {
 
   whisper() {
     return this;
+  }
+
+  /** Follows the channel's item again after it ended (a newer review pack, say). */
+  _reopen() {
+    if (this._sub || this._error) return;
+    this._ended = false;
+    this._open();
   }
 
   _open() {
@@ -1485,21 +1609,31 @@ class RunwireConnector {
   constructor(options = {}) {
     this.options = options;
     this.channels = {};
-    this.client =
-      options.client instanceof Runwire
-        ? options.client
-        : new Runwire({
-            url: options.url || options.baseUrl || options.host || "",
-            token: options.token || options.bearerToken || undefined,
-            refreshToken: options.refreshToken,
-            withCredentials: options.withCredentials,
-            onError: options.onError,
-            onStateChange: (state) => this._statusChanged(state),
-          });
+    if (options.client instanceof Runwire) {
+      // A shared client (say `Runwire.page()`): hear its state changes too.
+      this.client = options.client;
+      const previous = this.client.onStateChange;
+      this.client.onStateChange = (state) => {
+        call(previous, state);
+        this._statusChanged(state);
+      };
+    } else {
+      this.client = new Runwire({
+        url: options.url || options.baseUrl || options.host || "",
+        token: options.token || options.bearerToken || undefined,
+        refreshToken: options.refreshToken,
+        withCredentials: options.withCredentials,
+        onError: options.onError,
+        onStateChange: (state) => this._statusChanged(state),
+      });
+    }
     this._statusListeners = new Set();
     this._busy = typeof options.busy === "function" ? options.busy : filamentActionMounted;
     this._groups = new Map(); // refresh group -> { gate, members: Map(channel -> Set of callbacks), last }
     this._solo = 0;
+    this._refreshers = new Map(); // Livewire component id -> its refresh callback, for follow
+    this._onFollow = (e) => this._follow(e.detail);
+    if (root.addEventListener) root.addEventListener("runwire-follow", this._onFollow);
   }
 
   /** Echo calls this for a fresh connection; the client connects as channels are joined. */
@@ -1550,10 +1684,35 @@ class RunwireConnector {
   }
 
   disconnect() {
+    if (root.removeEventListener) root.removeEventListener("runwire-follow", this._onFollow);
     Object.keys(this.channels).forEach((name) => this.leaveChannel(name));
     this._groups.forEach((group) => group.gate.cancel());
     this._groups.clear();
     this.client.close();
+  }
+
+  /**
+   * The `runwire-follow` window event (`detail: {group, channels}`), which the Livewire trait's
+   * `runwireFollow()` dispatches after an action started something new (a review pack): opens
+   * those channels again, and their changes refresh the Livewire component `group` through
+   * its quiet refresh group. Livewire registers a component's listeners only when it mounts;
+   * this is how a component follows what it did not know then.
+   */
+  _follow(detail) {
+    const group = detail && detail.group != null ? String(detail.group) : null;
+    const names = detail && Array.isArray(detail.channels) ? detail.channels : [];
+    names.forEach((name) => {
+      const channel = this.privateChannel(String(name));
+      if (group) {
+        if (!this._refreshers.has(group)) this._refreshers.set(group, () => refreshLivewire(group));
+        const refresh = this._refreshers.get(group);
+        const event = "refresh." + group;
+        if (!channel._listeners.has(event)) channel._listeners.set(event, new Set());
+        channel._listeners.get(event).add(refresh);
+        this._joinRefresh(channel, event, refresh);
+      }
+      channel._reopen();
+    });
   }
 
   _statusChanged(state) {

@@ -9,6 +9,6 @@ return new class extends Migration
 {
     public function up()
     {
-        DB::unprepared(file_get_contents(config('services.runwire.migrations').'/20260101000000_host_tables.sql'));
+        DB::unprepared(file_get_contents(config('services.host.migrations').'/20260101000000_host_tables.sql'));
     }
 };
