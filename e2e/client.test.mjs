@@ -382,3 +382,19 @@ test("a refreshed token that names another user moves the tab to that user's tab
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [[runA, runB, shared]]);
   await context.close();
 });
+
+test("a row runwire cannot read ends its subscription with `unreadable`; the others on the stream go on", async () => {
+  const context = await browser.newContext();
+  const page = await runwire.page(context);
+  const good = Number(await newRun());
+  const bad = Number(await newRun());
+  // A timestamp no date type holds: runwire cannot decode the row.
+  await db.query("UPDATE operation_runs SET started_at = 'infinity' WHERE id = $1", [bad]);
+  await watchAll(page, [good, bad], { token: token(world.alice) });
+  await page.waitForFunction((bad) => window.ends[bad] === "unreadable", bad, { timeout: 10000 });
+  await progress(good, 3);
+  await page.waitForFunction((good) => window.seen.some(([id, n]) => id === good && n === 3), good);
+  assert.deepEqual((await page.evaluate(() => window.seen)).filter(([id]) => id === bad), [], "no state of the unreadable run");
+  await db.query("UPDATE operation_runs SET status = 'completed' WHERE id = ANY($1)", [[good, bad]]);
+  await context.close();
+});

@@ -60,10 +60,10 @@ export interface WorkspaceSnapshot {
 /**
  * Why a subscription (or an Echo channel) is over: `terminal` (finished), `forbidden`
  * (access lost or refused), `gone` (deleted), `not_found` (never there, or not yours to
- * know), `bad_request`, `token_expired`, `unavailable`, or a reason this client does not
- * know yet (treat it as final).
+ * know), `unreadable` (runwire cannot decode the item's row), `bad_request`, or a reason this
+ * client does not know yet (treat it as final).
  */
-export type EndReason = "terminal" | "forbidden" | "gone" | "not_found" | "bad_request" | "token_expired" | "unavailable" | (string & {});
+export type EndReason = "terminal" | "forbidden" | "gone" | "not_found" | "unreadable" | "bad_request" | (string & {});
 
 export interface End<S = never> {
   reason: EndReason;

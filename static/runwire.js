@@ -200,14 +200,12 @@ const KINDS = {
     param: "runs",
     snapshotPath: (id) => "/v1/runs/" + encodeURIComponent(id),
     idOf: (state) => String(state.id),
-    versionOf: (state) => String(state.version),
   },
   pack: {
     type: "review_pack",
     param: "review_pack_tenants",
     snapshotPath: (id) => "/v1/tenants/" + encodeURIComponent(id) + "/review-pack",
     idOf: (state) => String(state.tenant_id),
-    versionOf: (state) => (state.pack ? state.pack.id + "." + state.pack.version : "0.0"),
   },
 };
 const KIND_NAMES = ["run", "pack"];
@@ -592,11 +590,19 @@ class Hub {
                 return 200;
               });
             }
-            discard(r);
             if (r.status === 400 || r.status === 403 || r.status === 404) {
+              discard(r);
               this._itemEnded(k, id, refusalReason(r.status, streamReason));
+              return r.status;
             }
-            return r.status;
+            // A row runwire cannot decode is over for the client too (not worth retrying).
+            return r
+              .json()
+              .catch(() => null)
+              .then((body) => {
+                if (body && body.error && body.error.code === "unreadable") this._itemEnded(k, id, "unreadable");
+                return r.status;
+              });
           },
           () => 0,
         );
@@ -1063,8 +1069,10 @@ class Runwire {
   _itemState(kind, id, state) {
     const item = this._items[kind].get(id);
     if (!item) return;
-    const version = KINDS[kind].versionOf(state);
-    if (version === item.version) return; // the same state again (a reconnect, another tab)
+    // The same state again (a reconnect, another tab) is no change. Compared whole: versions
+    // are the NOTIFY integration's, and a state may carry none.
+    const version = JSON.stringify(state);
+    if (version === item.version) return;
     item.version = version;
     item.state = state;
     if (state.terminal) {
