@@ -228,8 +228,10 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
     const page = await short.page(context);
     const run = await newRun();
     const streams = [];
+    const sent = [];
     page.on("request", (r) => {
       if (r.url().startsWith(short.base + "/v1/streams")) streams.push(Date.now());
+      if (r.url().startsWith(short.base + "/v1/streams")) sent.push({ url: r.url(), headers: r.headers() });
     });
     await watchRun(page, run, { token: token(world.alice), pick: "processed" });
     await page.waitForFunction(() => window.states.length === 1);
@@ -238,6 +240,14 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
     await page.waitForFunction(() => window.states.includes(7), null, { timeout: 5000 });
     assert.ok(streams.length >= 2, "it reconnected");
     assert.ok(streams[1] - streams[0] >= 1800 + 450, `the reconnect waited: ${streams[1] - streams[0]} ms`);
+    // The token travels in a header, never in the URL; the reconnect resumes from the id the
+    // first stream sent (its snapshot's `id:`).
+    for (const { url, headers } of sent) {
+      assert.ok(!url.includes("access_token"), url);
+      assert.match(headers.authorization, /^Bearer [\w-]+\.[\w-]+\.[\w-]+$/);
+    }
+    assert.equal(sent[0].headers["last-event-id"], undefined, "a first connection has no id to resume from");
+    assert.ok(sent[1].headers["last-event-id"], "the reconnect sends Last-Event-ID");
     await page.evaluate(() => window.rw.close());
     await context.close();
   } finally {

@@ -156,6 +156,15 @@ for (const mode of ["module", "global"]) {
     await db.query("DELETE FROM operation_runs WHERE id = $1", [doomed]);
     await page.waitForFunction(() => window.log.some(([w]) => w === "doomed ended"));
     assert.deepEqual(await heard(page, "doomed ended"), [{ reason: "gone" }]);
+    // A workspace channel ends when access to the workspace is lost.
+    const lost = Number((await db.one("INSERT INTO workspaces (name) VALUES ('Left behind') RETURNING id")).id);
+    await db.query("INSERT INTO workspace_memberships VALUES ($1, $2, 'member')", [lost, world.alice]);
+    await page.evaluate((ws) => echo.private(`workspaces.${ws}.runs`).listen(".snapshot", record("lost snapshot")).listen(".ended", record("lost ended")), lost);
+    await page.waitForFunction(() => window.log.some(([w]) => w === "lost snapshot"));
+    await db.query("DELETE FROM workspace_memberships WHERE workspace_id = $1", [lost]);
+    await page.waitForFunction(() => window.log.some(([w]) => w === "lost ended"));
+    assert.deepEqual(await heard(page, "lost ended"), [{ reason: "forbidden" }]);
+
     await setRun(earlier, "status = 'failed'");
     assert.deepEqual(errors, []);
     await context.close();

@@ -333,7 +333,7 @@ test("a Livewire component with RefreshesOnRunwire refreshes on push through its
 
   const finished = Date.now();
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
-  await page.waitForSelector('#live-run[data-status="completed"]', { timeout: 5000 });
+  await page.waitForSelector('#live-run[data-status="completed"]', { timeout: WITHIN });
   console.log(`# livewire: terminal state rendered after ${Date.now() - finished} ms`);
   await waitFor(async () => (await runwire.streamsOpen()) === 0, "the stream to end with the run");
   assert.deepEqual(errors, []);

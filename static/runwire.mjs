@@ -812,7 +812,7 @@ export class Runwire {
     const id = String(workspaceId);
     // `changes`: the newest state of each changed item since the last flush, by kind and id.
     const feed = { id, handlers: handlers || {}, snapshot: null, changes: new Map(), seen: false };
-    if (this._feeds.has(id) === false) this._feeds.set(id, new Set());
+    if (!this._feeds.has(id)) this._feeds.set(id, new Set());
     this._feeds.get(id).add(feed);
     this._changed();
     return {
@@ -1046,7 +1046,8 @@ export class Runwire {
   }
 
   _setState(state) {
-    if (this.readyState === state || this._final()) return;
+    // failed and closed are final; only close() moves on from failed.
+    if (this.readyState === state || (this._final() && !(state === "closed" && this.readyState === "failed"))) return;
     this.readyState = state;
     call(this.onStateChange, state);
   }
