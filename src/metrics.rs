@@ -30,6 +30,7 @@ pub(crate) enum CloseReason {
     client_gone,
     unavailable,
     gone,
+    unreadable,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,6 +181,7 @@ impl Default for Metrics {
             CloseReason::client_gone,
             CloseReason::unavailable,
             CloseReason::gone,
+            CloseReason::unreadable,
         ] {
             let _ = m.streams_closed.get_or_create(&ReasonLabel { reason });
         }

@@ -22,7 +22,7 @@ pub(crate) mod hub;
 
 use crate::access::Epochs;
 use crate::metrics::Metrics;
-use crate::model::{ItemKey, State};
+use crate::model::{ChangeSource, ItemKey, State};
 use crate::store;
 use futures_util::FutureExt;
 use hub::Hub;
@@ -372,16 +372,22 @@ impl Watcher {
     }
 
     async fn reread(&self, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
+        let mode = ChangeSource::Notify;
         let mut states = Vec::new();
         if !plan.runs.is_empty() {
             let ids: Vec<i64> = plan.runs.iter().copied().collect();
             let started = Instant::now();
-            let rows = bounded(store::runs_by_ids(&self.pool, &ids)).await?;
+            let rows = bounded(store::runs_by_ids(&self.pool, mode, &ids)).await?;
             self.metrics.observe_reread(ids.len(), started.elapsed());
             let mut missing = plan.runs.clone();
             for row in &rows {
-                missing.remove(&row.id);
-                states.push(Arc::new(State::run(row)));
+                let Some((state, _)) = State::of_run(row, None) else {
+                    continue;
+                };
+                if let ItemKey::Run(id) = state.key {
+                    missing.remove(&id);
+                }
+                states.push(Arc::new(state));
             }
             states.extend(
                 missing
@@ -392,12 +398,12 @@ impl Watcher {
         if !plan.packs.is_empty() {
             let tenants: Vec<i64> = plan.packs.iter().copied().collect();
             let started = Instant::now();
-            let rows = bounded(store::latest_packs(&self.pool, &tenants)).await?;
+            let rows = bounded(store::latest_packs(&self.pool, mode, &tenants)).await?;
             self.metrics
                 .observe_reread(tenants.len(), started.elapsed());
             for row in &rows {
                 let state = match row.exists {
-                    true => State::pack(row.tenant_id, row.pack.as_ref()),
+                    true => State::of_card(row.tenant_id, row.pack.as_ref(), None),
                     false => State::gone(ItemKey::Pack {
                         tenant: row.tenant_id,
                     }),
