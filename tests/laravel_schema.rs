@@ -116,13 +116,11 @@ async fn the_fixture_builds_the_host_tables_with_laravels_types() {
     assert_eq!(triggers, 0);
 }
 
-/// Issue 19, breakage 2 — FAILS ON TODAY'S MAIN, ignored until the fix lands: after
-/// `runwire migrate` on Laravel's tables, a queue worker's progress update to the `json`
-/// column fails with "could not identify an equality operator for type json" (the version
-/// trigger compares `NEW IS NOT DISTINCT FROM OLD`, which json cannot). Run it with
-/// `cargo test --test laravel_schema -- --ignored`; the fix removes the `ignore`.
+/// Issue 19, breakage 2: after `runwire migrate` on Laravel's tables, a queue worker's
+/// progress update to the `json` column failed with "could not identify an equality operator
+/// for type json" (the version trigger compared `NEW IS NOT DISTINCT FROM OLD`, which json
+/// cannot); every worker's progress update would have crashed.
 #[tokio::test]
-#[ignore = "issue 19 breakage 2: fails until runwire's triggers work on json columns"]
 async fn json_progress_updates_succeed_with_runwire_migrated() {
     let db = laravel_db().await;
     let migrated = tokio::process::Command::new(env!("CARGO_BIN_EXE_runwire"))
