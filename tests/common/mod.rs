@@ -15,6 +15,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod binary;
+pub mod laravel;
 pub mod proxy;
 
 /// At least 32 bytes, as runwire requires.
@@ -96,6 +98,18 @@ impl TestDb {
             options,
             pool,
         }
+    }
+
+    /// The database's URL (test clusters trust local connections: no password).
+    pub fn url(&self) -> String {
+        let o = &self.options;
+        format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            self.name
+        )
     }
 
     /// Closes the pool first, so the drop is quick; the database goes with `self`.
@@ -209,6 +223,24 @@ impl TestApp {
         let db = TestDb::new().await;
         let running = start(&db, settings).await;
         Self::on(db, running)
+    }
+
+    /// The service on host tables made by Laravel's own Schema builder (json, timestamp
+    /// without time zone, int4 tenant ids, varchar, pivots with an `id`), seeded, with the
+    /// owner's token.
+    pub async fn laravel() -> (TestApp, World, String) {
+        let db = TestDb::empty().await;
+        laravel::create_laravel_schema(&db.url()).await;
+        let mut conn = db.pool.acquire().await.expect("a connection");
+        runwire::migrate(&mut conn, changes())
+            .await
+            .expect("migrations");
+        drop(conn);
+        let running = start(&db, settings()).await;
+        let app = Self::on(db, running);
+        let w = seed(app.pool()).await;
+        let t = token(w.owner);
+        (app, w, t)
     }
 
     /// An instance started some other way (e.g. through a proxy, see [`start_with`]).
@@ -535,16 +567,29 @@ async fn insert(pool: &PgPool, sql: &str) -> i64 {
 }
 
 pub async fn seed(pool: &PgPool) -> World {
+    // Laravel's users table wants a password; runwire's own has none.
+    let password: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_name = 'users' AND column_name = 'password')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let mut users = Vec::new();
     for email in ["owner@x", "readonly@x", "member@x", "outsider@x"] {
-        let sql = format!("INSERT INTO users (email) VALUES ('{email}') RETURNING id");
+        let sql = match password {
+            true => format!(
+                "INSERT INTO users (email, name, password) VALUES ('{email}', '', '') RETURNING id::int8"
+            ),
+            false => format!("INSERT INTO users (email) VALUES ('{email}') RETURNING id::int8"),
+        };
         users.push(insert(pool, &sql).await);
     }
     let [owner, readonly, member, outsider] = users[..] else {
         unreachable!()
     };
     let named = |table: &str, columns: &str, values: &str| {
-        format!("INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id")
+        format!("INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id::int8")
     };
     let ws = insert(pool, &named("workspaces", "name", "'Acme'")).await;
     let other = insert(pool, &named("workspaces", "name", "'Other'")).await;
@@ -552,10 +597,10 @@ pub async fn seed(pool: &PgPool) -> World {
     let tenant = insert(pool, &tenant_in("Tenant A")).await;
     let tenant_b = insert(pool, &tenant_in("Tenant B")).await;
     sqlx::raw_sql(&format!(
-        "INSERT INTO workspace_memberships VALUES
+        "INSERT INTO workspace_memberships (workspace_id, user_id, role) VALUES
             ({ws}, {owner}, 'owner'), ({ws}, {readonly}, 'readonly'), ({ws}, {member}, 'operator'),
             ({other}, {outsider}, 'owner');
-         INSERT INTO tenant_memberships VALUES
+         INSERT INTO tenant_memberships (tenant_id, user_id, role) VALUES
             ({tenant}, {owner}, 'owner'), ({tenant}, {readonly}, 'readonly');"
     ))
     .execute(pool)
@@ -577,7 +622,7 @@ pub async fn create_run(pool: &PgPool, workspace: i64, tenant: Option<i64>, stat
     let tenant = tenant.map_or("NULL".to_string(), |t| t.to_string());
     let sql = format!(
         "INSERT INTO operation_runs (workspace_id, tenant_id, type, status)
-         VALUES ({workspace}, {tenant}, 'sync', '{status}') RETURNING id"
+         VALUES ({workspace}, {tenant}, 'sync', '{status}') RETURNING id::int8"
     );
     insert(pool, &sql).await
 }
@@ -624,7 +669,7 @@ pub async fn set_run(pool: &PgPool, run: i64, set: &str) {
 pub async fn create_pack(pool: &PgPool, workspace: i64, tenant: i64, status: &str) -> i64 {
     let sql = format!(
         "INSERT INTO review_packs (workspace_id, tenant_id, status)
-         VALUES ({workspace}, {tenant}, '{status}') RETURNING id"
+         VALUES ({workspace}, {tenant}, '{status}') RETURNING id::int8"
     );
     insert(pool, &sql).await
 }

@@ -324,7 +324,9 @@ impl<'w> Session<'w> {
         let keys = w.hub.items.keys();
         for chunk in keys.chunks(RESYNC_CHUNK) {
             let (runs, tenants) = split(chunk);
+            let started = Instant::now();
             states.extend(read_rows(&mut tx, &runs, &tenants).await?.states(at));
+            w.metrics.observe_reread(chunk.len(), started.elapsed());
         }
         tx.commit().await?;
         w.applied.advance(at);
@@ -761,9 +763,11 @@ impl<'w> Session<'w> {
         let token = format!("read-{:016x}", rand::random::<u64>());
         self.reads.insert(token.clone(), (None, None));
         let (pool, applied) = (self.w.pool.clone(), Arc::clone(&self.w.applied));
-        let reply = self.read_tx.clone();
+        let (reply, metrics) = (self.read_tx.clone(), Arc::clone(&self.w.metrics));
         tokio::spawn(async move {
+            let started = Instant::now();
             let read = consistent_read(&pool, &applied, token, &runs, &tenants, feeds).await;
+            metrics.observe_reread(runs.len() + tenants.len(), started.elapsed());
             let _ = reply.send(read.map_err(|e| format!("a read for the WAL source failed: {e}")));
         });
     }
