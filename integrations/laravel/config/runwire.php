@@ -21,7 +21,14 @@ return [
         'middleware' => ['web', 'auth'],
     ],
 
-    // Run the integration migration (runwire's `version` columns and notify triggers) with
-    // the app's migrations. Set to false after `php artisan vendor:publish --tag=runwire-migrations`.
+    // Where runwire takes changes from, and so what the integration migration installs (and
+    // which one it removes): 'wal' (logical replication: a publication, nothing on your
+    // tables; needs wal_level = logical, and REPLICATION for runwire's role), 'notify'
+    // (triggers; works everywhere but serialises your commits), or 'auto' ('wal' where the
+    // server has wal_level = logical, as `runwire migrate` decides).
+    'changes' => env('RUNWIRE_CHANGES', 'auto'),
+
+    // Run the integration migration with the app's migrations. Set to false after
+    // `php artisan vendor:publish --tag=runwire-migrations` (or to migrate with runwire itself).
     'migrations' => true,
 ];

@@ -311,11 +311,14 @@ test('the token route: GET /runwire/token behind web + auth, and refused under a
     check($named(['runwire' => ['url' => '/runwire', 'token_route' => ['path' => 'auth/runwire-token']]]) !== null, 'another path is fine');
 });
 
-test('the migration runs runwire\'s own integration SQL, verbatim', function () use ($package) {
-    $runwireSql = $package.'/../../migrations/20260101000001_runwire_notify.sql';
-    $migration = file_get_contents($package.'/database/migrations/2026_01_01_000001_runwire_notify.php');
-    check((bool) preg_match("/<<<'RUNWIRE_SQL'\n(.*)\nRUNWIRE_SQL\);/s", $migration, $m), 'the migration embeds the SQL');
-    same(rtrim(file_get_contents($runwireSql), "\n"), $m[1], 'copy migrations/20260101000001_runwire_notify.sql into the package migration');
+test('the integration is runwire\'s own SQL, verbatim, and the migration installs it by runwire.changes', function () use ($package) {
+    foreach (['notify', 'wal', 'remove_notify', 'remove_wal'] as $name) {
+        same(file_get_contents($package."/../../migrations/$name.sql"), \Runwire\Laravel\Integration::sql($name), "copy runwire's migrations/$name.sql to resources/sql/$name.sql");
+    }
+    $migration = file_get_contents($package.'/database/migrations/2026_01_01_000001_runwire_integration.php');
+    check(str_contains($migration, "Integration::install(DB::connection(), config('runwire.changes', 'auto'))"), 'the migration installs by the config');
+    same('auto', bootApp()['config']->get('runwire.changes'), 'auto by default, as runwire migrate');
+    throws(fn () => \Runwire\Laravel\Integration::install(new \Illuminate\Database\Connection(fn () => null), 'triggers'), '/auto, wal or notify/');
 });
 
 // ---- run -----------------------------------------------------------------------------------
