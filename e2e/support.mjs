@@ -81,7 +81,12 @@ export async function createDatabase(prefix) {
     query: (sql, params) => client.query(sql, params),
     async drop() {
       await client.end();
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      // A runwire in WAL mode that just stopped may hold its (temporary) replication slot a
+      // moment longer: the slot goes with its walsender.
+      await waitFor(async () => {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        return true;
+      }, `dropping ${name}`, 10000);
       await admin.end();
     },
   };
