@@ -21,7 +21,8 @@
 //!   the connection front that hands SSE sockets to the stream driver (hyper serves
 //!   everything else). [`wire`] writes every HTTP/1.1 byte that is written by hand.
 //! * [`model`] defines the state of a watched item and the one definition of "terminal".
-//! * [`store`] holds every SQL statement runwire runs.
+//! * [`store`] holds every SQL statement runwire runs on the host's data; [`schema`] installs
+//!   and checks what runwire needs of the database (`migrations/`).
 
 #![warn(unreachable_pub)]
 
@@ -34,6 +35,7 @@ mod embedded_pg;
 mod http;
 mod metrics;
 mod model;
+mod schema;
 mod store;
 mod stream;
 mod telemetry;
@@ -49,7 +51,8 @@ pub use app::{connect_options, pool_options, Running, Server};
 pub use cli::run;
 pub use config::{Cli, Settings};
 pub use embedded_pg::EmbeddedPostgres;
-pub use store::missing_integration;
+pub use model::ChangeSource;
+pub use schema::{create_host_tables, migrate, missing_notify, Changes};
 
 /// Pure functions that parse what clients and Postgres send, for the fuzz targets.
 pub mod parsing {
@@ -58,39 +61,4 @@ pub mod parsing {
     pub use crate::stream::items::already_seen;
     pub use crate::stream::sse::event as sse_event;
     pub use crate::watch::Doorbell;
-}
-
-/// Migrations: the host tables (for standalone use) and runwire's triggers, in separate files.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// The version of the integration migration (the trigger file), which is idempotent.
-const INTEGRATION_MIGRATION: i64 = 20260101000001;
-
-/// Applies the migrations. The integration file is re-applied when a newer runwire changed
-/// it (it only replaces runwire's own functions and triggers), instead of refusing the
-/// database as a modified migration.
-pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut conn = pool.acquire().await.context("cannot connect to Postgres")?;
-    migrate_connection(&mut conn).await
-}
-
-/// [`migrate`] on one connection. One session throughout: a refused run returns without
-/// releasing sqlx's advisory lock.
-pub async fn migrate_connection(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    use anyhow::Context;
-    match MIGRATOR.run(&mut *conn).await {
-        Err(sqlx::migrate::MigrateError::VersionMismatch(INTEGRATION_MIGRATION)) => {
-            sqlx::query("SELECT pg_advisory_unlock_all()")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
-                .bind(INTEGRATION_MIGRATION)
-                .execute(&mut *conn)
-                .await
-                .context("cannot replace the older integration migration")?;
-            MIGRATOR.run(&mut *conn).await.context("migrations failed")
-        }
-        r => r.context("migrations failed"),
-    }
 }

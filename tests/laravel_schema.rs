@@ -3,29 +3,13 @@
 //! leave the host's writes to them working (issue 19).
 
 mod common;
-// Until tests/common/mod.rs declares it (`pub mod laravel;`), this file brings it in itself.
-#[path = "common/laravel.rs"]
-mod laravel;
 
-use common::TestDb;
-use laravel::create_laravel_schema;
-
-/// The fixture's database as a URL for PHP (the test cluster trusts local connections, so
-/// there is no password to carry).
-fn url_of(db: &TestDb) -> String {
-    let o = &db.options;
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        db.name
-    )
-}
+use common::laravel::create_laravel_schema;
+use common::*;
 
 async fn laravel_db() -> TestDb {
     let db = TestDb::empty().await;
-    create_laravel_schema(&url_of(&db)).await;
+    create_laravel_schema(&db.url()).await;
     db
 }
 
@@ -124,8 +108,9 @@ async fn the_fixture_builds_the_host_tables_with_laravels_types() {
 async fn json_progress_updates_succeed_with_runwire_migrated() {
     let db = laravel_db().await;
     let migrated = tokio::process::Command::new(env!("CARGO_BIN_EXE_runwire"))
-        .arg("migrate")
-        .env("DATABASE_URL", url_of(&db))
+        // The NOTIFY integration: its version trigger is what json broke.
+        .args(["migrate", "--changes", "notify"])
+        .env("DATABASE_URL", db.url())
         .env("RUST_LOG", "warn")
         .output()
         .await
@@ -159,4 +144,49 @@ async fn json_progress_updates_succeed_with_runwire_migrated() {
             .await
             .unwrap();
     assert_eq!(stored, r#"{"processed":3}"#);
+}
+
+/// Laravel's rows — json progress, timestamps without time zone, int4 tenant ids, varchar,
+/// NULL summary_counts — stream on single, set, pack and feed streams, in the test's mode.
+#[tokio::test]
+async fn laravel_rows_stream_on_every_kind_of_stream() {
+    let (app, w, t) = TestApp::laravel().await;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut single = app.watch(&run_events(run), &t).await;
+    let set_path = format!("/v1/streams?runs={run}&review_pack_tenants={}", w.tenant);
+    let mut set = app.sse(&set_path, &t).await;
+    let first = set.expect("snapshot").await;
+    assert!(first.data["summary_counts"].is_null(), "{first:?}");
+    set.expect("snapshot").await;
+    let mut card = app.watch(&pack_events(w.tenant), &t).await;
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    let snapshot = feed.expect("snapshot").await;
+    assert_eq!(run_ids(&snapshot), vec![run]);
+    assert_eq!(snapshot.data["review_packs"][0]["pack"]["id"], pack);
+
+    app.exec(&format!(
+        r#"UPDATE operation_runs SET summary_counts = '{{"processed": 3, "total": 10}}'::json,
+               updated_at = now() WHERE id = {run}"#
+    ))
+    .await;
+    for s in [&mut single, &mut set, &mut feed] {
+        let u = s.expect("update").await;
+        assert_eq!(u.data["summary_counts"]["processed"], 3, "{u:?}");
+        assert!(u.data["updated_at"].as_str().unwrap().ends_with('Z'));
+    }
+    app.exec(&format!(
+        "UPDATE review_packs SET status = 'ready', generated_at = now(), updated_at = now()
+         WHERE id = {pack}"
+    ))
+    .await;
+    assert_eq!(card.expect("update").await.data["pack"]["status"], "ready");
+    card.expect_end("terminal").await;
+    set_run(app.pool(), run, SUCCEEDED).await;
+    let done = single.expect("update").await;
+    assert_eq!(done.data["status"], "completed");
+    single.expect_end("terminal").await;
+    assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
 }

@@ -509,107 +509,7 @@ async fn while_the_listener_is_down_requests_get_503_at_once() {
 
 // ---- start-up and secrets: the built binary ----
 
-mod binary {
-    use super::*;
-    use std::process::Stdio;
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::process::{Child, Command};
-
-    /// `runwire` run as a subprocess, its JSON log collected line by line.
-    pub struct Proc {
-        pub child: Child,
-        pub lines: Arc<Mutex<Vec<String>>>,
-    }
-
-    pub fn runwire(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runwire"));
-        cmd.args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("RUNWIRE_JWT_SECRET")
-            .env("RUST_LOG", "info")
-            .env("RUNWIRE_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("runwire binary");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for out in [
-            Box::new(child.stderr.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stdout.take().unwrap()),
-        ] {
-            let lines = Arc::clone(&lines);
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(out).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Proc { child, lines }
-    }
-
-    impl Proc {
-        /// Waits for a log line containing `needle`; returns it.
-        pub async fn line(&self, needle: &str) -> String {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(l) = self
-                    .lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.contains(needle))
-                {
-                    return l.clone();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "no line with {needle:?} in {:#?}",
-                    self.lines.lock().unwrap()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        pub fn count(&self, needle: &str) -> usize {
-            self.lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count()
-        }
-
-        /// Waits for the process to exit; returns whether it succeeded and its output.
-        pub async fn exit(mut self) -> (bool, String) {
-            let status = tokio::time::timeout(WAIT, self.child.wait())
-                .await
-                .expect("exited in time")
-                .unwrap();
-            // Let the readers drain the pipes.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            (status.success(), self.lines.lock().unwrap().join("\n"))
-        }
-
-        /// The address from the "runwire listening" line.
-        pub async fn addr(&self) -> SocketAddr {
-            let line = self.line("runwire listening").await;
-            let v: Value = serde_json::from_str(&line).unwrap();
-            v["fields"]["addr"].as_str().unwrap().parse().unwrap()
-        }
-    }
-
-    pub fn strong_secret() -> (&'static str, &'static str) {
-        ("RUNWIRE_JWT_SECRET", SECRET)
-    }
-}
-
-use binary::{runwire, strong_secret};
+use common::binary::{runwire, strong_secret};
 
 #[tokio::test]
 async fn short_secrets_are_refused_by_serve_demo_and_token() {
@@ -735,10 +635,7 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
     let r = c.get("/v1/runs/1", Some(&t)).await;
     assert_eq!(error_code(r).await, (404, "not_found".into()));
     drop(p);
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    drop_database(&mut conn, &name).await.unwrap();
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use runwire::Running;
 use runwire::Tokens;
-use runwire::{Server, Settings, MIGRATOR};
+use runwire::{ChangeSource, Changes, Server, Settings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::net::SocketAddr;
@@ -15,6 +15,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod binary;
+pub mod laravel;
 pub mod proxy;
 
 /// At least 32 bytes, as runwire requires.
@@ -27,6 +29,25 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// The change source every test runs on: `RUNWIRE_TEST_CHANGES=wal` (logical replication;
+/// `DATABASE_URL` must then be a server with `wal_level = logical`, as `scripts/test` starts
+/// one) or `notify` (the default).
+pub fn mode() -> ChangeSource {
+    match std::env::var("RUNWIRE_TEST_CHANGES").as_deref() {
+        Ok("wal") => ChangeSource::Wal,
+        Ok("notify") | Err(_) => ChangeSource::Notify,
+        Ok(other) => panic!("RUNWIRE_TEST_CHANGES={other}: wal or notify"),
+    }
+}
+
+/// [`mode`] as `--changes`.
+pub fn changes() -> Changes {
+    match mode() {
+        ChangeSource::Wal => Changes::Wal,
+        ChangeSource::Notify => Changes::Notify,
+    }
+}
+
 /// A database of its own for one test, dropped (forcibly) when the `TestDb` is dropped —
 /// also when the test panics, so no run leaves databases behind and none touches another's.
 pub struct TestDb {
@@ -36,10 +57,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A database with runwire's migrations (the host tables and the integration).
+    /// A database with the host tables and runwire's integration for the test [`mode`].
     pub async fn new() -> TestDb {
         let db = Self::empty().await;
-        MIGRATOR.run(&db.pool).await.expect("migrations");
+        let mut conn = db.pool.acquire().await.expect("a connection");
+        runwire::migrate(&mut conn, changes())
+            .await
+            .expect("migrations");
+        drop(conn);
         db
     }
 
@@ -75,6 +100,18 @@ impl TestDb {
         }
     }
 
+    /// The database's URL (test clusters trust local connections: no password).
+    pub fn url(&self) -> String {
+        let o = &self.options;
+        format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            self.name
+        )
+    }
+
     /// Closes the pool first, so the drop is quick; the database goes with `self`.
     pub async fn drop_db(self) {
         self.pool.close().await;
@@ -93,10 +130,7 @@ impl Drop for TestDb {
                 .expect("runtime");
             runtime.block_on(async {
                 let mut admin = PgConnection::connect(&admin_url()).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map(|_| ())
+                drop_database(&mut admin, &name).await
             })
         })
         .join();
@@ -106,11 +140,40 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops a test database, whatever still uses it: `WITH (FORCE)` ends its sessions, but a
+/// logical replication slot (WAL mode) holds the database until its walsender has gone, so
+/// the walsenders are ended and the drop is repeated until their temporary slots are gone.
+pub async fn drop_database(admin: &mut PgConnection, name: &str) -> sqlx::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE database = $1 AND active_pid IS NOT NULL",
+        )
+        .bind(name)
+        .execute(&mut *admin)
+        .await?;
+        let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut *admin)
+            .await;
+        match dropped {
+            Err(e)
+                if e.to_string().contains("replication slot")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 pub fn settings() -> Settings {
     let mut s = Settings::defaults();
     s.bind = "127.0.0.1:0".parse().unwrap();
     s.jwt_secret = Some(SECRET.to_string());
     s.heartbeat_secs = 2;
+    s.changes = changes();
     s
 }
 
@@ -160,6 +223,24 @@ impl TestApp {
         let db = TestDb::new().await;
         let running = start(&db, settings).await;
         Self::on(db, running)
+    }
+
+    /// The service on host tables made by Laravel's own Schema builder (json, timestamp
+    /// without time zone, int4 tenant ids, varchar, pivots with an `id`), seeded, with the
+    /// owner's token.
+    pub async fn laravel() -> (TestApp, World, String) {
+        let db = TestDb::empty().await;
+        laravel::create_laravel_schema(&db.url()).await;
+        let mut conn = db.pool.acquire().await.expect("a connection");
+        runwire::migrate(&mut conn, changes())
+            .await
+            .expect("migrations");
+        drop(conn);
+        let running = start(&db, settings()).await;
+        let app = Self::on(db, running);
+        let w = seed(app.pool()).await;
+        let t = token(w.owner);
+        (app, w, t)
     }
 
     /// An instance started some other way (e.g. through a proxy, see [`start_with`]).
@@ -260,6 +341,18 @@ impl Client {
     }
 }
 
+/// Whether `id` is the SSE id of a state of this `version`: the version itself in NOTIFY mode;
+/// in WAL mode the WAL position (the version) and a digest of the state.
+pub fn is_id_of(id: &str, version: &serde_json::Value) -> bool {
+    let version = version.as_i64().expect("a numeric version").to_string();
+    match mode() {
+        ChangeSource::Notify => id == version,
+        ChangeSource::Wal => id
+            .split_once('-')
+            .is_some_and(|(v, digest)| v == version && digest.len() == 16),
+    }
+}
+
 /// Waits until `check` holds, polling; fails the test after [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -286,7 +379,10 @@ pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Runnin
         .connect_with(options.application_name("runwire"))
         .await
         .expect("app pool");
-    let running = Server::build(settings, pool).await.expect("build").start();
+    let running = Server::build(settings, pool)
+        .await
+        .expect("build")
+        .start(mode());
     assert!(running.wait_ready(WAIT).await, "listener never connected");
     running
 }
@@ -471,16 +567,29 @@ async fn insert(pool: &PgPool, sql: &str) -> i64 {
 }
 
 pub async fn seed(pool: &PgPool) -> World {
+    // Laravel's users table wants a password; runwire's own has none.
+    let password: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_name = 'users' AND column_name = 'password')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let mut users = Vec::new();
     for email in ["owner@x", "readonly@x", "member@x", "outsider@x"] {
-        let sql = format!("INSERT INTO users (email) VALUES ('{email}') RETURNING id");
+        let sql = match password {
+            true => format!(
+                "INSERT INTO users (email, name, password) VALUES ('{email}', '', '') RETURNING id::int8"
+            ),
+            false => format!("INSERT INTO users (email) VALUES ('{email}') RETURNING id::int8"),
+        };
         users.push(insert(pool, &sql).await);
     }
     let [owner, readonly, member, outsider] = users[..] else {
         unreachable!()
     };
     let named = |table: &str, columns: &str, values: &str| {
-        format!("INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id")
+        format!("INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id::int8")
     };
     let ws = insert(pool, &named("workspaces", "name", "'Acme'")).await;
     let other = insert(pool, &named("workspaces", "name", "'Other'")).await;
@@ -488,10 +597,10 @@ pub async fn seed(pool: &PgPool) -> World {
     let tenant = insert(pool, &tenant_in("Tenant A")).await;
     let tenant_b = insert(pool, &tenant_in("Tenant B")).await;
     sqlx::raw_sql(&format!(
-        "INSERT INTO workspace_memberships VALUES
+        "INSERT INTO workspace_memberships (workspace_id, user_id, role) VALUES
             ({ws}, {owner}, 'owner'), ({ws}, {readonly}, 'readonly'), ({ws}, {member}, 'operator'),
             ({other}, {outsider}, 'owner');
-         INSERT INTO tenant_memberships VALUES
+         INSERT INTO tenant_memberships (tenant_id, user_id, role) VALUES
             ({tenant}, {owner}, 'owner'), ({tenant}, {readonly}, 'readonly');"
     ))
     .execute(pool)
@@ -513,7 +622,7 @@ pub async fn create_run(pool: &PgPool, workspace: i64, tenant: Option<i64>, stat
     let tenant = tenant.map_or("NULL".to_string(), |t| t.to_string());
     let sql = format!(
         "INSERT INTO operation_runs (workspace_id, tenant_id, type, status)
-         VALUES ({workspace}, {tenant}, 'sync', '{status}') RETURNING id"
+         VALUES ({workspace}, {tenant}, 'sync', '{status}') RETURNING id::int8"
     );
     insert(pool, &sql).await
 }
@@ -560,7 +669,7 @@ pub async fn set_run(pool: &PgPool, run: i64, set: &str) {
 pub async fn create_pack(pool: &PgPool, workspace: i64, tenant: i64, status: &str) -> i64 {
     let sql = format!(
         "INSERT INTO review_packs (workspace_id, tenant_id, status)
-         VALUES ({workspace}, {tenant}, '{status}') RETURNING id"
+         VALUES ({workspace}, {tenant}, '{status}') RETURNING id::int8"
     );
     insert(pool, &sql).await
 }

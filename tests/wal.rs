@@ -1,0 +1,197 @@
+//! What only the WAL change source does, run in the WAL pass of the tests
+//! (`RUNWIRE_TEST_CHANGES=wal` on a server with `wal_level = logical`; `scripts/test` runs
+//! both passes): slots that cannot outlive runwire, no terminal state lost across replication
+//! kills, an unchanged TOASTed value kept, ids that agree between instances, no query per
+//! update. Every other test of the suite runs in both modes.
+
+mod common;
+
+use common::binary::{runwire, strong_secret};
+use common::*;
+use runwire::ChangeSource;
+
+/// Whether this pass is the WAL one (the NOTIFY pass says so and skips).
+fn wal_pass(test: &str) -> bool {
+    let wal = mode() == ChangeSource::Wal;
+    if !wal {
+        eprintln!("{test}: WAL mode only; it runs in the WAL pass of scripts/test");
+    }
+    wal
+}
+
+/// runwire's replication slots on `db`: (slot name, active).
+async fn slots(db: &TestDb) -> Vec<(String, bool)> {
+    sqlx::query_as(
+        "SELECT slot_name::text, active FROM pg_replication_slots
+         WHERE database = current_database() ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// A runwire that stops, or is killed, leaves no slot behind: nothing holds WAL back.
+#[tokio::test]
+async fn a_stopped_or_killed_runwire_leaves_no_slot() {
+    if !wal_pass("a_stopped_or_killed_runwire_leaves_no_slot") {
+        return;
+    }
+    let db = TestDb::new().await;
+    let url = db.url();
+    for signal in ["TERM", "KILL"] {
+        let p = runwire(
+            &["serve", "--bind", "127.0.0.1:0", "--changes", "wal"],
+            &[("DATABASE_URL", &url), strong_secret()],
+        );
+        let c = Client::to(p.addr().await);
+        c.await_status("/readyz", 200).await;
+        let held = slots(&db).await;
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert!(held[0].0.starts_with("runwire_") && held[0].1, "{held:?}");
+        let temporary: bool =
+            sqlx::query_scalar("SELECT temporary FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(&held[0].0)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert!(temporary);
+        let pid = p.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        eventually("the slot to go", || async { slots(&db).await.is_empty() }).await;
+        drop(p);
+    }
+}
+
+/// The walsender is terminated again and again while runs finish: every terminal state
+/// arrives, every stream ends, no slot is left over.
+#[tokio::test]
+async fn no_terminal_state_is_lost_across_replication_kills() {
+    if !wal_pass("no_terminal_state_is_lost_across_replication_kills") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded().await;
+    for _ in 0..20 {
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let run = create_run(app.pool(), w.workspace, None, "running").await;
+            streams.push((run, app.watch(&run_events(run), &t).await));
+        }
+        assert!(app.running.wait_ready(WAIT).await);
+        let walsender = app.running.listener_backend_pid().unwrap();
+        app.exec(&format!("SELECT pg_terminate_backend({walsender})"))
+            .await;
+        for (run, _) in &streams {
+            set_run(app.pool(), *run, SUCCEEDED).await;
+        }
+        for (_, s) in streams.iter_mut() {
+            let done = s.expect("update").await;
+            assert_eq!(done.data["status"], "completed");
+            s.expect_end("terminal").await;
+        }
+    }
+    eventually("one slot", || async { slots(&app.db).await.len() == 1 }).await;
+}
+
+/// A `summary_counts` large enough to be TOASTed, which an update that does not touch it
+/// leaves out of the replication message: watched streams and feeds still show it.
+#[tokio::test]
+async fn an_unchanged_toasted_summary_counts_keeps_its_value() {
+    if !wal_pass("an_unchanged_toasted_summary_counts_keeps_its_value") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded().await;
+    // Random hex does not compress: well over the TOAST threshold.
+    let big: String = (0..800)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let counts = format!(r#"{{"processed": 1, "log": "{big}"}}"#);
+    let watched = create_run(app.pool(), w.workspace, None, "running").await;
+    let feed_only = create_run(app.pool(), w.workspace, None, "running").await;
+    for run in [watched, feed_only] {
+        set_run(app.pool(), run, &format!("summary_counts = '{counts}'")).await;
+    }
+    let mut single = app.watch(&run_events(watched), &t).await;
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    feed.expect("snapshot").await;
+    for run in [watched, feed_only] {
+        set_run(app.pool(), run, "outcome = 'nearly'").await;
+    }
+    let u = single.expect("update").await;
+    assert_eq!(u.data["outcome"], "nearly");
+    assert_eq!(u.data["summary_counts"]["log"], big.as_str());
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        let u = feed.expect("update").await;
+        assert_eq!(u.data["outcome"], "nearly", "{:?}", u.data["id"]);
+        assert_eq!(u.data["summary_counts"]["log"], big.as_str());
+        seen.insert(u.data["id"].as_i64().unwrap());
+    }
+}
+
+/// Two instances on one database give the same state the same id, whether they streamed it
+/// from the WAL or read it: a client that saw a run finish on one is told 204 by the other.
+#[tokio::test]
+async fn ids_agree_between_instances() {
+    if !wal_pass("ids_agree_between_instances") {
+        return;
+    }
+    let (a, w, t) = TestApp::seeded().await;
+    let b = Client::to(start(&a.db, settings()).await.addr);
+    let run = create_run(a.pool(), w.workspace, None, "running").await;
+    let mut on_a = a.watch(&run_events(run), &t).await;
+    let mut on_b = b.watch(&run_events(run), &t).await;
+    set_run(a.pool(), run, SUCCEEDED).await;
+    let (done_a, done_b) = (on_a.expect("update").await, on_b.expect("update").await);
+    assert_eq!(done_a.id, done_b.id, "the same WAL change, the same id");
+    // A third instance that never streamed the change reads the state: same identity.
+    let c = Client::to(start(&a.db, settings()).await.addr);
+    for client in [&b, &c] {
+        let again = Sse::open(
+            &client.http,
+            &client.url(&run_events(run)),
+            Some(&t),
+            Some(&done_a.id),
+        )
+        .await;
+        assert_eq!(again.status, 204);
+    }
+}
+
+/// The watcher's reads, as runwire counts them (`runwire_reread_seconds_count`).
+async fn watcher_reads(app: &TestApp) -> f64 {
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("runwire_reread_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("runwire_reread_seconds_count")
+}
+
+/// In WAL mode updates reach their streams without runwire reading anything (the row is in
+/// the message); in NOTIFY mode each burst of doorbells costs a re-read.
+#[tokio::test]
+async fn updates_cost_no_read_in_wal_mode() {
+    let (app, w, t) = TestApp::seeded().await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    let before = watcher_reads(&app).await;
+    for i in 1..=100 {
+        progress(app.pool(), run, i).await;
+    }
+    let mut last = 0;
+    while last < 100 {
+        last = s.expect("update").await.data["summary_counts"]["processed"]
+            .as_i64()
+            .unwrap();
+    }
+    let reads = watcher_reads(&app).await - before;
+    match mode() {
+        ChangeSource::Wal => assert_eq!(reads, 0.0),
+        ChangeSource::Notify => assert!(reads > 0.0),
+    }
+}
