@@ -174,8 +174,8 @@ pub(crate) async fn prepare_database(
         tracing::warn!(
             %why,
             "changes come from NOTIFY triggers, which make every write to the watched tables \
-             wait for a global lock at commit (measured: a quarter of the host's write \
-             throughput at 32 writers); for logical replication, which costs the host's \
+             wait for a global lock at commit (measured: a twentieth to a quarter of the host's \
+             own write throughput at 32 writers); for logical replication, which costs the host's \
              writes almost nothing: wal_level = logical, REPLICATION for this role, and \
              `runwire migrate --changes wal`"
         );

@@ -6,7 +6,8 @@
 //! 2. otherwise a private PostgreSQL is started from the installed binaries (`initdb` and
 //!    `postgres` on PATH or under /usr/lib/postgresql/*/bin) in `./.runwire/pg`, as the
 //!    unprivileged user `nobody` when running as root (PostgreSQL refuses to run as root),
-//!    and stopped again when [`EmbeddedPostgres`] drops.
+//!    with `wal_level = logical` (so runwire reads changes from the WAL), and stopped again
+//!    when [`EmbeddedPostgres`] drops.
 //!
 //! Without either, it fails with one line that says what to install or set.
 
@@ -183,6 +184,10 @@ fn start_private_at(root: &Path, auth: &[&str]) -> anyhow::Result<(Private, u16)
             &data_s,
             "-c",
             "listen_addresses=127.0.0.1",
+            // Logical replication, so runwire takes its changes from the WAL (the demo
+            // included): nothing on the tables, nothing in the way of their writes.
+            "-c",
+            "wal_level=logical",
         ],
     )
     .stdout(log.try_clone()?)

@@ -592,18 +592,22 @@ async fn a_revocation_behind_a_bulk_burst_never_leaks() {
 }
 
 /// 200 revocations racing an update (alternately in one transaction and in the one just
-/// before it) while eight writers keep the database busy with progress updates of other
-/// runs: zero leaks.
+/// before it) while eight writers keep the database and the watcher busy with progress
+/// updates of 50 runs in the other workspace (which another user's feed follows): zero
+/// leaks.
 #[tokio::test]
 async fn revocation_racing_an_update_under_saturated_writes_never_leaks() {
     let (app, w, _) = TestApp::seeded().await;
     let busy: Vec<i64> = {
         let mut runs = Vec::new();
         for _ in 0..50 {
-            runs.push(create_run(app.pool(), w.workspace, None, "running").await);
+            runs.push(create_run(app.pool(), w.other_workspace, None, "running").await);
         }
         runs
     };
+    let outsiders_feed = format!("/v1/workspaces/{}/runs/events", w.other_workspace);
+    let mut watching = app.watch(&outsiders_feed, &token(w.outsider)).await;
+    let drained = tokio::spawn(async move { while watching.next().await.is_some() {} });
     let stop = tokio_util::sync::CancellationToken::new();
     let writers: Vec<_> = (0..8)
         .map(|i| {
@@ -628,6 +632,7 @@ async fn revocation_racing_an_update_under_saturated_writes_never_leaks() {
     for writer in writers {
         writes += writer.await.unwrap();
     }
+    drained.abort();
     assert!(writes > 200, "the writers were not busy: {writes} updates");
 }
 

@@ -454,15 +454,33 @@ async fn health_readiness_and_metrics() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["listener"], true);
     assert_eq!(body["database"], true);
+    // Which change source runs, and how far behind it is.
+    let (source, other) = match mode() {
+        runwire::ChangeSource::Wal => ("wal", "notify"),
+        runwire::ChangeSource::Notify => ("notify", "wal"),
+    };
+    assert_eq!(body["changes"]["source"], source);
+    assert!(body["changes"]["lag_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(body["changes"]["lag_bytes"].as_u64().is_some());
     let m = app.get("/metrics", None).await.text().await.unwrap();
     for name in [
         "runwire_streams_open",
         "runwire_notifications_total",
         "runwire_events_sent_total",
         "runwire_listener_reconnects_total",
+        "runwire_change_lag_seconds",
+        "runwire_change_lag_bytes",
     ] {
         assert!(m.contains(name), "{name} missing");
     }
+    assert!(
+        m.contains(&format!("runwire_change_source{{source=\"{source}\"}} 1")),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("runwire_change_source{{source=\"{other}\"}} 0")),
+        "{m}"
+    );
     let nf = app.get("/v1/nope", None).await;
     assert_eq!(nf.status(), 404);
     assert_eq!(nf.headers()["content-type"], "application/json");
@@ -743,4 +761,42 @@ async fn two_hundred_viewers_of_one_run_all_get_the_final_state_and_end() {
         s.expect_end("terminal").await;
     });
     futures_util::future::join_all(checks).await;
+}
+
+/// A row that cannot be decoded (a `text` summary_counts that is not JSON) never stalls a
+/// stream: it ends with `unreadable`, the JSON snapshot answers 500 naming the column, and
+/// the log names it; the feed goes on without it.
+#[tokio::test]
+async fn an_unreadable_row_ends_its_stream_with_a_reason() {
+    let (app, w, t) = TestApp::seeded().await;
+    app.exec("ALTER TABLE operation_runs ALTER COLUMN summary_counts TYPE text")
+        .await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let fine = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    feed.expect("snapshot").await;
+    set_run(app.pool(), run, "summary_counts = '{not json'").await;
+    s.expect_end("unreadable").await;
+    let r = app.get(&format!("/v1/runs/{run}"), Some(&t)).await;
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unreadable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("operation_runs.summary_counts"),
+        "{message}"
+    );
+    // A new stream of it opens and ends at once, with the reason.
+    let mut again = app.sse(&run_events(run), &t).await;
+    again.expect_end("unreadable").await;
+    // The feed replaces its list without the unreadable run, and is not stalled: the next
+    // change of another run arrives.
+    let snapshot = feed.expect("snapshot").await;
+    assert_eq!(run_ids(&snapshot), vec![fine]);
+    progress(app.pool(), fine, 5).await;
+    let u = feed.expect("update").await;
+    assert_eq!(u.data["id"], fine);
 }

@@ -116,8 +116,16 @@ impl Db {
         let mut wait = Duration::from_millis(1);
         loop {
             let mark = self.applied.mark();
+            let session = self.source.session();
             let result = read(mode).await?;
-            let covered = snapshot(&result).is_none_or(|s| self.applied.covers(mark, s));
+            // A read that overlapped a reconnect may be newer than the new session's first
+            // state (its snapshot) or older: neither may seed what that session publishes.
+            if self.source.session() != session || !self.source.is_connected() {
+                return Err(sqlx::Error::Protocol(
+                    "the change source reconnected during the read".into(),
+                ));
+            }
+            let covered = snapshot(&result).is_none_or(|s| self.applied.covers(&mark, s));
             if covered {
                 return Ok((result, Some(mark.lsn)));
             }

@@ -10,10 +10,11 @@
 //! So every read checks the snapshot it saw (`pg_current_snapshot()`, read in the same
 //! statement) against the transactions the watcher applied before the read began
 //! ([`Applied::mark`] before, [`Applied::covers`] after): if one of them is not visible in
-//! it, the read is repeated. Once a transaction is visible to one snapshot it is visible to
-//! every later one, so each check also forgets the transactions it found visible; what is
-//! kept is the few the watcher applied since the last read, bounded by an occasional
-//! snapshot the watcher reads itself ([`Applied::needs_prune`]).
+//! it, the read is repeated. A mark holds the transactions not yet known visible when it was
+//! taken: once a transaction is visible to one snapshot it is visible to every later one,
+//! so the list is kept short by forgetting what each check found visible — which only marks
+//! taken afterwards may rely on (a read that began earlier can have an older snapshot).
+//! Without reads for a while, the watcher reads a snapshot itself ([`Applied::needs_prune`]).
 //!
 //! In NOTIFY mode nothing is recorded and every read covers (a notification arrives only
 //! after its transaction is visible).
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Transactions kept before the watcher reads a snapshot itself to forget the visible ones.
-const PRUNE_AT: usize = 20_000;
+const PRUNE_AT: usize = 2_000;
 
 #[derive(Default)]
 pub(crate) struct Applied {
@@ -40,11 +41,13 @@ struct Inner {
     pending: VecDeque<(u64, u32)>,
 }
 
-/// What a read must include: every transaction applied up to `seq`. `lsn` is the WAL
-/// position applied at that moment, which is the stamp of the states the read returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a read must include: every transaction applied up to `seq`, of which `unseen` were
+/// not yet known visible. `lsn` is the WAL position applied at that moment, which is the
+/// stamp of the states the read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mark {
     seq: u64,
+    unseen: Vec<u32>,
     pub lsn: u64,
 }
 
@@ -103,6 +106,7 @@ impl Applied {
         let inner = self.inner();
         Mark {
             seq: inner.seq,
+            unseen: inner.pending.iter().map(|(_, xid)| *xid).collect(),
             lsn: self.lsn.load(Ordering::Acquire),
         }
     }
@@ -124,14 +128,15 @@ impl Applied {
 
     /// Whether a read that saw `snapshot` includes every transaction applied up to `mark`;
     /// forgets those it shows visible. A snapshot that does not parse covers nothing.
-    pub(crate) fn covers(&self, mark: Mark, snapshot: &str) -> bool {
+    pub(crate) fn covers(&self, mark: &Mark, snapshot: &str) -> bool {
         let Some(snapshot) = Snapshot::parse(snapshot) else {
             tracing::warn!(%snapshot, "a snapshot runwire cannot parse");
             return false;
         };
-        let mut inner = self.inner();
-        inner.pending.retain(|(_, xid)| !snapshot.sees_xid(*xid));
-        inner.pending.front().is_none_or(|(seq, _)| *seq > mark.seq)
+        self.inner()
+            .pending
+            .retain(|(_, xid)| !snapshot.sees_xid(*xid));
+        mark.unseen.iter().all(|xid| snapshot.sees_xid(*xid))
     }
 
     /// Forgets what `snapshot` shows visible (the watcher's own occasional read).
@@ -173,17 +178,35 @@ mod tests {
         let mark = applied.mark();
         applied.record(101);
         assert!(
-            !applied.covers(mark, "100:101:100"),
+            !applied.covers(&mark, "100:101:100"),
             "100 is not visible yet"
         );
-        assert!(!applied.covers(mark, "100:102:100,101"));
+        assert!(!applied.covers(&mark, "100:102:100,101"));
         assert!(
-            applied.covers(mark, "101:102:101"),
-            "100 visible; 101 came after the mark"
+            applied.covers(&mark, "101:102:101"),
+            "100 visible; 101 after the mark"
         );
-        // 100 is forgotten: visible to one snapshot, visible to all later ones.
-        assert!(applied.covers(mark, "1:2:"));
-        assert!(!applied.covers(applied.mark(), "101:102:101"));
-        assert!(applied.covers(applied.mark(), "102:102:"));
+        // A later mark no longer waits for 100: one snapshot saw it, every later one will.
+        let later = applied.mark();
+        assert!(
+            !applied.covers(&later, "101:102:101"),
+            "101 is not visible yet"
+        );
+        assert!(applied.covers(&later, "102:102:"));
+    }
+
+    /// Two reads at once: the newer one sees a transaction and forgets it; the older one,
+    /// whose snapshot was taken before that transaction became visible, must not pass.
+    #[test]
+    fn a_read_that_began_earlier_is_not_covered_by_a_newer_reads_snapshot() {
+        let applied = Applied::default();
+        applied.record(100);
+        let older = applied.mark();
+        let newer = applied.mark();
+        assert!(applied.covers(&newer, "101:101:"));
+        assert!(
+            !applied.covers(&older, "100:101:100"),
+            "the older read missed 100"
+        );
     }
 }

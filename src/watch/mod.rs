@@ -49,6 +49,9 @@ async fn bounded<T>(query: impl std::future::Future<Output = sqlx::Result<T>>) -
 #[derive(Debug, Default)]
 pub(crate) struct SourceStatus {
     connected: AtomicBool,
+    /// Bumped whenever the source connects or disconnects: a read that spans a change may
+    /// not seed a cell (see `access::batch`).
+    session: AtomicU64,
     backend_pid: AtomicI32,
     /// 0 none yet, 1 NOTIFY, 2 WAL.
     source: AtomicU8,
@@ -93,9 +96,16 @@ impl SourceStatus {
         self.source.store(n, Ordering::Release);
     }
 
+    /// Which connected (or disconnected) period this is.
+    pub(crate) fn session(&self) -> u64 {
+        self.session.load(Ordering::Acquire)
+    }
+
     fn set(&self, pid: Option<i32>) {
+        self.session.fetch_add(1, Ordering::AcqRel);
         self.backend_pid.store(pid.unwrap_or(0), Ordering::Release);
         self.connected.store(pid.is_some(), Ordering::Release);
+        self.session.fetch_add(1, Ordering::AcqRel);
     }
 
     fn set_lag(&self, lag: Duration, bytes: u64) {
@@ -201,12 +211,16 @@ impl Watcher {
 
     /// Called by a source once it is connected and before it re-reads anything: every
     /// decision is stale (changes may have been missed), and a reconnect is counted.
-    fn connected(&self, pid: i32, first: &mut bool) {
+    fn reconnected(&self, first: &mut bool) {
         self.epochs.everyone_changed();
         if !*first {
             self.metrics.listener_reconnects.inc();
         }
         *first = false;
+    }
+
+    /// The source is ready: reads and streams may use the database again.
+    fn connected(&self, pid: i32) {
         self.status.set(Some(pid));
     }
 

@@ -117,7 +117,8 @@ impl Notify {
                 .fetch_one(&mut listener)
                 .await?;
         self.applied = Some((snapshot, Instant::now()));
-        w.connected(pid, first);
+        w.reconnected(first);
+        w.connected(pid);
         tracing::info!(backend_pid = pid, "listening for changes (NOTIFY)");
         Ok(listener)
     }

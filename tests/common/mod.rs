@@ -21,8 +21,10 @@ pub mod proxy;
 
 /// At least 32 bytes, as runwire requires.
 pub const SECRET: &str = "test-secret-test-secret-test-secret";
-/// Upper bound for any awaited condition; tests fail rather than hang.
-pub const WAIT: Duration = Duration::from_secs(15);
+/// Upper bound for any awaited condition; tests fail rather than hang. Generous: in WAL mode
+/// a (re)connect creates a replication slot, which waits for every transaction then running
+/// in the cluster to end — a neighbouring test may hold one for 12 s.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 fn admin_url() -> String {
     std::env::var("DATABASE_URL")

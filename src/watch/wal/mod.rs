@@ -194,11 +194,16 @@ impl Rows {
     }
 }
 
+/// How long opening a session may take. Creating a logical slot waits until every
+/// transaction running at that moment has ended (anywhere in the cluster), so a long host
+/// transaction delays it; the heartbeat takes over once streaming.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(super) async fn session(w: &Watcher, shutdown: &CancellationToken, first: &mut bool) -> Stop {
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return Stop::Shutdown,
-        r = tokio::time::timeout(w.heartbeat * 2, Session::open(w, first)) => {
-            r.unwrap_or_else(|_| Err("connecting timed out".to_string()))
+        r = tokio::time::timeout(OPEN_TIMEOUT.max(w.heartbeat * 2), Session::open(w, first)) => {
+            r.unwrap_or_else(|_| Err("opening a replication session timed out".to_string()))
         }
     };
     match opened {
@@ -277,7 +282,7 @@ impl<'w> Session<'w> {
             heartbeat: None,
             server_end: start.as_u64(),
         };
-        w.connected(pid, first);
+        w.reconnected(first);
         session
             .resync(&snapshot, start.as_u64())
             .await
@@ -292,6 +297,9 @@ impl<'w> Session<'w> {
             .wait_started()
             .await
             .map_err(|e| format!("replication did not start: {e}"))?;
+        // Only now may streams read and open again: a read taken while the slot's snapshot
+        // was being read could be newer than what that snapshot publishes.
+        w.connected(pid);
         tracing::info!(backend_pid = pid, %slot, "streaming changes (logical replication)");
         Ok(session)
     }
@@ -378,13 +386,10 @@ impl<'w> Session<'w> {
                     None => break,
                 }
             }
+            // Messages arriving prove the connection alive: the heartbeat is judged only
+            // after silence (`beat`), so a long backlog is not taken for a dead socket.
             if let Err(why) = self.apply() {
                 return Stop::Lost(why);
-            }
-            if let Some((_, by)) = &self.heartbeat {
-                if Instant::now() > *by {
-                    return Stop::Lost("replication heartbeat timed out".into());
-                }
             }
         }
     }
@@ -904,7 +909,7 @@ async fn consistent_read(
         let snapshot = store::current_snapshot(&mut *tx).await?;
         let rows = read_rows(&mut tx, &runs, &tenants).await?;
         tx.commit().await?;
-        if applied.covers(mark, &snapshot) {
+        if applied.covers(&mark, &snapshot) {
             store::emit_marker(pool, &token).await?;
             return Ok(Read {
                 token,
