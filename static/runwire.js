@@ -1070,9 +1070,10 @@ class Runwire {
   _itemState(kind, id, state) {
     const item = this._items[kind].get(id);
     if (!item) return;
-    // The same state again (a reconnect, another tab) is no change. Compared whole: versions
-    // are the NOTIFY integration's, and a state may carry none.
-    const version = JSON.stringify(state);
+    // The same state again (a reconnect, another tab) is no change. Compared whole but for
+    // `version`: with logical replication a state read when a stream (re)opens carries the
+    // position of that read, so the same state can come again with another version.
+    const version = JSON.stringify(state, (key, value) => (key === "version" ? undefined : value));
     if (version === item.version) return;
     item.version = version;
     item.state = state;
