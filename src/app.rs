@@ -267,7 +267,7 @@ impl Server {
         check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
         let hub = Arc::new(Hub::default());
         let epochs = Arc::new(Epochs::default());
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(settings.metrics_workspace_label));
         let status = Arc::new(ListenerStatus::default());
         let listen_options = match settings.listener_database_url.as_deref() {
             Some(url) if !url.is_empty() => Some(

@@ -96,6 +96,15 @@ pub struct Settings {
     /// allowed only for these.
     #[arg(long, env = "RUNWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Origins allowed to frame the embeddable view `/embed/workspaces/{id}` (comma
+    /// separated; its `Content-Security-Policy: frame-ancestors`). None: only runwire's own
+    /// origin may frame it.
+    #[arg(long, env = "RUNWIRE_EMBED_ORIGINS", value_delimiter = ',')]
+    pub embed_origins: Vec<String>,
+    /// Label the operations metrics (`runwire_runs_active`, …) by workspace too: one series
+    /// per workspace, type and status, so only for a bounded number of workspaces.
+    #[arg(long, env = "RUNWIRE_METRICS_WORKSPACE_LABEL", default_value_t = false)]
+    pub metrics_workspace_label: bool,
     /// Mark the session cookie `Secure` (serve over HTTPS).
     #[arg(long, env = "RUNWIRE_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,

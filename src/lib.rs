@@ -20,7 +20,10 @@
 //! * [`http`] is the axum router, handlers, the error type, the embedded static files, and
 //!   the connection front that hands SSE sockets to the stream driver (hyper serves
 //!   everything else). [`wire`] writes every HTTP/1.1 byte that is written by hand.
-//! * [`model`] defines the state of a watched item and the one definition of "terminal".
+//! * [`model`] defines the state of a watched item and the one definition of "terminal";
+//!   [`progress`] adds a run's elapsed time, progress and ETA to it (rendered once per state).
+//! * [`ops`] keeps the operations metrics (active runs and packs, finishes, durations) from
+//!   the changes the watcher sees; [`metrics`] serves them with runwire's and the process's.
 //! * [`store`] holds every SQL statement runwire runs.
 
 #![warn(unreachable_pub)]
@@ -34,6 +37,8 @@ mod embedded_pg;
 mod http;
 mod metrics;
 mod model;
+mod ops;
+mod progress;
 mod store;
 mod stream;
 mod telemetry;

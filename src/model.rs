@@ -7,6 +7,7 @@
 //! and its JSON. States are built once per database read and shared (`Arc`) by every
 //! subscriber, so their JSON is rendered once here and never per stream.
 
+use crate::progress::{timing, Progress, Timing};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -127,6 +128,9 @@ struct RunJson<'a> {
     completed_at: Option<String>,
     updated_at: Option<String>,
     version: i64,
+    // Progress and ETA (crate::progress), part of the state so they are rendered once too.
+    elapsed_seconds: Option<f64>,
+    progress: Option<Progress>,
 }
 
 #[derive(Serialize)]
@@ -150,8 +154,14 @@ struct PackInner<'a> {
 }
 
 impl State {
-    pub(crate) fn run(row: &RunRow) -> Self {
+    /// A run's state. `observed_rate`: its smoothed rate from `progress::Rates` (None: not
+    /// observed moving; the average so far is used).
+    pub(crate) fn run(row: &RunRow, observed_rate: Option<f64>) -> Self {
         let terminal = run_is_terminal(&row.status);
+        let Timing {
+            elapsed_seconds,
+            progress,
+        } = timing(row, observed_rate, Utc::now());
         let json = RunJson {
             kind: "operation_run",
             id: row.id,
@@ -167,6 +177,8 @@ impl State {
             completed_at: ts(&row.completed_at),
             updated_at: ts(&row.updated_at),
             version: row.version,
+            elapsed_seconds,
+            progress,
         };
         State {
             key: ItemKey::Run(row.id),

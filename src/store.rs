@@ -10,7 +10,8 @@
 //! its SQL.
 
 use crate::access::rules::Facts;
-use crate::model::{Owner, PackRow, RunRow, ACTIVE_RUN_STATUSES};
+use crate::model::{Owner, PackRow, RunRow, ACTIVE_PACK_STATUSES, ACTIVE_RUN_STATUSES};
+use crate::ops::PackFacts;
 use sqlx::{FromRow, PgExecutor};
 use std::sync::LazyLock;
 
@@ -40,6 +41,74 @@ pub(crate) async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::R
         format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1)")
     });
     sqlx::query_as(&SQL).bind(ids).fetch_all(db).await
+}
+
+const PACK_FACTS: &str = "p.id, p.workspace_id, p.status, p.created_at, p.generated_at";
+
+/// Current rows of these review packs, for the operations metrics (missing ids are absent).
+pub(crate) async fn packs_by_ids(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> sqlx::Result<Vec<PackFacts>> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {PACK_FACTS} FROM review_packs p WHERE p.id = ANY($1)"));
+    sqlx::query_as(&SQL).bind(ids).fetch_all(db).await
+}
+
+/// What the operations metrics start from (`ops::Snapshot`), read in one snapshot of the
+/// database: every active run and pack, and those that finished within the last
+/// `window_secs`. At start-up and after a reconnect only; never per change.
+pub(crate) async fn ops_snapshot(
+    pool: &sqlx::PgPool,
+    window_secs: f64,
+) -> sqlx::Result<crate::ops::Snapshot> {
+    static ACTIVE_RUNS: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.status = ANY($1)")
+    });
+    // The same "finished at" as ops: completed_at, else created_at.
+    static FINISHED_RUNS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE NOT (r.status = ANY($1))
+               AND COALESCE(r.completed_at, r.created_at) > now() - make_interval(secs => $2)"
+        )
+    });
+    static ACTIVE_PACKS: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {PACK_FACTS} FROM review_packs p WHERE p.status = ANY($1)")
+    });
+    static FINISHED_PACKS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {PACK_FACTS} FROM review_packs p WHERE NOT (p.status = ANY($1))
+               AND COALESCE(p.generated_at, p.created_at) > now() - make_interval(secs => $2)"
+        )
+    });
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let runs = &ACTIVE_RUN_STATUSES[..];
+    let packs = &ACTIVE_PACK_STATUSES[..];
+    let snapshot = crate::ops::Snapshot {
+        active_runs: sqlx::query_as(&ACTIVE_RUNS)
+            .bind(runs)
+            .fetch_all(&mut *tx)
+            .await?,
+        finished_runs: sqlx::query_as(&FINISHED_RUNS)
+            .bind(runs)
+            .bind(window_secs)
+            .fetch_all(&mut *tx)
+            .await?,
+        active_packs: sqlx::query_as(&ACTIVE_PACKS)
+            .bind(packs)
+            .fetch_all(&mut *tx)
+            .await?,
+        finished_packs: sqlx::query_as(&FINISHED_PACKS)
+            .bind(packs)
+            .bind(window_secs)
+            .fetch_all(&mut *tx)
+            .await?,
+    };
+    tx.commit().await?;
+    Ok(snapshot)
 }
 
 /// A run together with one user's facts towards its owner.

@@ -11,6 +11,7 @@ pub(crate) mod rules;
 pub(crate) mod token;
 
 use crate::model::{Owner, State};
+use crate::progress::Rates;
 use crate::store;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
@@ -60,9 +61,11 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Reads and authorises items for `user_id`: their current states, runs then packs in
-/// request order, or the one refusal for the whole set.
+/// request order, or the one refusal for the whole set. Runs are rendered with the pace
+/// `rates` observed (a read is not an observation).
 pub(crate) async fn read_items(
     batcher: &Batcher,
+    rates: &Rates,
     user_id: i64,
     run_ids: &[i64],
     tenant_ids: &[i64],
@@ -81,7 +84,7 @@ pub(crate) async fn read_items(
                 refusal = AccessError::worst(refusal, AccessError::NotFound);
                 continue;
             };
-            let state = State::run(&r.run);
+            let state = State::run(&r.run, rates.rate(r.run.id));
             match state.owner.map(|o| rules::verdict(&o, &r.facts())) {
                 Some(Ok(())) => states.push(state),
                 Some(Err(e)) => refusal = AccessError::worst(refusal, e),

@@ -138,7 +138,9 @@ async fn item_snapshot(
     tenants: &[i64],
 ) -> Result<Response, ApiError> {
     let AuthUser(claims) = auth?;
-    let states = access::read_items(&app.streams.batcher, claims.user_id, runs, tenants).await?;
+    let rates = &app.streams.hub.rates;
+    let states =
+        access::read_items(&app.streams.batcher, rates, claims.user_id, runs, tenants).await?;
     Ok(json_body(states[0].json.get()))
 }
 

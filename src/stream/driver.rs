@@ -391,22 +391,25 @@ mod tests {
     const KEEPALIVE: Duration = Duration::from_secs(15);
 
     fn run(version: i64) -> Arc<State> {
-        Arc::new(State::run(&RunRow {
-            id: 1,
-            workspace_id: 1,
-            tenant_id: None,
-            run_type: "sync".into(),
-            status: "running".into(),
-            outcome: "pending".into(),
-            summary_counts: sqlx::types::Json(
-                serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            ),
-            created_at: None,
-            started_at: None,
-            completed_at: None,
-            updated_at: None,
-            version,
-        }))
+        Arc::new(State::run(
+            &RunRow {
+                id: 1,
+                workspace_id: 1,
+                tenant_id: None,
+                run_type: "sync".into(),
+                status: "running".into(),
+                outcome: "pending".into(),
+                summary_counts: sqlx::types::Json(
+                    serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                ),
+                created_at: None,
+                started_at: None,
+                completed_at: None,
+                updated_at: None,
+                version,
+            },
+            None,
+        ))
     }
 
     /// A stream of one run, driven into a channel, with a database that cannot be reached

@@ -159,7 +159,7 @@ impl Feed {
         let visible = |state: &Arc<State>| grant.admits(state.owner.as_ref());
         let states = |rows: &[crate::model::RunRow]| -> Vec<Arc<State>> {
             rows.iter()
-                .map(|r| Arc::new(State::run(r)))
+                .map(|r| Arc::new(State::run(r, streams.hub.rates.rate(r.id))))
                 .filter(visible)
                 .collect()
         };

@@ -203,6 +203,10 @@ impl Watcher {
     /// anything is published.
     async fn resync(&self, listener: &mut PgListener) -> Result<(), Stop> {
         self.epochs.everyone_changed();
+        // ops (issue 17): the metrics start over from what is true now.
+        self.reset_ops()
+            .await
+            .map_err(|e| Stop::Lost(format!("operations snapshot failed: {e}")))?;
         let keys = self.hub.items.keys();
         for chunk in keys.chunks(RESYNC_CHUNK) {
             let mut plan = Plan::default();
@@ -265,16 +269,20 @@ impl Watcher {
             };
             match (bell.k.as_str(), bell.id, bell.t, bell.u) {
                 ("run", Some(id), _, _) => {
+                    // ops + progress (issue 17): every run is re-read, watched or not: the
+                    // metrics count all of them.
+                    plan.runs.insert(id);
                     let feeds = self.feeds_of([bell.w, bell.ow]);
-                    if !feeds.is_empty() || self.hub.items.contains(&ItemKey::Run(id)) {
-                        plan.runs.insert(id);
+                    if !feeds.is_empty() {
                         plan.feeds
                             .entry(ItemKey::Run(id))
                             .or_default()
                             .extend(feeds);
                     }
                 }
-                ("pack", _, Some(tenant), _) => {
+                ("pack", pack, Some(tenant), _) => {
+                    // ops (issue 17): the pack itself, for the metrics.
+                    plan.pack_rows.extend(pack);
                     // The card of the tenant it belongs to, and of the one it left; the
                     // workspace feeds that show those cards.
                     let feeds = self.feeds_of([bell.w, bell.ow]);
@@ -303,6 +311,7 @@ impl Watcher {
                         }
                     }
                     plan.resnapshot_feeds = true;
+                    plan.reset_ops = true; // ops (issue 17)
                 }
                 ("packs", _, _, _) => {
                     for key in self.hub.items.keys() {
@@ -311,6 +320,7 @@ impl Watcher {
                         }
                     }
                     plan.resnapshot_feeds = true;
+                    plan.reset_ops = true; // ops (issue 17)
                 }
                 _ => ignored += 1,
             }
@@ -371,23 +381,51 @@ impl Watcher {
         }
     }
 
+    /// ops (issue 17): the operations metrics start over from one snapshot of the tables.
+    async fn reset_ops(&self) -> sqlx::Result<()> {
+        let window = crate::ops::DEDUP_WINDOW.num_seconds() as f64;
+        let snapshot = bounded(store::ops_snapshot(&self.pool, window)).await?;
+        self.metrics.ops.reset(&snapshot);
+        Ok(())
+    }
+
     async fn reread(&self, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
         let mut states = Vec::new();
+        if plan.reset_ops {
+            self.reset_ops().await?;
+        }
         if !plan.runs.is_empty() {
             let ids: Vec<i64> = plan.runs.iter().copied().collect();
             let started = Instant::now();
             let rows = bounded(store::runs_by_ids(&self.pool, &ids)).await?;
             self.metrics.observe_reread(ids.len(), started.elapsed());
             let mut missing = plan.runs.clone();
+            let now = chrono::Utc::now();
             for row in &rows {
                 missing.remove(&row.id);
-                states.push(Arc::new(State::run(row)));
+                // ops + progress (issue 17): each state read is one observation.
+                self.metrics.ops.run_changed(row);
+                let rate = self.hub.rates.observe(row, now);
+                states.push(Arc::new(State::run(row, rate)));
             }
-            states.extend(
-                missing
-                    .into_iter()
-                    .map(|id| Arc::new(State::gone(ItemKey::Run(id)))),
-            );
+            for id in missing {
+                self.metrics.ops.run_deleted(id);
+                self.hub.rates.forget(id);
+                states.push(Arc::new(State::gone(ItemKey::Run(id))));
+            }
+        }
+        // ops (issue 17): the packs that rang, by id (cards are per tenant, below).
+        if !plan.pack_rows.is_empty() {
+            let ids: Vec<i64> = plan.pack_rows.iter().copied().collect();
+            let rows = bounded(store::packs_by_ids(&self.pool, &ids)).await?;
+            let mut missing = plan.pack_rows.clone();
+            for row in &rows {
+                missing.remove(&row.id);
+                self.metrics.ops.pack_changed(row);
+            }
+            for id in missing {
+                self.metrics.ops.pack_deleted(id);
+            }
         }
         if !plan.packs.is_empty() {
             let tenants: Vec<i64> = plan.packs.iter().copied().collect();
@@ -448,6 +486,10 @@ pub(crate) struct Plan {
     /// workspace's (the one it moved from, or was deleted from).
     feeds: BTreeMap<ItemKey, Vec<i64>>,
     resnapshot_feeds: bool,
+    /// ops (issue 17): review packs to re-read by id, for the metrics.
+    pack_rows: BTreeSet<i64>,
+    /// ops (issue 17): re-count everything (a table was truncated).
+    reset_ops: bool,
 }
 
 impl Plan {
@@ -458,10 +500,16 @@ impl Plan {
             self.feeds.entry(key).or_default().extend(feeds);
         }
         self.resnapshot_feeds |= other.resnapshot_feeds;
+        self.pack_rows.extend(other.pack_rows);
+        self.reset_ops |= other.reset_ops;
     }
 
     fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.packs.is_empty() && !self.resnapshot_feeds
+        self.runs.is_empty()
+            && self.packs.is_empty()
+            && !self.resnapshot_feeds
+            && self.pack_rows.is_empty()
+            && !self.reset_ops
     }
 }
 

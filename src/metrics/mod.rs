@@ -1,5 +1,9 @@
 //! Prometheus metrics. Counters are atomics bumped on the hot path; everything derived (pool
-//! usage) is read at scrape time.
+//! usage, the process's own figures in [`process`]) is read at scrape time. The operations
+//! metrics — what the watched tables say about the host's work — are [`crate::ops`]'s,
+//! registered here and fed by the change source.
+
+mod process;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -9,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+use crate::ops::Operations;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -60,11 +66,26 @@ pub(crate) struct Metrics {
     pub db_pool_idle: Gauge,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    /// Runs and packs of the host, by type and status (see `ops`).
+    pub ops: Operations,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("runwire");
+        Metrics::new(false)
+    }
+}
+
+impl Metrics {
+    /// `workspace_label`: label the operations metrics by workspace
+    /// (`--metrics-workspace-label`; one series per workspace and type).
+    pub(crate) fn new(workspace_label: bool) -> Self {
+        // Process metrics keep their conventional unprefixed names; everything else is
+        // runwire's own.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("runwire");
+        let ops = Operations::new(registry, workspace_label);
         let m = Metrics {
             streams_open: Family::default(),
             streams_opened: Family::default(),
@@ -82,9 +103,10 @@ impl Default for Metrics {
             db_pool_idle: Gauge::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            ops,
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = registry;
         r.register("streams_open", "Open SSE streams", m.streams_open.clone());
         r.register(
             "streams_opened",
@@ -183,11 +205,21 @@ impl Default for Metrics {
         ] {
             let _ = m.streams_closed.get_or_create(&ReasonLabel { reason });
         }
-        Metrics { registry, ..m }
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1; the version of runwire running",
+            build_info,
+        );
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
-}
 
-impl Metrics {
     pub(crate) fn observe_reread(&self, items: usize, took: Duration) {
         self.reread_batch_size.observe(items as f64);
         self.reread_seconds.observe(took.as_secs_f64());

@@ -1,0 +1,559 @@
+//! Operations metrics: what the watched tables say about the host's work, kept from the
+//! change stream (no polling query) for `/metrics`:
+//!
+//! * `runwire_runs_active{type,status}` and `runwire_review_packs_active{status}` (gauges),
+//! * `runwire_runs_finished_total{type,outcome}` and
+//!   `runwire_review_packs_finished_total{status}` (counters),
+//! * `runwire_run_duration_seconds{type,outcome}` (histogram, `started_at` → `completed_at`).
+//!
+//! [`Operations`] is fed by the change source through a narrow interface: [`reset`] with
+//! what is active (and what finished lately) as read in one snapshot — at start-up and after
+//! every reconnect — then [`run_changed`] / [`run_deleted`] / [`pack_changed`] /
+//! [`pack_deleted`] for every change it sees, in commit order. It remembers the active runs
+//! and packs (few) to know a row's previous status, so the gauges are exact after each
+//! reset, and the ids of the runs and packs that finished within [`DEDUP_WINDOW`], so a
+//! repeated or late report of a finish is counted once. A finish it did not see happen (two
+//! changes read as one, or one that fell into a reconnect) still counts if it is recent;
+//! later changes of long-finished rows count nothing.
+//!
+//! Labels are bounded: the first [`MAX_TYPES`] run types and [`MAX_VALUES`] outcomes or
+//! statuses seen get their own value, later ones are `other`; a `workspace` label only with
+//! `--metrics-workspace-label`. It must not query the database, and knows nothing of streams
+//! or access.
+//!
+//! [`reset`]: Operations::reset
+//! [`run_changed`]: Operations::run_changed
+//! [`run_deleted`]: Operations::run_deleted
+//! [`pack_changed`]: Operations::pack_changed
+//! [`pack_deleted`]: Operations::pack_deleted
+
+use crate::model::{pack_is_terminal, run_is_terminal, RunRow, ACTIVE_PACK_STATUSES};
+use chrono::{DateTime, Duration, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sqlx::FromRow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// Distinct run types with a label of their own; the rest are `other`.
+pub(crate) const MAX_TYPES: usize = 32;
+/// Distinct outcomes (runs) or statuses (packs) with a label of their own.
+pub(crate) const MAX_VALUES: usize = 16;
+/// Longest label value kept (longer ones are cut).
+const MAX_LABEL_CHARS: usize = 64;
+/// How long a finish is remembered (and how recent an unseen one must be to count).
+pub(crate) const DEDUP_WINDOW: Duration = Duration::minutes(15);
+/// Buckets of `runwire_run_duration_seconds`: a second to six hours.
+const DURATION_BUCKETS: [f64; 13] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A review pack as the metrics need it (every pack, not only a tenant's latest).
+#[derive(Debug, Clone, FromRow)]
+pub(crate) struct PackFacts {
+    pub id: i64,
+    pub workspace_id: i64,
+    pub status: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub generated_at: Option<DateTime<Utc>>,
+}
+
+/// What is true at one moment, read in one snapshot: every active run and pack, and those
+/// that finished within [`DEDUP_WINDOW`].
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub active_runs: Vec<RunRow>,
+    pub finished_runs: Vec<RunRow>,
+    pub active_packs: Vec<PackFacts>,
+    pub finished_packs: Vec<PackFacts>,
+}
+
+/// The first values seen get a label of their own, up to a cap; the rest share `other`.
+#[derive(Debug)]
+struct Vocabulary {
+    cap: usize,
+    known: HashSet<String>,
+}
+
+impl Vocabulary {
+    fn new(cap: usize) -> Self {
+        Vocabulary {
+            cap,
+            known: HashSet::new(),
+        }
+    }
+
+    fn label(&mut self, value: &str) -> String {
+        let value: String = value.chars().take(MAX_LABEL_CHARS).collect();
+        if self.known.contains(&value) {
+            return value;
+        }
+        if self.known.len() < self.cap && value != "other" {
+            self.known.insert(value.clone());
+            return value;
+        }
+        "other".to_string()
+    }
+}
+
+#[derive(Debug)]
+struct ActiveRun {
+    gauge: Labels,
+    workspace: i64,
+    run_type: String,
+    started_at: Option<DateTime<Utc>>,
+}
+
+/// What the metrics remember between changes.
+#[derive(Debug)]
+struct Known {
+    runs: HashMap<i64, ActiveRun>,
+    packs: HashMap<i64, Labels>,
+    /// Finished within the window: id → when, so a finish counts once.
+    finished_runs: HashMap<i64, DateTime<Utc>>,
+    finished_packs: HashMap<i64, DateTime<Utc>>,
+    /// How many active rows each gauge series has.
+    run_counts: HashMap<Labels, i64>,
+    pack_counts: HashMap<Labels, i64>,
+    types: Vocabulary,
+    outcomes: Vocabulary,
+    pack_statuses: Vocabulary,
+    /// Whether a reset happened before: finishes that fell between two resets are counted,
+    /// those before the first are history.
+    reset_before: bool,
+}
+
+/// The operations metrics; see the module docs.
+pub(crate) struct Operations {
+    known: Mutex<Known>,
+    workspace_label: bool,
+    runs_active: Family<Labels, Gauge>,
+    runs_finished: Family<Labels, Counter>,
+    run_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    packs_active: Family<Labels, Gauge>,
+    packs_finished: Family<Labels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// When a run finished, as far as counting goes: `completed_at`, else `created_at` (never
+/// `updated_at`, which any later edit moves).
+fn run_finished_at(row: &RunRow) -> Option<DateTime<Utc>> {
+    row.completed_at.or(row.created_at)
+}
+
+fn pack_finished_at(pack: &PackFacts) -> Option<DateTime<Utc>> {
+    pack.generated_at.or(pack.created_at)
+}
+
+impl Operations {
+    /// The metrics, registered into `registry` (prefixed `runwire_` by the caller).
+    pub(crate) fn new(registry: &mut Registry, workspace_label: bool) -> Self {
+        let ops = Operations {
+            known: Mutex::new(Known {
+                runs: HashMap::new(),
+                packs: HashMap::new(),
+                finished_runs: HashMap::new(),
+                finished_packs: HashMap::new(),
+                run_counts: HashMap::new(),
+                pack_counts: HashMap::new(),
+                types: Vocabulary::new(MAX_TYPES),
+                outcomes: Vocabulary::new(MAX_VALUES),
+                pack_statuses: Vocabulary::new(MAX_VALUES),
+                reset_before: false,
+            }),
+            workspace_label,
+            runs_active: Family::default(),
+            runs_finished: Family::default(),
+            run_duration: Family::new_with_constructor(duration_histogram),
+            packs_active: Family::default(),
+            packs_finished: Family::default(),
+        };
+        registry.register(
+            "runs_active",
+            "Operation runs queued or running, by type and status",
+            ops.runs_active.clone(),
+        );
+        registry.register(
+            "runs_finished",
+            "Operation runs that finished, by type and outcome",
+            ops.runs_finished.clone(),
+        );
+        registry.register(
+            "run_duration_seconds",
+            "Duration of finished operation runs (started_at to completed_at), by type and outcome",
+            ops.run_duration.clone(),
+        );
+        registry.register(
+            "review_packs_active",
+            "Review packs queued or generating, by status",
+            ops.packs_active.clone(),
+        );
+        registry.register(
+            "review_packs_finished",
+            "Review packs that finished, by status",
+            ops.packs_finished.clone(),
+        );
+        // Series that always exist, so dashboards and alerts see zeros rather than gaps.
+        if !workspace_label {
+            for status in ACTIVE_PACK_STATUSES {
+                let _ = ops
+                    .packs_active
+                    .get_or_create(&vec![("status", status.into())]);
+            }
+            for status in ["ready", "failed"] {
+                let _ = ops
+                    .packs_finished
+                    .get_or_create(&vec![("status", status.into())]);
+            }
+        }
+        ops
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        // Every critical section leaves `Known` consistent; a poisoned lock is still usable.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_workspace(&self, mut labels: Labels, workspace: i64) -> Labels {
+        if self.workspace_label {
+            labels.push(("workspace", workspace.to_string()));
+        }
+        labels
+    }
+
+    /// Everything that is true now (start-up, or after a reconnect: changes may have been
+    /// missed). The gauges become exactly `snapshot`'s active rows; runs and packs that
+    /// finished since the previous reset without being reported are counted now.
+    pub(crate) fn reset(&self, snapshot: &Snapshot) {
+        let now = Utc::now();
+        let mut known = self.known();
+        let known = &mut *known;
+        let counting = known.reset_before;
+        known.reset_before = true;
+        for row in &snapshot.finished_runs {
+            let tracked = known.runs.remove(&row.id);
+            if counting && (tracked.is_some() || !known.finished_runs.contains_key(&row.id)) {
+                self.count_run(known, row, tracked.as_ref());
+            }
+            known
+                .finished_runs
+                .insert(row.id, run_finished_at(row).unwrap_or(now));
+        }
+        for pack in &snapshot.finished_packs {
+            let was_active = known.packs.contains_key(&pack.id);
+            if counting && (was_active || !known.finished_packs.contains_key(&pack.id)) {
+                self.count_pack(known, pack);
+            }
+            known
+                .finished_packs
+                .insert(pack.id, pack_finished_at(pack).unwrap_or(now));
+        }
+        known.runs.clear();
+        known.packs.clear();
+        for count in known.run_counts.values_mut() {
+            *count = 0;
+        }
+        for count in known.pack_counts.values_mut() {
+            *count = 0;
+        }
+        for row in &snapshot.active_runs {
+            self.track_run(known, row);
+        }
+        for pack in &snapshot.active_packs {
+            self.track_pack(known, pack);
+        }
+        self.forget_old(known, now);
+        self.publish_gauges(known);
+    }
+
+    /// A run was inserted or changed (its row after the change).
+    pub(crate) fn run_changed(&self, row: &RunRow) {
+        let now = Utc::now();
+        let mut known = self.known();
+        let known = &mut *known;
+        let before = known.runs.remove(&row.id);
+        if let Some(before) = &before {
+            *known.run_counts.entry(before.gauge.clone()).or_default() -= 1;
+        }
+        if !run_is_terminal(&row.status) {
+            self.track_run(known, row);
+        } else {
+            let finished_at = run_finished_at(row);
+            let recent = finished_at.is_some_and(|t| now - t < DEDUP_WINDOW);
+            let first_report = !known.finished_runs.contains_key(&row.id);
+            if before.is_some() || (recent && first_report) {
+                self.count_run(known, row, before.as_ref());
+                known
+                    .finished_runs
+                    .insert(row.id, finished_at.unwrap_or(now));
+            }
+        }
+        self.forget_old(known, now);
+        self.publish_gauges(known);
+    }
+
+    /// A run was deleted: it is no longer active, and did not finish.
+    pub(crate) fn run_deleted(&self, id: i64) {
+        let mut known = self.known();
+        if let Some(before) = known.runs.remove(&id) {
+            *known.run_counts.entry(before.gauge).or_default() -= 1;
+            self.publish_gauges(&known);
+        }
+    }
+
+    /// A review pack was inserted or changed.
+    pub(crate) fn pack_changed(&self, pack: &PackFacts) {
+        let now = Utc::now();
+        let mut known = self.known();
+        let known = &mut *known;
+        let before = known.packs.remove(&pack.id);
+        if let Some(before) = &before {
+            *known.pack_counts.entry(before.clone()).or_default() -= 1;
+        }
+        if !pack_is_terminal(&pack.status) {
+            self.track_pack(known, pack);
+        } else {
+            let finished_at = pack_finished_at(pack);
+            let recent = finished_at.is_some_and(|t| now - t < DEDUP_WINDOW);
+            let first_report = !known.finished_packs.contains_key(&pack.id);
+            if before.is_some() || (recent && first_report) {
+                self.count_pack(known, pack);
+                known
+                    .finished_packs
+                    .insert(pack.id, finished_at.unwrap_or(now));
+            }
+        }
+        self.forget_old(known, now);
+        self.publish_gauges(known);
+    }
+
+    /// A review pack was deleted.
+    pub(crate) fn pack_deleted(&self, id: i64) {
+        let mut known = self.known();
+        if let Some(before) = known.packs.remove(&id) {
+            *known.pack_counts.entry(before).or_default() -= 1;
+            self.publish_gauges(&known);
+        }
+    }
+
+    fn track_run(&self, known: &mut Known, row: &RunRow) {
+        let run_type = known.types.label(&row.run_type);
+        // Active statuses are a fixed pair, so the status label is bounded by definition.
+        let gauge = vec![("type", run_type.clone()), ("status", row.status.clone())];
+        let gauge = self.with_workspace(gauge, row.workspace_id);
+        *known.run_counts.entry(gauge.clone()).or_default() += 1;
+        known.runs.insert(
+            row.id,
+            ActiveRun {
+                gauge,
+                workspace: row.workspace_id,
+                run_type,
+                started_at: row.started_at,
+            },
+        );
+    }
+
+    fn track_pack(&self, known: &mut Known, pack: &PackFacts) {
+        let gauge = self.with_workspace(vec![("status", pack.status.clone())], pack.workspace_id);
+        *known.pack_counts.entry(gauge.clone()).or_default() += 1;
+        known.packs.insert(pack.id, gauge);
+    }
+
+    /// Counts a finished run and observes its duration. The type is the one it was tracked
+    /// with while active, if it was (a type changed on completion keeps its series).
+    fn count_run(&self, known: &mut Known, row: &RunRow, tracked: Option<&ActiveRun>) {
+        let run_type = match tracked {
+            Some(run) => run.run_type.clone(),
+            None => known.types.label(&row.run_type),
+        };
+        let workspace = tracked.map_or(row.workspace_id, |r| r.workspace);
+        let started_at = row.started_at.or(tracked.and_then(|r| r.started_at));
+        let outcome = known.outcomes.label(&row.outcome);
+        let labels = vec![("type", run_type), ("outcome", outcome)];
+        let labels = self.with_workspace(labels, workspace);
+        self.runs_finished.get_or_create(&labels).inc();
+        if let (Some(start), Some(end)) = (started_at, row.completed_at) {
+            let seconds = (end - start).num_milliseconds() as f64 / 1000.0;
+            if seconds >= 0.0 {
+                self.run_duration.get_or_create(&labels).observe(seconds);
+            }
+        }
+    }
+
+    fn count_pack(&self, known: &mut Known, pack: &PackFacts) {
+        let status = known.pack_statuses.label(&pack.status);
+        let labels = self.with_workspace(vec![("status", status)], pack.workspace_id);
+        self.packs_finished.get_or_create(&labels).inc();
+    }
+
+    fn forget_old(&self, known: &mut Known, now: DateTime<Utc>) {
+        // Cheap enough per change: the maps hold only the window's finishes.
+        known.finished_runs.retain(|_, t| now - *t < DEDUP_WINDOW);
+        known.finished_packs.retain(|_, t| now - *t < DEDUP_WINDOW);
+    }
+
+    fn publish_gauges(&self, known: &Known) {
+        for (labels, count) in &known.run_counts {
+            self.runs_active.get_or_create(labels).set(*count);
+        }
+        for (labels, count) in &known.pack_counts {
+            self.packs_active.get_or_create(labels).set(*count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn run(id: i64, run_type: &str, status: &str, outcome: &str) -> RunRow {
+        let now = Utc::now();
+        RunRow {
+            id,
+            workspace_id: 1,
+            tenant_id: None,
+            run_type: run_type.into(),
+            status: status.into(),
+            outcome: outcome.into(),
+            summary_counts: sqlx::types::Json(RawValue::from_string("{}".into()).unwrap()),
+            created_at: Some(now - Duration::seconds(60)),
+            started_at: Some(now - Duration::seconds(50)),
+            completed_at: run_is_terminal(status).then_some(now),
+            updated_at: Some(now),
+            version: 1,
+        }
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn gauges_follow_changes_and_finishes_count_once() {
+        let mut registry = Registry::with_prefix("runwire");
+        let ops = Operations::new(&mut registry, false);
+        ops.reset(&Snapshot::default());
+        for id in 1..=3 {
+            ops.run_changed(&run(id, "sync", "running", "pending"));
+        }
+        let done = run(2, "sync", "completed", "failed");
+        ops.run_changed(&done);
+        ops.run_changed(&done); // a duplicate read
+        let text = scrape(&registry);
+        assert_eq!(
+            value(
+                &text,
+                r#"runwire_runs_active{type="sync",status="running"}"#
+            ),
+            2.0
+        );
+        let finished = r#"runwire_runs_finished_total{type="sync",outcome="failed"}"#;
+        assert_eq!(value(&text, finished), 1.0);
+        let observed = r#"runwire_run_duration_seconds_count{type="sync",outcome="failed"}"#;
+        assert_eq!(value(&text, observed), 1.0);
+        // A run read only once it had finished (queued and done in one burst) counts too;
+        // an old one edited much later does not.
+        ops.run_changed(&run(4, "sync", "completed", "failed"));
+        let mut old = run(5, "sync", "completed", "failed");
+        old.completed_at = Some(Utc::now() - Duration::hours(3));
+        ops.run_changed(&old);
+        assert_eq!(value(&scrape(&registry), finished), 2.0);
+        ops.run_deleted(1);
+        let text = scrape(&registry);
+        assert_eq!(
+            value(
+                &text,
+                r#"runwire_runs_active{type="sync",status="running"}"#
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn a_reset_makes_gauges_exact_and_counts_what_finished_meanwhile() {
+        let mut registry = Registry::with_prefix("runwire");
+        let ops = Operations::new(&mut registry, false);
+        ops.reset(&Snapshot {
+            finished_runs: vec![run(9, "sync", "completed", "succeeded")],
+            ..Default::default()
+        });
+        ops.run_changed(&run(1, "sync", "running", "pending"));
+        ops.run_changed(&run(2, "sync", "queued", "pending"));
+        // Missed while disconnected: 1 finished, 2 started running, 3 came and went.
+        ops.reset(&Snapshot {
+            active_runs: vec![run(2, "sync", "running", "pending")],
+            finished_runs: vec![
+                run(1, "sync", "completed", "succeeded"),
+                run(3, "sync", "completed", "succeeded"),
+                run(9, "sync", "completed", "succeeded"),
+            ],
+            ..Default::default()
+        });
+        let text = scrape(&registry);
+        assert_eq!(
+            value(
+                &text,
+                r#"runwire_runs_active{type="sync",status="running"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&text, r#"runwire_runs_active{type="sync",status="queued"}"#),
+            0.0
+        );
+        let finished = r#"runwire_runs_finished_total{type="sync",outcome="succeeded"}"#;
+        assert_eq!(value(&text, finished), 2.0, "1 and 3, not 9 (before start)");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        let mut registry = Registry::with_prefix("runwire");
+        let ops = Operations::new(&mut registry, false);
+        for id in 0..(MAX_TYPES as i64 + 10) {
+            ops.run_changed(&run(id, &format!("type{id}"), "running", "pending"));
+        }
+        let text = scrape(&registry);
+        assert_eq!(
+            value(
+                &text,
+                r#"runwire_runs_active{type="other",status="running"}"#
+            ),
+            10.0
+        );
+        assert!(!text.contains("workspace="));
+        let mut registry = Registry::with_prefix("runwire");
+        let ops = Operations::new(&mut registry, true);
+        ops.pack_changed(&PackFacts {
+            id: 1,
+            workspace_id: 7,
+            status: "generating".into(),
+            created_at: Some(Utc::now()),
+            generated_at: None,
+        });
+        let text = scrape(&registry);
+        assert_eq!(
+            value(
+                &text,
+                r#"runwire_review_packs_active{status="generating",workspace="7"}"#
+            ),
+            1.0
+        );
+    }
+}
