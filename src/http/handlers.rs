@@ -240,17 +240,26 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+/// OpenMetrics for clients that ask for it (Prometheus does), else the classic text format.
+pub(super) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     app.metrics.db_pool_connections.set(app.pool.size() as i64);
     app.metrics.db_pool_idle.set(app.pool.num_idle() as i64);
-    (
-        [(
-            header::CONTENT_TYPE,
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = match openmetrics {
+        true => (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
-        .into_response()
+            app.metrics.encode(),
+        ),
+        false => (
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.metrics.encode_classic(),
+        ),
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub(super) async fn not_found() -> ApiError {

@@ -235,10 +235,53 @@ impl Metrics {
         }
     }
 
+    /// The exposition in OpenMetrics text, what Prometheus asks for.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The exposition in Prometheus's classic text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics: `promtool check metrics`, older scrapers, people with curl.
+    pub(crate) fn encode_classic(&self) -> String {
+        classic_text(&self.encode())
+    }
+}
+
+/// OpenMetrics text → the classic text format. The samples are the same; the metadata
+/// differs: a counter's family is named without `_total` in OpenMetrics and with it in the
+/// classic format (whose parsers otherwise find no help or type for the samples), and there
+/// is no `# UNIT` or `# EOF`. prometheus-client writes only OpenMetrics.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }

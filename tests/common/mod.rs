@@ -450,6 +450,7 @@ pub async fn sse_events(body: Vec<u8>) -> Vec<(String, serde_json::Value)> {
 }
 
 /// A small world: a workspace with two tenants and users in every role.
+#[derive(Clone)]
 pub struct World {
     pub workspace: i64,
     pub other_workspace: i64,
