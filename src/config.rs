@@ -46,12 +46,26 @@ pub struct TokenArgs {
     /// User id to put into `sub`.
     #[arg(long)]
     pub user: i64,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Lifetime: seconds (`3600`) or a duration (`90m`, `12h`, `30d`).
+    #[arg(long, default_value = "3600", value_parser = parse_ttl)]
     pub ttl: u64,
+    /// Limit the token to one workspace's live feed and its JSON snapshot, for embedding a
+    /// view (`workspace:ID`); every other stream refuses it with 403.
+    #[arg(long)]
+    pub scope: Option<crate::access::token::TokenScope>,
     /// HS256 secret shared with the host app: at least 32 bytes (`openssl rand -hex 32`).
     #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+}
+
+/// A token lifetime in seconds: a plain number of seconds, or a duration such as `30d`.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{e}: give seconds (3600) or a duration (90m, 12h, 30d)"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -165,6 +179,25 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lifetimes_and_scopes() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["runwire", "token", "--jwt-secret", "s"];
+            argv.extend(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Token(t)) => Ok((t.user, t.ttl, t.scope.map(|s| s.to_string()))),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse(&["--user", "1"]), Ok((1, 3600, None)));
+        let scoped = parse(&["--user", "2", "--scope", "workspace:9", "--ttl", "30d"]);
+        assert_eq!(scoped, Ok((2, 30 * 24 * 3600, Some("workspace:9".into()))));
+        assert_eq!(parse(&["--user", "1", "--ttl", "90"]), Ok((1, 90, None)));
+        assert!(parse(&["--user", "1", "--ttl", "soon"]).is_err());
+        assert!(parse(&["--user", "1", "--scope", "tenant:9"]).is_err());
+    }
 
     #[test]
     fn defaults_ignore_the_environment() {

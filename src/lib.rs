@@ -49,7 +49,7 @@ mod wire;
 // use. Everything else is the crate's own (and `unreachable_pub` keeps it that way).
 pub use access::batch::database_unavailable;
 pub use access::token::now_secs;
-pub use access::token::Tokens;
+pub use access::token::{TokenScope, Tokens};
 pub use app::{connect_options, pool_options, Running, Server};
 pub use cli::run;
 pub use config::{Cli, Settings};

@@ -5,7 +5,8 @@
 use super::auth::AuthUser;
 use super::params::{parse_id, parse_item_lists};
 use super::{sse, ApiError, AppState};
-use crate::access::{self, token::now_secs, COOKIE_NAME};
+use crate::access::token::{now_secs, Wants};
+use crate::access::{self, COOKIE_NAME};
 use crate::metrics::StreamKind;
 use crate::stream::items::{self, Opened};
 use crate::stream::workspace;
@@ -31,7 +32,7 @@ async fn item_stream(
     runs: &[i64],
     tenants: &[i64],
 ) -> Result<Response, ApiError> {
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Other)?;
     let topic = format!("runs:{runs:?} packs:{tenants:?}");
     let opened = items::open(
         &app.streams,
@@ -103,7 +104,7 @@ pub(super) async fn workspace_events(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let workspace_id = parse_id(&raw, "workspace id")?;
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Workspace(workspace_id))?;
     let stream = workspace::open(&app.streams, claims, workspace_id).await?;
     Ok(sse::response(stream))
 }
@@ -137,7 +138,7 @@ async fn item_snapshot(
     runs: &[i64],
     tenants: &[i64],
 ) -> Result<Response, ApiError> {
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Other)?;
     let rates = &app.streams.hub.rates;
     let states =
         access::read_items(&app.streams.batcher, rates, claims.user_id, runs, tenants).await?;
@@ -151,7 +152,7 @@ pub(super) async fn workspace_info(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let workspace_id = parse_id(&raw, "workspace id")?;
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Workspace(workspace_id))?;
     let info = crate::store::workspace_info(&app.pool, claims.user_id, workspace_id)
         .await?
         .filter(|w| w.workspace_member)
@@ -185,7 +186,9 @@ pub(super) async fn create_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = access::bearer(&headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
-    let claims = app.tokens.verify(token)?;
+    // A scoped token is for embedding, which needs no cookie; as a cookie it would stand in
+    // for the user's own token on every page of this origin.
+    let claims = AuthUser::verify(&app.tokens, token)?.opening(Wants::Other)?;
     let max_age = claims.exp.saturating_sub(now_secs());
     let cookie = format!(
         "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
