@@ -31,7 +31,9 @@ CREATE OR REPLACE FUNCTION runwire_bump_version() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     NEW.version := OLD.version;
-    IF NEW IS NOT DISTINCT FROM OLD THEN
+    -- Compared as text: every column type has a text form, not every one an equality
+    -- operator (`json` has none, and Laravel's `$table->json()` makes json).
+    IF NEW::text = OLD::text THEN
         RETURN NEW;
     END IF;
     NEW.version := OLD.version + 1;

@@ -71,10 +71,17 @@ pub fn pool_options(settings: &Settings) -> PgPoolOptions {
         .acquire_timeout(settings.acquire_timeout())
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                sqlx::query(&format!("SET statement_timeout = {statement_timeout_ms}"))
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
+                // UTC and ISO: how `model::row` reads timestamps (a `timestamp` column, as
+                // Laravel makes them, is read as UTC).
+                sqlx::query(
+                    "SELECT set_config('statement_timeout', $1, false),
+                            set_config('TimeZone', 'UTC', false),
+                            set_config('DateStyle', 'ISO, MDY', false)",
+                )
+                .bind(statement_timeout_ms.to_string())
+                .execute(conn)
+                .await
+                .map(|_| ())
             })
         })
 }
@@ -314,7 +321,12 @@ impl Server {
         let streams = Arc::new(Streams {
             hub,
             epochs,
-            batcher: Arc::new(Batcher::start(pool.clone(), Arc::clone(&status), deadline)),
+            batcher: Arc::new(Batcher::start(
+                pool.clone(),
+                crate::model::ChangeSource::Notify,
+                Arc::clone(&status),
+                deadline,
+            )),
             limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),

@@ -27,14 +27,13 @@
 //! [`pack_changed`]: Operations::pack_changed
 //! [`pack_deleted`]: Operations::pack_deleted
 
-use crate::model::{pack_is_terminal, run_is_terminal, RunRow, ACTIVE_PACK_STATUSES};
+use crate::model::{pack_is_terminal, run_is_terminal, PackRow, RunRow, ACTIVE_PACK_STATUSES};
 use chrono::{DateTime, Duration, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use sqlx::FromRow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -53,24 +52,14 @@ const DURATION_BUCKETS: [f64; 13] = [
 
 type Labels = Vec<(&'static str, String)>;
 
-/// A review pack as the metrics need it (every pack, not only a tenant's latest).
-#[derive(Debug, Clone, FromRow)]
-pub(crate) struct PackFacts {
-    pub id: i64,
-    pub workspace_id: i64,
-    pub status: String,
-    pub created_at: Option<DateTime<Utc>>,
-    pub generated_at: Option<DateTime<Utc>>,
-}
-
 /// What is true at one moment, read in one snapshot: every active run and pack, and those
 /// that finished within [`DEDUP_WINDOW`].
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub active_runs: Vec<RunRow>,
     pub finished_runs: Vec<RunRow>,
-    pub active_packs: Vec<PackFacts>,
-    pub finished_packs: Vec<PackFacts>,
+    pub active_packs: Vec<PackRow>,
+    pub finished_packs: Vec<PackRow>,
 }
 
 /// The first values seen get a label of their own, up to a cap; the rest share `other`.
@@ -149,8 +138,19 @@ fn run_finished_at(row: &RunRow) -> Option<DateTime<Utc>> {
     row.completed_at.or(row.created_at)
 }
 
-fn pack_finished_at(pack: &PackFacts) -> Option<DateTime<Utc>> {
+fn pack_finished_at(pack: &PackRow) -> Option<DateTime<Utc>> {
     pack.generated_at.or(pack.created_at)
+}
+
+/// A text column as a label value; NULL reads as "" (a NULL status is terminal, like any
+/// unknown one, as in `model`).
+fn text(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("")
+}
+
+/// The workspace a row counts under (a pack's may be NULL in the host's table).
+fn workspace_of(workspace: Option<i64>) -> i64 {
+    workspace.unwrap_or(0)
 }
 
 impl Operations {
@@ -283,7 +283,7 @@ impl Operations {
         if let Some(before) = &before {
             *known.run_counts.entry(before.gauge.clone()).or_default() -= 1;
         }
-        if !run_is_terminal(&row.status) {
+        if !run_is_terminal(text(&row.status)) {
             self.track_run(known, row);
         } else {
             let finished_at = run_finished_at(row);
@@ -310,7 +310,7 @@ impl Operations {
     }
 
     /// A review pack was inserted or changed.
-    pub(crate) fn pack_changed(&self, pack: &PackFacts) {
+    pub(crate) fn pack_changed(&self, pack: &PackRow) {
         let now = Utc::now();
         let mut known = self.known();
         let known = &mut *known;
@@ -318,7 +318,7 @@ impl Operations {
         if let Some(before) = &before {
             *known.pack_counts.entry(before.clone()).or_default() -= 1;
         }
-        if !pack_is_terminal(&pack.status) {
+        if !pack_is_terminal(text(&pack.status)) {
             self.track_pack(known, pack);
         } else {
             let finished_at = pack_finished_at(pack);
@@ -345,9 +345,12 @@ impl Operations {
     }
 
     fn track_run(&self, known: &mut Known, row: &RunRow) {
-        let run_type = known.types.label(&row.run_type);
+        let run_type = known.types.label(text(&row.run_type));
         // Active statuses are a fixed pair, so the status label is bounded by definition.
-        let gauge = vec![("type", run_type.clone()), ("status", row.status.clone())];
+        let gauge = vec![
+            ("type", run_type.clone()),
+            ("status", text(&row.status).into()),
+        ];
         let gauge = self.with_workspace(gauge, row.workspace_id);
         *known.run_counts.entry(gauge.clone()).or_default() += 1;
         known.runs.insert(
@@ -361,8 +364,9 @@ impl Operations {
         );
     }
 
-    fn track_pack(&self, known: &mut Known, pack: &PackFacts) {
-        let gauge = self.with_workspace(vec![("status", pack.status.clone())], pack.workspace_id);
+    fn track_pack(&self, known: &mut Known, pack: &PackRow) {
+        let labels = vec![("status", text(&pack.status).into())];
+        let gauge = self.with_workspace(labels, workspace_of(pack.workspace_id));
         *known.pack_counts.entry(gauge.clone()).or_default() += 1;
         known.packs.insert(pack.id, gauge);
     }
@@ -372,11 +376,11 @@ impl Operations {
     fn count_run(&self, known: &mut Known, row: &RunRow, tracked: Option<&ActiveRun>) {
         let run_type = match tracked {
             Some(run) => run.run_type.clone(),
-            None => known.types.label(&row.run_type),
+            None => known.types.label(text(&row.run_type)),
         };
         let workspace = tracked.map_or(row.workspace_id, |r| r.workspace);
         let started_at = row.started_at.or(tracked.and_then(|r| r.started_at));
-        let outcome = known.outcomes.label(&row.outcome);
+        let outcome = known.outcomes.label(text(&row.outcome));
         let labels = vec![("type", run_type), ("outcome", outcome)];
         let labels = self.with_workspace(labels, workspace);
         self.runs_finished.get_or_create(&labels).inc();
@@ -388,9 +392,9 @@ impl Operations {
         }
     }
 
-    fn count_pack(&self, known: &mut Known, pack: &PackFacts) {
-        let status = known.pack_statuses.label(&pack.status);
-        let labels = self.with_workspace(vec![("status", status)], pack.workspace_id);
+    fn count_pack(&self, known: &mut Known, pack: &PackRow) {
+        let label = known.pack_statuses.label(text(&pack.status));
+        let labels = self.with_workspace(vec![("status", label)], workspace_of(pack.workspace_id));
         self.packs_finished.get_or_create(&labels).inc();
     }
 
@@ -421,15 +425,15 @@ mod tests {
             id,
             workspace_id: 1,
             tenant_id: None,
-            run_type: run_type.into(),
-            status: status.into(),
-            outcome: outcome.into(),
-            summary_counts: sqlx::types::Json(RawValue::from_string("{}".into()).unwrap()),
+            run_type: Some(run_type.into()),
+            status: Some(status.into()),
+            outcome: Some(outcome.into()),
+            summary_counts: Some(RawValue::from_string("{}".into()).unwrap()),
             created_at: Some(now - Duration::seconds(60)),
             started_at: Some(now - Duration::seconds(50)),
             completed_at: run_is_terminal(status).then_some(now),
             updated_at: Some(now),
-            version: 1,
+            version: Some(1),
         }
     }
 
@@ -540,12 +544,16 @@ mod tests {
         assert!(!text.contains("workspace="));
         let mut registry = Registry::with_prefix("runwire");
         let ops = Operations::new(&mut registry, true);
-        ops.pack_changed(&PackFacts {
+        ops.pack_changed(&PackRow {
             id: 1,
-            workspace_id: 7,
-            status: "generating".into(),
+            workspace_id: Some(7),
+            tenant_id: 1,
+            status: Some("generating".into()),
             created_at: Some(Utc::now()),
             generated_at: None,
+            expires_at: None,
+            updated_at: None,
+            version: None,
         });
         let text = scrape(&registry);
         assert_eq!(

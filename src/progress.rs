@@ -59,7 +59,7 @@ struct Counts {
 
 /// `processed` and `total` of a run, when both are numbers ≥ 0.
 fn counts(row: &RunRow) -> Option<(Number, f64, Number, f64)> {
-    let raw = row.summary_counts.0.get();
+    let raw = row.summary_counts.as_deref()?.get();
     // Only an object: serde would read `[1, 2]` into the struct by position.
     if !raw.trim_start().starts_with('{') {
         return None;
@@ -79,11 +79,17 @@ fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     ((to - from).num_milliseconds().max(0)) as f64 / 1000.0
 }
 
-/// Elapsed seconds of a run (see [`Timing::elapsed_seconds`]).
+/// Whether the run is finished, as `model` decides it (a NULL status is terminal).
+fn terminal(row: &RunRow) -> bool {
+    row.status.as_deref().is_none_or(run_is_terminal)
+}
+
+/// Elapsed seconds of a run (see [`Timing::elapsed_seconds`]). A finished run's comes from
+/// its row alone (never the clock), so every instance renders its final state alike.
 fn elapsed(row: &RunRow, now: DateTime<Utc>) -> Option<f64> {
     let start = row.started_at.or(row.created_at)?;
-    let end = match run_is_terminal(&row.status) {
-        true => row.completed_at.unwrap_or(as_of(row, now)),
+    let end = match terminal(row) {
+        true => row.completed_at.or(row.updated_at)?,
         false => as_of(row, now),
     };
     Some(seconds(start, end))
@@ -101,7 +107,7 @@ pub(crate) fn timing(row: &RunRow, observed_rate: Option<f64>, now: DateTime<Utc
         let average = elapsed_seconds.filter(|e| *e > 0.0).map(|e| p / e);
         let rate = observed_rate.or(average).filter(|r| r.is_finite());
         let eta = match rate {
-            _ if run_is_terminal(&row.status) => None,
+            _ if terminal(row) => None,
             _ if p >= t => Some(0),
             Some(r) if r > 0.0 => Some(((t - p) / r).round().min(u64::MAX as f64) as u64),
             _ => None,
@@ -144,8 +150,7 @@ impl Rates {
     /// Feeds one published state of a run; returns the smoothed rate to render it with.
     /// Call once per state: the rate moves with each observation.
     pub(crate) fn observe(&self, row: &RunRow, now: DateTime<Utc>) -> Option<f64> {
-        let Some((_, processed, _, _)) = counts(row).filter(|_| !run_is_terminal(&row.status))
-        else {
+        let Some((_, processed, _, _)) = counts(row).filter(|_| !terminal(row)) else {
             self.forget(row.id);
             return None;
         };
@@ -207,15 +212,15 @@ mod tests {
             id: 1,
             workspace_id: 1,
             tenant_id: None,
-            run_type: "sync".into(),
-            status: status.into(),
-            outcome: "pending".into(),
-            summary_counts: sqlx::types::Json(RawValue::from_string(counts.into()).unwrap()),
+            run_type: Some("sync".into()),
+            status: Some(status.into()),
+            outcome: Some("pending".into()),
+            summary_counts: Some(RawValue::from_string(counts.into()).unwrap()),
             created_at: Some(now - Duration::seconds(started + 5)),
             started_at: Some(now - Duration::seconds(started)),
             completed_at: None,
             updated_at: Some(now - Duration::seconds(updated)),
-            version: 1,
+            version: Some(1),
         }
     }
 
@@ -253,7 +258,7 @@ mod tests {
         assert_eq!(rates.observe(&first, now), None, "no pace observed yet");
         // 10 s later, 60 more: 6/s now against an average of 1/s before.
         let second = RunRow {
-            summary_counts: sqlx::types::Json(
+            summary_counts: Some(
                 RawValue::from_string(r#"{"processed":80,"total":100}"#.into()).unwrap(),
             ),
             updated_at: Some(now),
@@ -271,7 +276,7 @@ mod tests {
         assert_eq!(eta, Some((20.0 / rate).round() as u64));
         // Finished: forgotten, and the final elapsed time is completed − started.
         let done = RunRow {
-            status: "completed".into(),
+            status: Some("completed".into()),
             completed_at: Some(now - Duration::seconds(2)),
             ..second
         };

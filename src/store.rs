@@ -5,19 +5,103 @@
 //! Access queries return *facts* (memberships, roles); the rules that judge them live in
 //! `access::rules`, once.
 //!
+//! Rows are read column by column as integers and text (`model::row` interprets them, the
+//! same way it interprets a replication message), so the host's own column types — `json` or
+//! `jsonb`, `timestamp` or `timestamptz`, `int4` or `int8`, `varchar` or `text` — all read the
+//! same, and a value that does not decode spoils one row, not the query.
+//!
+//! Statements come in two variants, by [`ChangeSource`]: NOTIFY mode reads runwire's
+//! `version` columns; WAL mode has none, and each read also returns the snapshot it saw
+//! (`pg_current_snapshot()`), which `access::batch` checks against what the watcher has
+//! applied.
+//!
 //! The functions look alike on purpose (a signature, the statement built once from the
 //! shared fragments below, a bind per slice): one function per question, so each reads as
 //! its SQL.
 
 use crate::access::rules::Facts;
-use crate::model::{Owner, PackRow, RunRow, ACTIVE_PACK_STATUSES, ACTIVE_RUN_STATUSES};
-use crate::ops::PackFacts;
-use sqlx::{FromRow, PgExecutor};
+use crate::model::{
+    ChangeSource, Columns, Decoded, Owner, PackRow, RunRow, ACTIVE_PACK_STATUSES,
+    ACTIVE_RUN_STATUSES,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgExecutor, Row};
 use std::sync::LazyLock;
 
-const RUN_COLUMNS: &str = "r.id, r.workspace_id, r.tenant_id, r.type AS run_type, r.status, \
-     r.outcome, r.summary_counts, r.created_at, r.started_at, r.completed_at, r.updated_at, \
-     r.version";
+/// A statement in both variants, built once.
+struct Sql(LazyLock<[String; 2]>);
+
+impl Sql {
+    const fn new(build: fn() -> [String; 2]) -> Sql {
+        Sql(LazyLock::new(build))
+    }
+
+    fn get(&self, mode: ChangeSource) -> &str {
+        &self.0[mode as usize]
+    }
+}
+
+/// Builds a statement's two variants from a template: `{version}` and `{pack_version}` become
+/// the version columns (NOTIFY) or nothing (WAL); `{snap}` becomes the snapshot column (WAL)
+/// or nothing.
+fn variants(template: &str) -> [String; 2] {
+    let notify = template
+        .replace("{version}", ", r.version::int8 AS version")
+        .replace("{pack_version}", ", p.version::int8 AS version")
+        .replace("{snap}", "");
+    let wal = template
+        .replace("{version}", "")
+        .replace("{pack_version}", "")
+        .replace("{snap}", ", pg_current_snapshot()::text AS snap");
+    [notify, wal]
+}
+
+/// The run columns, as integers and text. Timestamps are rendered as `timestamptz` in the
+/// session's time zone, which every runwire connection sets to UTC (so a `timestamp` column
+/// is read as UTC).
+const RUN_COLUMNS: &str = "r.id::int8 AS id, r.workspace_id::int8 AS workspace_id, \
+     r.tenant_id::int8 AS tenant_id, r.type::text AS type, r.status::text AS status, \
+     r.outcome::text AS outcome, r.summary_counts::text AS summary_counts, \
+     r.created_at::timestamptz::text AS created_at, r.started_at::timestamptz::text AS started_at, \
+     r.completed_at::timestamptz::text AS completed_at, \
+     r.updated_at::timestamptz::text AS updated_at {version}";
+
+/// A query row's columns by name, for `model::row`.
+struct RowColumns<'r>(&'r PgRow);
+
+impl Columns for RowColumns<'_> {
+    fn int(&self, column: &'static str) -> Result<Option<i64>, String> {
+        self.0.try_get(column).map_err(|e| e.to_string())
+    }
+    fn text(&self, column: &'static str) -> Result<Option<&str>, String> {
+        self.0.try_get(column).map_err(|e| e.to_string())
+    }
+}
+
+fn read_run(row: &PgRow) -> Decoded<RunRow> {
+    let mut run = RunRow::read(&RowColumns(row))?;
+    run.version = row.try_get("version").ok().flatten();
+    Ok(run)
+}
+
+fn read_pack(row: &PgRow) -> Decoded<PackRow> {
+    let mut pack = PackRow::read(&RowColumns(row))?;
+    pack.version = row.try_get("version").ok().flatten();
+    Ok(pack)
+}
+
+/// The snapshot a WAL-mode read saw (None in NOTIFY mode).
+fn snap(row: &PgRow) -> Option<String> {
+    row.try_get("snap").ok().flatten()
+}
+
+/// The id of a run read, even when another of its columns did not decode.
+pub(crate) fn run_id(run: &Decoded<RunRow>) -> Option<i64> {
+    match run {
+        Ok(r) => Some(r.id),
+        Err((key, _)) => key.map(|k| k.id),
+    }
+}
 
 /// Whether `q.user_id` is a member of the workspace `workspace` (an SQL expression).
 fn member_of(workspace: &str) -> String {
@@ -30,95 +114,108 @@ fn member_of(workspace: &str) -> String {
 /// `q.user_id`'s role in the tenant `tenant` (an SQL expression), NULL without one.
 fn role_in(tenant: &str) -> String {
     format!(
-        "(SELECT tm.role FROM tenant_memberships tm \
+        "(SELECT tm.role::text FROM tenant_memberships tm \
          WHERE tm.tenant_id = {tenant} AND tm.user_id = q.user_id)"
     )
 }
 
 /// Current rows of these runs (missing ids are simply absent).
-pub(crate) async fn runs_by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<RunRow>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1)")
+pub(crate) async fn runs_by_ids(
+    db: impl PgExecutor<'_>,
+    mode: ChangeSource,
+    ids: &[i64],
+) -> sqlx::Result<Vec<Decoded<RunRow>>> {
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
+            "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1::int8[])"
+        ))
     });
-    sqlx::query_as(&SQL).bind(ids).fetch_all(db).await
+    let rows = sqlx::query(SQL.get(mode)).bind(ids).fetch_all(db).await?;
+    Ok(rows.iter().map(read_run).collect())
 }
 
-const PACK_FACTS: &str = "p.id, p.workspace_id, p.status, p.created_at, p.generated_at";
+/// Every column of a review pack, for the operations metrics (no version: they need none).
+const PACK_COLUMNS: &str = "p.id::int8 AS id, p.workspace_id::int8 AS workspace_id, \
+     p.tenant_id::int8 AS tenant_id, p.status::text AS status, \
+     p.created_at::timestamptz::text AS created_at, \
+     p.generated_at::timestamptz::text AS generated_at, \
+     p.expires_at::timestamptz::text AS expires_at, p.updated_at::timestamptz::text AS updated_at";
 
 /// Current rows of these review packs, for the operations metrics (missing ids are absent).
 pub(crate) async fn packs_by_ids(
     db: impl PgExecutor<'_>,
     ids: &[i64],
-) -> sqlx::Result<Vec<PackFacts>> {
-    static SQL: LazyLock<String> =
-        LazyLock::new(|| format!("SELECT {PACK_FACTS} FROM review_packs p WHERE p.id = ANY($1)"));
-    sqlx::query_as(&SQL).bind(ids).fetch_all(db).await
+) -> sqlx::Result<Vec<Decoded<PackRow>>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {PACK_COLUMNS} FROM review_packs p WHERE p.id = ANY($1::int8[])")
+    });
+    let rows = sqlx::query(&SQL).bind(ids).fetch_all(db).await?;
+    Ok(rows.iter().map(read_pack).collect())
 }
 
 /// What the operations metrics start from (`ops::Snapshot`), read in one snapshot of the
 /// database: every active run and pack, and those that finished within the last
-/// `window_secs`. At start-up and after a reconnect only; never per change.
+/// `window_secs`. At start-up and after a reconnect only; never per change. Rows that do
+/// not decode are left out (their streams say so).
 pub(crate) async fn ops_snapshot(
     pool: &sqlx::PgPool,
     window_secs: f64,
 ) -> sqlx::Result<crate::ops::Snapshot> {
-    static ACTIVE_RUNS: LazyLock<String> = LazyLock::new(|| {
-        format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.status = ANY($1)")
-    });
-    // The same "finished at" as ops: completed_at, else created_at.
-    static FINISHED_RUNS: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE NOT (r.status = ANY($1))
-               AND COALESCE(r.completed_at, r.created_at) > now() - make_interval(secs => $2)"
-        )
-    });
-    static ACTIVE_PACKS: LazyLock<String> = LazyLock::new(|| {
-        format!("SELECT {PACK_FACTS} FROM review_packs p WHERE p.status = ANY($1)")
-    });
-    static FINISHED_PACKS: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {PACK_FACTS} FROM review_packs p WHERE NOT (p.status = ANY($1))
-               AND COALESCE(p.generated_at, p.created_at) > now() - make_interval(secs => $2)"
-        )
+    // "Finished at" as `ops` has it: completed_at (generated_at for packs), else created_at.
+    static SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
+        [
+            format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.status = ANY($1)"),
+            format!(
+                "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE NOT (r.status = ANY($1))
+                   AND COALESCE(r.completed_at, r.created_at) > now() - make_interval(secs => $2)"
+            ),
+            format!("SELECT {PACK_COLUMNS} FROM review_packs p WHERE p.status = ANY($1)"),
+            format!(
+                "SELECT {PACK_COLUMNS} FROM review_packs p WHERE NOT (p.status = ANY($1))
+                   AND COALESCE(p.generated_at, p.created_at) > now() - make_interval(secs => $2)"
+            ),
+        ]
+        .map(|sql| sql.replace("{version}", ""))
     });
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let runs = &ACTIVE_RUN_STATUSES[..];
-    let packs = &ACTIVE_PACK_STATUSES[..];
-    let snapshot = crate::ops::Snapshot {
-        active_runs: sqlx::query_as(&ACTIVE_RUNS)
-            .bind(runs)
-            .fetch_all(&mut *tx)
-            .await?,
-        finished_runs: sqlx::query_as(&FINISHED_RUNS)
-            .bind(runs)
-            .bind(window_secs)
-            .fetch_all(&mut *tx)
-            .await?,
-        active_packs: sqlx::query_as(&ACTIVE_PACKS)
-            .bind(packs)
-            .fetch_all(&mut *tx)
-            .await?,
-        finished_packs: sqlx::query_as(&FINISHED_PACKS)
-            .bind(packs)
-            .bind(window_secs)
-            .fetch_all(&mut *tx)
-            .await?,
-    };
+    let mut read = Vec::new();
+    let statuses = [
+        ACTIVE_RUN_STATUSES,
+        ACTIVE_RUN_STATUSES,
+        ACTIVE_PACK_STATUSES,
+        ACTIVE_PACK_STATUSES,
+    ];
+    for (n, (sql, statuses)) in SQL.iter().zip(statuses).enumerate() {
+        let query = sqlx::query(sql).bind(&statuses[..]);
+        // The odd statements are the finished ones, which take the window.
+        let query = match n % 2 {
+            1 => query.bind(window_secs),
+            _ => query,
+        };
+        read.push(query.fetch_all(&mut *tx).await?);
+    }
     tx.commit().await?;
-    Ok(snapshot)
+    let runs = |rows: &[PgRow]| rows.iter().filter_map(|r| read_run(r).ok()).collect();
+    let packs = |rows: &[PgRow]| rows.iter().filter_map(|r| read_pack(r).ok()).collect();
+    Ok(crate::ops::Snapshot {
+        active_runs: runs(&read[0]),
+        finished_runs: runs(&read[1]),
+        active_packs: packs(&read[2]),
+        finished_packs: packs(&read[3]),
+    })
 }
 
 /// A run together with one user's facts towards its owner.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub(crate) struct RunForUser {
     pub user_id: i64,
-    #[sqlx(flatten)]
-    pub run: RunRow,
+    pub run: Decoded<RunRow>,
     pub workspace_member: bool,
     pub tenant_role: Option<String>,
+    pub snap: Option<String>,
 }
 
 impl RunForUser {
@@ -135,60 +232,56 @@ impl RunForUser {
 /// `ids[i]`. Streams opened at about the same time share this one query (`access::batch`).
 pub(crate) async fn runs_for_users(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     users: &[i64],
     ids: &[i64],
 ) -> sqlx::Result<Vec<RunForUser>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
             "SELECT q.user_id, {RUN_COLUMNS},
-                {} AS workspace_member, {} AS tenant_role
+                {} AS workspace_member, {} AS tenant_role {{snap}}
              FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, run_id)
              JOIN operation_runs r ON r.id = q.run_id",
             member_of("r.workspace_id"),
             role_in("r.tenant_id")
-        )
+        ))
     });
-    sqlx::query_as(&SQL)
+    let rows = sqlx::query(SQL.get(mode))
         .bind(users)
         .bind(ids)
         .fetch_all(db)
-        .await
-}
-
-/// A tenant's latest pack, flattened from a LEFT JOIN (all pack columns NULL when none).
-#[derive(Debug, FromRow)]
-struct LatestPackRow {
-    tenant_id: i64,
-    pack_id: Option<i64>,
-    status: Option<String>,
-    created_at: Option<chrono::DateTime<chrono::Utc>>,
-    generated_at: Option<chrono::DateTime<chrono::Utc>>,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    updated_at: Option<chrono::DateTime<chrono::Utc>>,
-    version: Option<i64>,
-}
-
-impl LatestPackRow {
-    fn pack(&self) -> Option<PackRow> {
-        Some(PackRow {
-            id: self.pack_id?,
-            status: self.status.clone()?,
-            created_at: self.created_at,
-            generated_at: self.generated_at,
-            expires_at: self.expires_at,
-            updated_at: self.updated_at,
-            version: self.version?,
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(RunForUser {
+                user_id: row.try_get("user_id")?,
+                run: read_run(row),
+                workspace_member: row.try_get("workspace_member")?,
+                tenant_role: row.try_get("tenant_role")?,
+                snap: snap(row),
+            })
         })
-    }
+        .collect()
 }
 
 // "Latest" is the newest created_at, then the highest id (an index in runwire's migration
-// matches this order).
+// matches this order). The pack's columns come back NULL when the tenant has none.
 const LATEST_PACK_JOIN: &str = "LEFT JOIN LATERAL (
-        SELECT p.id AS pack_id, p.status, p.created_at, p.generated_at, p.expires_at,
-               p.updated_at, p.version
+        SELECT p.id::int8 AS id, p.workspace_id::int8 AS workspace_id,
+               p.tenant_id::int8 AS pack_tenant_id, p.status::text AS status,
+               p.created_at::timestamptz::text AS created_at,
+               p.generated_at::timestamptz::text AS generated_at,
+               p.expires_at::timestamptz::text AS expires_at,
+               p.updated_at::timestamptz::text AS updated_at {pack_version}
         FROM review_packs p WHERE p.tenant_id = t.id
         ORDER BY p.created_at DESC NULLS LAST, p.id DESC LIMIT 1) lp ON true";
+
+/// The latest pack of a LEFT JOIN row: None without one.
+fn latest_pack(row: &PgRow) -> Option<Decoded<PackRow>> {
+    let id: Option<i64> = row.try_get("id").ok().flatten();
+    id?;
+    Some(read_pack(row))
+}
 
 /// The review-pack card of one tenant as the watcher reads it.
 #[derive(Debug)]
@@ -196,37 +289,35 @@ pub(crate) struct TenantPack {
     pub tenant_id: i64,
     /// False once the tenant row is gone.
     pub exists: bool,
-    pub pack: Option<PackRow>,
-}
-
-#[derive(Debug, FromRow)]
-struct TenantPackRow {
-    exists: bool,
-    #[sqlx(flatten)]
-    latest: LatestPackRow,
+    pub pack: Option<Decoded<PackRow>>,
 }
 
 /// The latest pack of each tenant (None: the tenant has no pack).
 pub(crate) async fn latest_packs(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     tenant_ids: &[i64],
 ) -> sqlx::Result<Vec<TenantPack>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT t.id AS tenant_id, EXISTS (SELECT 1 FROM tenants x WHERE x.id = t.id) AS exists,
-                lp.*
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
+            "SELECT t.id AS tenant_id,
+                EXISTS (SELECT 1 FROM tenants x WHERE x.id = t.id) AS exists, lp.*
              FROM unnest($1::bigint[]) AS t(id) {LATEST_PACK_JOIN}"
-        )
+        ))
     });
-    let rows: Vec<TenantPackRow> = sqlx::query_as(&SQL).bind(tenant_ids).fetch_all(db).await?;
-    Ok(rows
-        .iter()
-        .map(|r| TenantPack {
-            tenant_id: r.latest.tenant_id,
-            exists: r.exists,
-            pack: r.latest.pack(),
+    let rows = sqlx::query(SQL.get(mode))
+        .bind(tenant_ids)
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(TenantPack {
+                tenant_id: row.try_get("tenant_id")?,
+                exists: row.try_get("exists")?,
+                pack: latest_pack(row),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A tenant's latest pack together with one user's facts towards the tenant.
@@ -235,52 +326,47 @@ pub(crate) struct PackForUser {
     pub user_id: i64,
     pub tenant_id: i64,
     pub facts: Facts,
-    pub pack: Option<PackRow>,
-}
-
-#[derive(Debug, FromRow)]
-struct PackForUserRow {
-    user_id: i64,
-    workspace_member: bool,
-    tenant_role: Option<String>,
-    #[sqlx(flatten)]
-    latest: LatestPackRow,
+    pub pack: Option<Decoded<PackRow>>,
+    pub snap: Option<String>,
 }
 
 /// State and access facts for many (user, tenant) pairs at once (rows of tenants that exist).
 pub(crate) async fn packs_for_users(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     users: &[i64],
     tenant_ids: &[i64],
 ) -> sqlx::Result<Vec<PackForUser>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT q.user_id, t.id AS tenant_id,
-                {} AS workspace_member, {} AS tenant_role, lp.*
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
+            "SELECT q.user_id, t.id::int8 AS tenant_id,
+                {} AS workspace_member, {} AS tenant_role, lp.* {{snap}}
              FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, tenant_id)
              JOIN tenants t ON t.id = q.tenant_id {LATEST_PACK_JOIN}",
             member_of("t.workspace_id"),
             role_in("t.id")
-        )
+        ))
     });
-    let rows: Vec<PackForUserRow> = sqlx::query_as(&SQL)
+    let rows = sqlx::query(SQL.get(mode))
         .bind(users)
         .bind(tenant_ids)
         .fetch_all(db)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| PackForUser {
-            user_id: r.user_id,
-            tenant_id: r.latest.tenant_id,
-            pack: r.latest.pack(),
-            facts: Facts {
-                workspace_member: r.workspace_member,
-                tenant_exists: true,
-                tenant_role: r.tenant_role,
-            },
+    rows.iter()
+        .map(|row| {
+            Ok(PackForUser {
+                user_id: row.try_get("user_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                pack: latest_pack(row),
+                facts: Facts {
+                    workspace_member: row.try_get("workspace_member")?,
+                    tenant_exists: true,
+                    tenant_role: row.try_get("tenant_role")?,
+                },
+                snap: snap(row),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// One user's facts towards one owner.
@@ -289,37 +375,28 @@ pub(crate) struct OwnerFacts {
     pub user_id: i64,
     pub owner: Owner,
     pub facts: Facts,
-}
-
-#[derive(FromRow)]
-struct OwnerFactsRow {
-    user_id: i64,
-    pack: bool,
-    workspace_id: Option<i64>,
-    tenant_id: Option<i64>,
-    tenant_exists: bool,
-    workspace_member: bool,
-    tenant_role: Option<String>,
+    pub snap: Option<String>,
 }
 
 /// Facts for many (user, owner) pairs at once: the re-check of streams whose decisions went
 /// stale. A pack's workspace is its tenant's *current* workspace.
 pub(crate) async fn owner_facts(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     users: &[i64],
     owners: &[Owner],
 ) -> sqlx::Result<Vec<OwnerFacts>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
             "SELECT q.user_id, q.pack, q.workspace_id, q.tenant_id,
                 (t.id IS NOT NULL) AS tenant_exists,
-                {} AS workspace_member, {} AS tenant_role
+                {} AS workspace_member, {} AS tenant_role {{snap}}
              FROM unnest($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[])
                   AS q(user_id, pack, workspace_id, tenant_id)
              LEFT JOIN tenants t ON t.id = q.tenant_id",
             member_of("CASE WHEN q.pack THEN t.workspace_id ELSE q.workspace_id END"),
             role_in("q.tenant_id")
-        )
+        ))
     });
     let (mut packs, mut workspaces, mut tenants) = (Vec::new(), Vec::new(), Vec::new());
     for owner in owners {
@@ -331,32 +408,36 @@ pub(crate) async fn owner_facts(
         workspaces.push(workspace);
         tenants.push(tenant);
     }
-    let rows: Vec<OwnerFactsRow> = sqlx::query_as(&SQL)
+    let rows = sqlx::query(SQL.get(mode))
         .bind(users)
         .bind(&packs)
         .bind(&workspaces)
         .bind(&tenants)
         .fetch_all(db)
         .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let owner = match (r.pack, r.workspace_id, r.tenant_id) {
-                (true, _, Some(tenant)) => Owner::Pack { tenant },
-                (false, Some(workspace), tenant) => Owner::Run { workspace, tenant },
-                _ => return None,
-            };
-            Some(OwnerFacts {
-                user_id: r.user_id,
-                owner,
-                facts: Facts {
-                    workspace_member: r.workspace_member,
-                    tenant_exists: !r.pack || r.tenant_exists,
-                    tenant_role: r.tenant_role,
-                },
-            })
-        })
-        .collect())
+    let mut facts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let pack: bool = row.try_get("pack")?;
+        let workspace: Option<i64> = row.try_get("workspace_id")?;
+        let tenant: Option<i64> = row.try_get("tenant_id")?;
+        let owner = match (pack, workspace, tenant) {
+            (true, _, Some(tenant)) => Owner::Pack { tenant },
+            (false, Some(workspace), tenant) => Owner::Run { workspace, tenant },
+            _ => continue,
+        };
+        let tenant_exists: bool = row.try_get("tenant_exists")?;
+        facts.push(OwnerFacts {
+            user_id: row.try_get("user_id")?,
+            owner,
+            facts: Facts {
+                workspace_member: row.try_get("workspace_member")?,
+                tenant_exists: !pack || tenant_exists,
+                tenant_role: row.try_get("tenant_role")?,
+            },
+            snap: snap(row),
+        });
+    }
+    Ok(facts)
 }
 
 /// What a user may see of a workspace: membership, and their roles in its tenants.
@@ -364,69 +445,79 @@ pub(crate) async fn owner_facts(
 pub(crate) struct WorkspaceView {
     pub workspace_member: bool,
     pub tenant_roles: sqlx::types::Json<Vec<(i64, String)>>,
+    #[sqlx(default)]
+    pub snap: Option<String>,
 }
 
 pub(crate) async fn workspace_view(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     user_id: i64,
     workspace_id: i64,
 ) -> sqlx::Result<WorkspaceView> {
-    sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM workspace_memberships m
+    static SQL: Sql = Sql::new(|| {
+        variants(
+            "SELECT EXISTS (SELECT 1 FROM workspace_memberships m
                         WHERE m.workspace_id = $1 AND m.user_id = $2) AS workspace_member,
                 COALESCE((SELECT json_agg(json_build_array(tm.tenant_id, tm.role))
                           FROM tenant_memberships tm
                           JOIN tenants t ON t.id = tm.tenant_id
                           WHERE t.workspace_id = $1 AND tm.user_id = $2), '[]'::json)
-                    AS tenant_roles",
-    )
-    .bind(workspace_id)
-    .bind(user_id)
-    .fetch_one(db)
-    .await
+                    AS tenant_roles {snap}",
+        )
+    });
+    sqlx::query_as(SQL.get(mode))
+        .bind(workspace_id)
+        .bind(user_id)
+        .fetch_one(db)
+        .await
 }
 
 /// Active runs of a workspace, newest first (the caller filters them by access).
 pub(crate) async fn active_runs(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     workspace_id: i64,
-) -> sqlx::Result<Vec<RunRow>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
+) -> sqlx::Result<Vec<Decoded<RunRow>>> {
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
             "SELECT {RUN_COLUMNS} FROM operation_runs r
              WHERE r.workspace_id = $1 AND r.status = ANY($2)
              ORDER BY r.created_at DESC NULLS LAST, r.id DESC"
-        )
+        ))
     });
-    sqlx::query_as(&SQL)
+    let rows = sqlx::query(SQL.get(mode))
         .bind(workspace_id)
         .bind(&ACTIVE_RUN_STATUSES[..])
         .fetch_all(db)
-        .await
+        .await?;
+    Ok(rows.iter().map(read_run).collect())
 }
 
 /// Runs of a workspace that finished in the last 24 hours, newest first, at most `limit`
 /// (the caller filters them by access).
 pub(crate) async fn recent_runs(
     db: impl PgExecutor<'_>,
+    mode: ChangeSource,
     workspace_id: i64,
     limit: i64,
-) -> sqlx::Result<Vec<RunRow>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
+) -> sqlx::Result<Vec<Decoded<RunRow>>> {
+    static SQL: Sql = Sql::new(|| {
+        variants(&format!(
             "SELECT {RUN_COLUMNS} FROM operation_runs r
              WHERE r.workspace_id = $1 AND NOT (r.status = ANY($2))
                AND COALESCE(r.completed_at, r.updated_at) > now() - interval '24 hours'
              ORDER BY COALESCE(r.completed_at, r.updated_at) DESC, r.id DESC
              LIMIT $3"
-        )
+        ))
     });
-    sqlx::query_as(&SQL)
+    let rows = sqlx::query(SQL.get(mode))
         .bind(workspace_id)
         .bind(&ACTIVE_RUN_STATUSES[..])
         .bind(limit)
         .fetch_all(db)
-        .await
+        .await?;
+    Ok(rows.iter().map(read_run).collect())
 }
 
 /// Everything a workspace feed's snapshot shows, with the facts that decide what of it the
@@ -434,14 +525,15 @@ pub(crate) async fn recent_runs(
 /// the states it judges are of the same moment.
 pub(crate) struct FeedRead {
     pub(crate) view: WorkspaceView,
-    pub(crate) active: Vec<RunRow>,
-    pub(crate) recent: Vec<RunRow>,
+    pub(crate) active: Vec<Decoded<RunRow>>,
+    pub(crate) recent: Vec<Decoded<RunRow>>,
     /// The review-pack cards of the tenants the user has a role in, in this workspace.
     pub(crate) packs: Vec<TenantPack>,
 }
 
 pub(crate) async fn feed_read(
     pool: &sqlx::PgPool,
+    mode: ChangeSource,
     user_id: i64,
     workspace_id: i64,
     recent_limit: i64,
@@ -450,12 +542,12 @@ pub(crate) async fn feed_read(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let view = workspace_view(&mut *tx, user_id, workspace_id).await?;
-    let active = active_runs(&mut *tx, workspace_id).await?;
-    let recent = recent_runs(&mut *tx, workspace_id, recent_limit).await?;
+    let view = workspace_view(&mut *tx, mode, user_id, workspace_id).await?;
+    let active = active_runs(&mut *tx, mode, workspace_id).await?;
+    let recent = recent_runs(&mut *tx, mode, workspace_id, recent_limit).await?;
     let mut tenants: Vec<i64> = view.tenant_roles.0.iter().map(|(t, _)| *t).collect();
     tenants.sort_unstable();
-    let packs = latest_packs(&mut *tx, &tenants).await?;
+    let packs = latest_packs(&mut *tx, mode, &tenants).await?;
     tx.commit().await?;
     Ok(FeedRead {
         view,
@@ -487,7 +579,7 @@ pub(crate) async fn workspace_info(
     workspace_id: i64,
 ) -> sqlx::Result<Option<WorkspaceInfo>> {
     sqlx::query_as(
-        "SELECT w.id, w.name,
+        "SELECT w.id::int8 AS id, w.name::text AS name,
             EXISTS (SELECT 1 FROM workspace_memberships m
                     WHERE m.workspace_id = w.id AND m.user_id = $2) AS workspace_member,
             COALESCE((SELECT json_agg(json_build_object('id', t.id, 'name', t.name, 'role', tm.role)

@@ -20,7 +20,7 @@
 //! once instead of queueing.
 
 use super::rules::AccessError;
-use crate::model::Owner;
+use crate::model::{ChangeSource, Owner};
 use crate::store::{self, OwnerFacts, PackForUser, RunForUser};
 use crate::watch::ListenerStatus;
 use sqlx::PgPool;
@@ -51,7 +51,15 @@ impl Deadline {
     }
 }
 
-type Reply<T> = oneshot::Sender<Result<Vec<T>, AccessError>>;
+/// What a read answered: the rows for one caller, and in WAL mode the WAL position the read
+/// is known to include (the stamp of the states it returns; see `model::Stamp`).
+#[derive(Debug)]
+pub(crate) struct Read<T> {
+    pub rows: Vec<T>,
+    pub at: Option<u64>,
+}
+
+type Reply<T> = oneshot::Sender<Result<Read<T>, AccessError>>;
 
 struct Job<T: Kind> {
     user_id: i64,
@@ -65,6 +73,7 @@ pub(crate) struct Batcher {
     packs: mpsc::UnboundedSender<Job<PackForUser>>,
     owners: mpsc::UnboundedSender<Job<OwnerFacts>>,
     pool: PgPool,
+    mode: ChangeSource,
     listener: Arc<ListenerStatus>,
     deadline: Deadline,
 }
@@ -75,6 +84,7 @@ trait Kind: Clone + Send + Sized + 'static {
     type Ask: Clone + Eq + Hash + Send + Sync + 'static;
     fn fetch(
         pool: PgPool,
+        mode: ChangeSource,
         users: Vec<i64>,
         asks: Vec<Self::Ask>,
     ) -> impl std::future::Future<Output = sqlx::Result<Vec<Self>>> + Send;
@@ -83,18 +93,28 @@ trait Kind: Clone + Send + Sized + 'static {
 
 impl Kind for RunForUser {
     type Ask = i64;
-    async fn fetch(pool: PgPool, users: Vec<i64>, ids: Vec<i64>) -> sqlx::Result<Vec<Self>> {
-        store::runs_for_users(&pool, &users, &ids).await
+    async fn fetch(
+        pool: PgPool,
+        mode: ChangeSource,
+        users: Vec<i64>,
+        ids: Vec<i64>,
+    ) -> sqlx::Result<Vec<Self>> {
+        store::runs_for_users(&pool, mode, &users, &ids).await
     }
     fn key(&self) -> (i64, i64) {
-        (self.user_id, self.run.id)
+        (self.user_id, store::run_id(&self.run).unwrap_or_default())
     }
 }
 
 impl Kind for PackForUser {
     type Ask = i64;
-    async fn fetch(pool: PgPool, users: Vec<i64>, ids: Vec<i64>) -> sqlx::Result<Vec<Self>> {
-        store::packs_for_users(&pool, &users, &ids).await
+    async fn fetch(
+        pool: PgPool,
+        mode: ChangeSource,
+        users: Vec<i64>,
+        ids: Vec<i64>,
+    ) -> sqlx::Result<Vec<Self>> {
+        store::packs_for_users(&pool, mode, &users, &ids).await
     }
     fn key(&self) -> (i64, i64) {
         (self.user_id, self.tenant_id)
@@ -103,8 +123,13 @@ impl Kind for PackForUser {
 
 impl Kind for OwnerFacts {
     type Ask = Owner;
-    async fn fetch(pool: PgPool, users: Vec<i64>, owners: Vec<Owner>) -> sqlx::Result<Vec<Self>> {
-        store::owner_facts(&pool, &users, &owners).await
+    async fn fetch(
+        pool: PgPool,
+        mode: ChangeSource,
+        users: Vec<i64>,
+        owners: Vec<Owner>,
+    ) -> sqlx::Result<Vec<Self>> {
+        store::owner_facts(&pool, mode, &users, &owners).await
     }
     fn key(&self) -> (i64, Owner) {
         (self.user_id, self.owner)
@@ -116,14 +141,16 @@ impl Batcher {
     /// database is reachable at all.
     pub(crate) fn start(
         pool: PgPool,
+        mode: ChangeSource,
         listener: Arc<ListenerStatus>,
         deadline: Deadline,
     ) -> Batcher {
         Batcher {
-            runs: spawn_collector(pool.clone(), deadline),
-            packs: spawn_collector(pool.clone(), deadline),
-            owners: spawn_collector(pool.clone(), deadline),
+            runs: spawn_collector(pool.clone(), mode, deadline),
+            packs: spawn_collector(pool.clone(), mode, deadline),
+            owners: spawn_collector(pool.clone(), mode, deadline),
             pool,
+            mode,
             listener,
             deadline,
         }
@@ -137,7 +164,7 @@ impl Batcher {
         &self,
         user_id: i64,
         ids: &[i64],
-    ) -> Result<Vec<RunForUser>, AccessError> {
+    ) -> Result<Read<RunForUser>, AccessError> {
         self.ask(&self.runs, user_id, ids).await
     }
 
@@ -146,7 +173,7 @@ impl Batcher {
         &self,
         user_id: i64,
         tenant_ids: &[i64],
-    ) -> Result<Vec<PackForUser>, AccessError> {
+    ) -> Result<Read<PackForUser>, AccessError> {
         self.ask(&self.packs, user_id, tenant_ids).await
     }
 
@@ -155,7 +182,7 @@ impl Batcher {
         &self,
         user_id: i64,
         owners: &[Owner],
-    ) -> Result<Vec<OwnerFacts>, AccessError> {
+    ) -> Result<Read<OwnerFacts>, AccessError> {
         self.ask(&self.owners, user_id, owners).await
     }
 
@@ -170,7 +197,7 @@ impl Batcher {
         if !self.listener.is_connected() {
             return Err(AccessError::Unavailable);
         }
-        let read = store::workspace_view(&self.pool, user_id, workspace_id);
+        let read = store::workspace_view(&self.pool, self.mode, user_id, workspace_id);
         match tokio::time::timeout(self.deadline.total(), read).await {
             Ok(Ok(view)) => Ok(view),
             Ok(Err(e)) => Err(unavailable_or_internal(&e)),
@@ -184,13 +211,13 @@ impl Batcher {
         user_id: i64,
         workspace_id: i64,
         recent_limit: i64,
-    ) -> Result<store::FeedRead, AccessError> {
+    ) -> Result<(store::FeedRead, Option<u64>), AccessError> {
         if !self.listener.is_connected() {
             return Err(AccessError::Unavailable);
         }
-        let read = store::feed_read(&self.pool, user_id, workspace_id, recent_limit);
+        let read = store::feed_read(&self.pool, self.mode, user_id, workspace_id, recent_limit);
         match tokio::time::timeout(self.deadline.total(), read).await {
-            Ok(Ok(read)) => Ok(read),
+            Ok(Ok(read)) => Ok((read, None)),
             Ok(Err(e)) => Err(unavailable_or_internal(&e)),
             Err(_) => Err(AccessError::Unavailable),
         }
@@ -201,7 +228,7 @@ impl Batcher {
         queue: &mpsc::UnboundedSender<Job<T>>,
         user_id: i64,
         asks: &[T::Ask],
-    ) -> Result<Vec<T>, AccessError> {
+    ) -> Result<Read<T>, AccessError> {
         if !self.listener.is_connected() {
             return Err(AccessError::Unavailable);
         }
@@ -219,14 +246,19 @@ impl Batcher {
     }
 }
 
-fn spawn_collector<T: Kind>(pool: PgPool, deadline: Deadline) -> mpsc::UnboundedSender<Job<T>> {
+fn spawn_collector<T: Kind>(
+    pool: PgPool,
+    mode: ChangeSource,
+    deadline: Deadline,
+) -> mpsc::UnboundedSender<Job<T>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(collect::<T>(pool, rx, deadline));
+    tokio::spawn(collect::<T>(pool, mode, rx, deadline));
     tx
 }
 
 async fn collect<T: Kind>(
     pool: PgPool,
+    mode: ChangeSource,
     mut queue: mpsc::UnboundedReceiver<Job<T>>,
     deadline: Deadline,
 ) {
@@ -254,13 +286,18 @@ async fn collect<T: Kind>(
         }
         let pool = pool.clone();
         tokio::spawn(async move {
-            run_batch(pool, jobs, deadline).await;
+            run_batch(pool, mode, jobs, deadline).await;
             drop(slot);
         });
     }
 }
 
-async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>, deadline: Deadline) {
+async fn run_batch<T: Kind>(
+    pool: PgPool,
+    mode: ChangeSource,
+    jobs: Vec<Job<T>>,
+    deadline: Deadline,
+) {
     let mut users = Vec::new();
     let mut asks = Vec::new();
     for job in &jobs {
@@ -269,19 +306,19 @@ async fn run_batch<T: Kind>(pool: PgPool, jobs: Vec<Job<T>>, deadline: Deadline)
             asks.push(ask.clone());
         }
     }
-    let fetched = tokio::time::timeout(deadline.total(), T::fetch(pool, users, asks))
+    let fetched = tokio::time::timeout(deadline.total(), T::fetch(pool, mode, users, asks))
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut));
     match fetched {
         Ok(rows) => {
             let found: HashMap<(i64, T::Ask), T> = rows.into_iter().map(|r| (r.key(), r)).collect();
             for job in jobs {
-                let mine = job
+                let rows = job
                     .asks
                     .iter()
                     .filter_map(|ask| found.get(&(job.user_id, ask.clone())).cloned())
                     .collect();
-                let _ = job.reply.send(Ok(mine));
+                let _ = job.reply.send(Ok(Read { rows, at: None }));
             }
         }
         Err(e) => {

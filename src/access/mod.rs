@@ -60,52 +60,52 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// Reads and authorises items for `user_id`: their current states, runs then packs in
-/// request order, or the one refusal for the whole set. Runs are rendered with the pace
-/// `rates` observed (a read is not an observation).
+/// Reads and authorises items for `user_id`: their current states with the owners they were
+/// authorised for, runs then packs in request order, or the one refusal for the whole set.
+/// (A row that did not decode has a state without an owner; its stream ends `unreadable`.)
+/// Runs are rendered with the pace `rates` observed (a read is not an observation).
 pub(crate) async fn read_items(
     batcher: &Batcher,
     rates: &Rates,
     user_id: i64,
     run_ids: &[i64],
     tenant_ids: &[i64],
-) -> Result<Vec<State>, AccessError> {
+) -> Result<Vec<(State, Owner)>, AccessError> {
     let mut refusal = None;
     let mut states = Vec::with_capacity(run_ids.len() + tenant_ids.len());
     if !run_ids.is_empty() {
-        let mut found: HashMap<i64, store::RunForUser> = batcher
-            .runs(user_id, run_ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.run.id, r))
+        let read = batcher.runs(user_id, run_ids).await?;
+        let mut found: HashMap<i64, &store::RunForUser> = read
+            .rows
+            .iter()
+            .filter_map(|r| Some((store::run_id(&r.run)?, r)))
             .collect();
         for id in run_ids {
             let Some(r) = found.remove(id) else {
                 refusal = AccessError::worst(refusal, AccessError::NotFound);
                 continue;
             };
-            let state = State::run(&r.run, rates.rate(r.run.id));
-            match state.owner.map(|o| rules::verdict(&o, &r.facts())) {
-                Some(Ok(())) => states.push(state),
-                Some(Err(e)) => refusal = AccessError::worst(refusal, e),
+            match State::of_run(&r.run, read.at, rates) {
+                Some((state, owner)) => match rules::verdict(&owner, &r.facts()) {
+                    Ok(()) => states.push((state, owner)),
+                    Err(e) => refusal = AccessError::worst(refusal, e),
+                },
                 None => refusal = AccessError::worst(refusal, AccessError::NotFound),
             }
         }
     }
     if !tenant_ids.is_empty() {
-        let mut found: HashMap<i64, store::PackForUser> = batcher
-            .packs(user_id, tenant_ids)
-            .await?
-            .into_iter()
-            .map(|p| (p.tenant_id, p))
-            .collect();
+        let read = batcher.packs(user_id, tenant_ids).await?;
+        let mut found: HashMap<i64, &store::PackForUser> =
+            read.rows.iter().map(|p| (p.tenant_id, p)).collect();
         for id in tenant_ids {
             let Some(p) = found.remove(id) else {
                 refusal = AccessError::worst(refusal, AccessError::NotFound);
                 continue;
             };
-            match rules::verdict(&Owner::Pack { tenant: *id }, &p.facts) {
-                Ok(()) => states.push(State::pack(*id, p.pack.as_ref())),
+            let owner = Owner::Pack { tenant: *id };
+            match rules::verdict(&owner, &p.facts) {
+                Ok(()) => states.push((State::of_card(*id, p.pack.as_ref(), read.at), owner)),
                 Err(e) => refusal = AccessError::worst(refusal, e),
             }
         }
@@ -128,6 +128,7 @@ pub(crate) async fn decide(
     let found: HashMap<Owner, store::OwnerFacts> = batcher
         .owners(user.user_id, owners)
         .await?
+        .rows
         .into_iter()
         .map(|f| (f.owner, f))
         .collect();
@@ -148,8 +149,6 @@ pub(crate) async fn decide(
     }
 }
 
-/// Decides whether `user` may follow a workspace's feed (non-members: 404), and what of it
-/// they may see.
 /// Reads a workspace feed's snapshot and decides, from the same read, what of it the user
 /// may see (non-members: 404): a grant stamped before the read, and the read.
 pub(crate) async fn read_feed(
@@ -157,13 +156,13 @@ pub(crate) async fn read_feed(
     user: &Arc<UserAccess>,
     workspace_id: i64,
     recent_limit: i64,
-) -> Result<(Grant, store::FeedRead), AccessError> {
+) -> Result<(Grant, store::FeedRead, Option<u64>), AccessError> {
     let stamp = user.now();
-    let read = batcher
+    let (read, at) = batcher
         .feed(user.user_id, workspace_id, recent_limit)
         .await?;
     let grant = workspace_grant(user, stamp, workspace_id, &read.view)?;
-    Ok((grant, read))
+    Ok((grant, read, at))
 }
 
 fn workspace_grant(

@@ -142,7 +142,11 @@ async fn item_snapshot(
     let rates = &app.streams.hub.rates;
     let states =
         access::read_items(&app.streams.batcher, rates, claims.user_id, runs, tenants).await?;
-    Ok(json_body(states[0].json.get()))
+    let (state, _) = &states[0];
+    if let Some(bad) = &state.unreadable {
+        return Err(ApiError::Unreadable(bad.to_string()));
+    }
+    Ok(json_body(state.json.get()))
 }
 
 /// The workspace as the caller sees it (name, their tenants and roles), for dashboards.

@@ -36,6 +36,7 @@ pub(crate) enum CloseReason {
     client_gone,
     unavailable,
     gone,
+    unreadable,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +203,7 @@ impl Metrics {
             CloseReason::client_gone,
             CloseReason::unavailable,
             CloseReason::gone,
+            CloseReason::unreadable,
         ] {
             let _ = m.streams_closed.get_or_create(&ReasonLabel { reason });
         }

@@ -106,6 +106,8 @@ pub(crate) enum End {
     Terminal,
     Forbidden,
     Gone,
+    /// An item's row cannot be decoded (the log names the column).
+    Unreadable,
     Unavailable,
     TokenExpired,
     /// The lifetime is over: no `end`, so the client reconnects (maybe elsewhere).
@@ -122,6 +124,7 @@ impl End {
             End::Terminal => Some("terminal"),
             End::Forbidden => Some("forbidden"),
             End::Gone => Some("gone"),
+            End::Unreadable => Some("unreadable"),
             End::Unavailable => Some("unavailable"),
             End::TokenExpired => Some("token_expired"),
             End::Lifetime | End::Shutdown | End::ClientGone => None,
@@ -133,6 +136,7 @@ impl End {
             End::Terminal => CloseReason::terminal,
             End::Forbidden => CloseReason::forbidden,
             End::Gone => CloseReason::gone,
+            End::Unreadable => CloseReason::unreadable,
             End::Unavailable => CloseReason::unavailable,
             End::TokenExpired => CloseReason::token_expired,
             End::Lifetime => CloseReason::lifetime,
@@ -382,7 +386,7 @@ mod tests {
     use crate::access::batch::Deadline;
     use crate::access::{Batcher, Epochs, Grant, Scope};
     use crate::metrics::{Metrics, StreamKind};
-    use crate::model::{ItemKey, Owner, RunRow, State};
+    use crate::model::{ItemKey, Owner, RunRow, Stamp, State};
     use crate::stream::limits::StreamLimiter;
     use crate::watch::hub::Hub;
     use crate::watch::ListenerStatus;
@@ -391,25 +395,8 @@ mod tests {
     const KEEPALIVE: Duration = Duration::from_secs(15);
 
     fn run(version: i64) -> Arc<State> {
-        Arc::new(State::run(
-            &RunRow {
-                id: 1,
-                workspace_id: 1,
-                tenant_id: None,
-                run_type: "sync".into(),
-                status: "running".into(),
-                outcome: "pending".into(),
-                summary_counts: sqlx::types::Json(
-                    serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-                ),
-                created_at: None,
-                started_at: None,
-                completed_at: None,
-                updated_at: None,
-                version,
-            },
-            None,
-        ))
+        let row = RunRow::running(1, 1, None, "{}");
+        Arc::new(State::run(&row, Stamp::Version(version), None))
     }
 
     /// A stream of one run, driven into a channel, with a database that cannot be reached
@@ -431,6 +418,7 @@ mod tests {
                 epochs: Arc::new(Epochs::default()),
                 batcher: Arc::new(Batcher::start(
                     pool,
+                    crate::model::ChangeSource::Notify,
                     Arc::new(ListenerStatus::default()),
                     Deadline(Duration::from_secs(1)),
                 )),

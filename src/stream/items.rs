@@ -12,7 +12,7 @@ use super::sink::Sink;
 use super::{sse, Deadlines, OpenError, StreamGuard, Streams};
 use crate::access::{self, AccessError, Claims, Grant, Scope, UserAccess};
 use crate::metrics::StreamKind;
-use crate::model::{retry_ms, ItemKey, Owner, State};
+use crate::model::{fnv1a, retry_ms, ItemKey, Owner, State};
 use crate::watch::hub::{Cell, Direct, ItemSubscription};
 use chrono::Utc;
 use futures_util::future::select_all;
@@ -90,8 +90,7 @@ pub(crate) async fn open(
     let states =
         access::read_items(&streams.batcher, rates, claims.user_id, run_ids, tenant_ids).await?;
     let mut entries = Vec::with_capacity(subs.len());
-    for (sub, state) in subs.into_iter().zip(states) {
-        let owner = state.owner.ok_or(AccessError::NotFound)?;
+    for (sub, (state, owner)) in subs.into_iter().zip(states) {
         let grant = Grant::new(&user, stamp, Scope::Owner(owner));
         sub.channel().publish_initial(Arc::new(state));
         entries.push(Entry {
@@ -135,28 +134,33 @@ pub(crate) async fn open(
 /// Whether a reconnecting client's `Last-Event-ID` is exactly the stream's current position.
 /// Anything else — stale, malformed, missing — means "send the state again".
 pub fn already_seen(last_event_id: Option<&str>, position: &str) -> bool {
-    last_event_id.is_some_and(|seen| seen.trim() == position)
+    // A WAL-mode id is `<position>-<digest>`: the digest is what identifies the state.
+    last_event_id.is_some_and(|seen| {
+        let seen = seen.trim();
+        seen == position
+            || seen
+                .rsplit_once('-')
+                .is_some_and(|(_, digest)| digest == position)
+    })
 }
 
-/// The SSE `id:` of a stream's position: the item's own id for a single item (a run's
-/// version), a digest of every item's id for a set.
+/// What the 204 rule compares a reconnecting client's `Last-Event-ID` with: the item's
+/// identity for a single item (NOTIFY mode: its id; WAL mode: the digest in its id, which
+/// every instance computes alike whether it read the state or received it from the WAL), a
+/// digest of every item's identity for a set (which is then also the set's id).
 fn position(states: &[Arc<State>]) -> String {
     if let [state] = states {
-        return state.event_id.to_string();
+        return state.identity.to_string();
     }
-    // FNV-1a: stable across processes and instances, so any instance can answer 204.
-    let mut hash: u64 = 0xcbf29ce484222325;
+    let mut all = String::new();
     for state in states {
         let (kind, key) = match state.key {
             ItemKey::Run(id) => ('r', id),
             ItemKey::Pack { tenant } => ('p', tenant),
         };
-        for b in format!("{kind}{key}:{};", state.event_id).bytes() {
-            hash ^= b as u64;
-            hash = hash.wrapping_mul(0x100000001b3);
-        }
+        all.push_str(&format!("{kind}{key}:{};", state.identity));
     }
-    format!("{hash:016x}")
+    format!("{:016x}", fnv1a(all.as_bytes()))
 }
 
 impl Items {
@@ -182,6 +186,9 @@ impl Items {
     /// first) or an update; else the end once every item is terminal.
     pub(super) fn step(&mut self) -> Step {
         let newest: Vec<(u64, Arc<State>)> = self.entries.iter_mut().map(Entry::newest).collect();
+        if newest.iter().any(|(_, s)| s.unreadable.is_some()) {
+            return Step::End(super::driver::End::Unreadable);
+        }
         if newest.iter().any(|(_, s)| s.is_gone()) {
             return Step::End(super::driver::End::Gone);
         }

@@ -217,7 +217,7 @@ impl Direct for Sink {
 mod tests {
     use super::*;
     use crate::access::{Epochs, Scope};
-    use crate::model::{Owner, RunRow};
+    use crate::model::{Owner, RunRow, Stamp};
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -231,25 +231,8 @@ mod tests {
 
     fn run(version: i64, tenant: Option<i64>, padding: usize) -> Arc<State> {
         let counts = format!(r#"{{"pad":"{}"}}"#, "x".repeat(padding));
-        Arc::new(State::run(
-            &RunRow {
-                id: 1,
-                workspace_id: 1,
-                tenant_id: tenant,
-                run_type: "sync".into(),
-                status: "running".into(),
-                outcome: "pending".into(),
-                summary_counts: sqlx::types::Json(
-                    serde_json::value::RawValue::from_string(counts).unwrap(),
-                ),
-                created_at: None,
-                started_at: None,
-                completed_at: None,
-                updated_at: None,
-                version,
-            },
-            None,
-        ))
+        let row = RunRow::running(1, 1, tenant, &counts);
+        Arc::new(State::run(&row, Stamp::Version(version), None))
     }
 
     fn granted(epochs: &Arc<Epochs>, tenant: Option<i64>) -> Grant {

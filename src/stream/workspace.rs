@@ -152,14 +152,17 @@ impl Feed {
     ) -> Result<String, AccessError> {
         // Read more finished runs than shown: some may be out of sight.
         let limit = RECENTLY_FINISHED as i64 * 4;
-        let (grant, read) =
+        let (grant, read, at) =
             access::read_feed(&streams.batcher, user, self.workspace_id, limit).await?;
         self.grant = grant;
         let grant = &self.grant;
         let visible = |state: &Arc<State>| grant.admits(state.owner.as_ref());
-        let states = |rows: &[crate::model::RunRow]| -> Vec<Arc<State>> {
+        // A run whose row does not decode is left out (its state has no owner, so no grant
+        // admits it) and the log names the column: the feed goes on for everything else.
+        let states = |rows: &[crate::model::Decoded<crate::model::RunRow>]| -> Vec<Arc<State>> {
             rows.iter()
-                .map(|r| Arc::new(State::run(r, streams.hub.rates.rate(r.id))))
+                .filter_map(|r| State::of_run(r, at, &streams.hub.rates))
+                .map(|(state, _)| Arc::new(state))
                 .filter(visible)
                 .collect()
         };
@@ -170,7 +173,7 @@ impl Feed {
             .packs
             .iter()
             .filter(|p| p.exists)
-            .map(|p| Arc::new(State::pack(p.tenant_id, p.pack.as_ref())))
+            .map(|p| Arc::new(State::of_card(p.tenant_id, p.pack.as_ref(), at)))
             .filter(visible)
             .collect();
         self.sent = active

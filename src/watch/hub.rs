@@ -347,9 +347,19 @@ mod tests {
     fn publishing_sends_only_changes() {
         let cell = Cell::create();
         let rx = cell.subscribe();
-        cell.publish_initial(Arc::new(State::pack(1, None)));
+        cell.publish_initial(Arc::new(State::pack(
+            1,
+            None,
+            crate::model::Stamp::Version(0),
+        )));
         assert_eq!(cell.current().0, 1);
-        assert!(cell.publish(Arc::new(State::pack(1, None))).is_none());
+        assert!(cell
+            .publish(Arc::new(State::pack(
+                1,
+                None,
+                crate::model::Stamp::Version(0)
+            )))
+            .is_none());
         assert!(cell
             .publish(Arc::new(State::gone(ItemKey::Pack { tenant: 1 })))
             .is_some());

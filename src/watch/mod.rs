@@ -22,7 +22,7 @@ pub(crate) mod hub;
 
 use crate::access::Epochs;
 use crate::metrics::Metrics;
-use crate::model::{ItemKey, State};
+use crate::model::{ChangeSource, ItemKey, State};
 use crate::store;
 use futures_util::FutureExt;
 use hub::Hub;
@@ -390,6 +390,7 @@ impl Watcher {
     }
 
     async fn reread(&self, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
+        let mode = ChangeSource::Notify;
         let mut states = Vec::new();
         if plan.reset_ops {
             self.reset_ops().await?;
@@ -397,16 +398,24 @@ impl Watcher {
         if !plan.runs.is_empty() {
             let ids: Vec<i64> = plan.runs.iter().copied().collect();
             let started = Instant::now();
-            let rows = bounded(store::runs_by_ids(&self.pool, &ids)).await?;
+            let rows = bounded(store::runs_by_ids(&self.pool, mode, &ids)).await?;
             self.metrics.observe_reread(ids.len(), started.elapsed());
             let mut missing = plan.runs.clone();
             let now = chrono::Utc::now();
             for row in &rows {
-                missing.remove(&row.id);
-                // ops + progress (issue 17): each state read is one observation.
-                self.metrics.ops.run_changed(row);
-                let rate = self.hub.rates.observe(row, now);
-                states.push(Arc::new(State::run(row, rate)));
+                // ops + progress (issue 17): each state read is one observation, made
+                // before the state renders it.
+                if let Ok(row) = row {
+                    self.metrics.ops.run_changed(row);
+                    self.hub.rates.observe(row, now);
+                }
+                let Some((state, _)) = State::of_run(row, None, &self.hub.rates) else {
+                    continue;
+                };
+                if let ItemKey::Run(id) = state.key {
+                    missing.remove(&id);
+                }
+                states.push(Arc::new(state));
             }
             for id in missing {
                 self.metrics.ops.run_deleted(id);
@@ -419,7 +428,7 @@ impl Watcher {
             let ids: Vec<i64> = plan.pack_rows.iter().copied().collect();
             let rows = bounded(store::packs_by_ids(&self.pool, &ids)).await?;
             let mut missing = plan.pack_rows.clone();
-            for row in &rows {
+            for row in rows.iter().flatten() {
                 missing.remove(&row.id);
                 self.metrics.ops.pack_changed(row);
             }
@@ -430,12 +439,12 @@ impl Watcher {
         if !plan.packs.is_empty() {
             let tenants: Vec<i64> = plan.packs.iter().copied().collect();
             let started = Instant::now();
-            let rows = bounded(store::latest_packs(&self.pool, &tenants)).await?;
+            let rows = bounded(store::latest_packs(&self.pool, mode, &tenants)).await?;
             self.metrics
                 .observe_reread(tenants.len(), started.elapsed());
             for row in &rows {
                 let state = match row.exists {
-                    true => State::pack(row.tenant_id, row.pack.as_ref()),
+                    true => State::of_card(row.tenant_id, row.pack.as_ref(), None),
                     false => State::gone(ItemKey::Pack {
                         tenant: row.tenant_id,
                     }),
