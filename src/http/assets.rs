@@ -1,5 +1,6 @@
 //! The browser side, embedded in the binary so runwire runs from anywhere without a build
-//! step: the dashboard at `/` and the client library at `/runwire.js`.
+//! step: the dashboard at `/`, the client library at `/runwire.js`, its web components at
+//! `/runwire-elements.js`, and the embeddable view's script and style.
 
 use super::AppState;
 use axum::http::header;
@@ -37,4 +38,14 @@ pub(super) fn routes() -> Router<AppState> {
             "/dashboard.css",
             asset!("dashboard.css", "text/css; charset=utf-8"),
         )
+        // The web components and the embeddable view (`http::embed` serves its page).
+        .route(
+            "/runwire-elements.js",
+            asset!("runwire-elements.js", "text/javascript; charset=utf-8"),
+        )
+        .route(
+            "/embed.js",
+            asset!("embed.js", "text/javascript; charset=utf-8"),
+        )
+        .route("/embed.css", asset!("embed.css", "text/css; charset=utf-8"))
 }
