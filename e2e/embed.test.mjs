@@ -127,8 +127,9 @@ test("a listed origin frames the embed: a run appears, moves and finishes live; 
   assert.match(await frame.textContent(`${item} [part~="fraction"]`), /^20 %$/);
   const eta = Number(await frame.getAttribute(`${item} [part~="eta"]`, "data-eta-seconds"));
   assert.ok(eta >= 35 && eta <= 41, `ETA about 40 s, got ${eta}`);
-  const width = await frame.$eval(`${item} [part~="bar"]`, (b) => b.style.width);
-  assert.equal(width, "20%");
+  const bar = await frame.$eval(`${item} [part~="bar"]`, (b) => ({ width: b.style.width, height: b.getBoundingClientRect().height }));
+  assert.equal(bar.width, "20%");
+  assert.ok(bar.height > 0, "the elements' styles apply under the page's strict CSP (no inline styles)");
 
   // Past the first token's expiry the view goes on with a refreshed one.
   await waitFor(async () => listed.seen.refreshes.length > 0, "a token refresh", 15000);

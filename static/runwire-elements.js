@@ -120,6 +120,24 @@
     "[part~=live]{font-size:.8em;color:var(--runwire-muted,#6b7280)}" +
     "[part~=live][data-live=true]{color:var(--runwire-ok,#059669)}";
 
+  var sheet = null;
+  /**
+   * The elements' styles: a constructed style sheet where the browser has them (a page whose
+   * Content-Security-Policy allows no inline styles, like the embeddable view's, still
+   * applies it), else a <style> element.
+   */
+  function style(root) {
+    try {
+      if (!sheet) {
+        sheet = new CSSStyleSheet();
+        sheet.replaceSync(STYLE);
+      }
+      root.adoptedStyleSheets = [sheet];
+    } catch (e) {
+      root.appendChild(el("style", null, STYLE));
+    }
+  }
+
   /** What both elements share: the client, the token and its refresh, the ticking clock. */
   class RunwireElement extends HTMLElement {
     constructor() {
@@ -297,7 +315,7 @@
     _render() {
       var root = this.shadowRoot;
       root.replaceChildren();
-      root.appendChild(el("style", null, STYLE));
+      style(root);
       var feed = el("div", "feed");
       var header = el("header", "header");
       this._title = el("span", "title", "Workspace " + (this.getAttribute("workspace") || ""));
@@ -400,7 +418,7 @@
     _render() {
       var root = this.shadowRoot;
       root.replaceChildren();
-      root.appendChild(el("style", null, STYLE));
+      style(root);
       root.appendChild(el("p", "notice", "Connecting…"));
       this._holder = root.appendChild(el("ul", "list"));
     }
