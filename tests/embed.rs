@@ -171,3 +171,44 @@ async fn an_embed_origin_that_is_not_an_origin_stops_start_up() {
     let err = built.err().expect("refused").to_string();
     assert!(err.contains("--embed-origins"), "{err}");
 }
+
+/// The PHP in docs/api.md that mints a scoped token, as a host would run it.
+fn documented_php_minter() -> String {
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let blocks: Vec<&str> = api
+        .split("```php\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    let minter = blocks
+        .iter()
+        .find(|b| b.contains("function runwireEmbedToken"));
+    minter
+        .expect("docs/api.md shows how to mint a scoped token in PHP")
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_documented_php_minter_makes_a_token_runwire_scopes() {
+    let (app, w, _) = TestApp::seeded().await;
+    let program = format!(
+        "{}\necho runwireEmbedToken({}, {}, 600);",
+        documented_php_minter(),
+        w.owner,
+        w.workspace
+    );
+    let out = std::process::Command::new("php")
+        .args(["-r", &program])
+        .env("RUNWIRE_JWT_SECRET", SECRET)
+        .output()
+        .expect("php-cli (Debian's php-cli, which the browser tests need too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(app.status(&feed(w.workspace), &t).await, 200);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    assert_eq!(app.status(&run_events(run), &t).await, 403);
+}
