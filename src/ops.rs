@@ -90,25 +90,86 @@ impl Vocabulary {
     }
 }
 
+/// What is remembered of an active run besides its gauge series: what its finish counts as.
 #[derive(Debug)]
 struct ActiveRun {
-    gauge: Labels,
     workspace: i64,
     run_type: String,
     started_at: Option<DateTime<Utc>>,
 }
 
+/// One kind's memory (runs, or packs): its active rows with their gauge series, how many
+/// rows each series has, and the finishes within [`DEDUP_WINDOW`].
+#[derive(Debug)]
+struct Ledger<A> {
+    active: HashMap<i64, (Labels, A)>,
+    counts: HashMap<Labels, i64>,
+    finished: HashMap<i64, DateTime<Utc>>,
+}
+
+impl<A> Default for Ledger<A> {
+    fn default() -> Self {
+        Ledger {
+            active: HashMap::new(),
+            counts: HashMap::new(),
+            finished: HashMap::new(),
+        }
+    }
+}
+
+impl<A> Ledger<A> {
+    fn track(&mut self, id: i64, gauge: Labels, extra: A) {
+        *self.counts.entry(gauge.clone()).or_default() += 1;
+        self.active.insert(id, (gauge, extra));
+    }
+
+    /// Forgets an active row, if it was one.
+    fn untrack(&mut self, id: i64) -> Option<A> {
+        let (gauge, extra) = self.active.remove(&id)?;
+        *self.counts.entry(gauge).or_default() -= 1;
+        Some(extra)
+    }
+
+    /// Whether the finish of `id` (at `at`, if known) is news — it was active, or it is
+    /// recent and not counted yet — and remembers it.
+    fn finish(
+        &mut self,
+        id: i64,
+        at: Option<DateTime<Utc>>,
+        was_active: bool,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let recent = at.is_some_and(|t| now - t < DEDUP_WINDOW);
+        let news = was_active || (recent && !self.finished.contains_key(&id));
+        if news || recent {
+            self.finished.insert(id, at.unwrap_or(now));
+        }
+        news
+    }
+
+    /// Forgets every active row (the counts stay, at zero, so their series read 0).
+    fn restart(&mut self) {
+        self.active.clear();
+        self.counts.values_mut().for_each(|n| *n = 0);
+    }
+
+    fn forget_old(&mut self, now: DateTime<Utc>) {
+        // Cheap enough per change: the map holds only the window's finishes.
+        self.finished.retain(|_, t| now - *t < DEDUP_WINDOW);
+    }
+
+    fn publish(&self, gauges: &Family<Labels, Gauge>) {
+        for (labels, count) in &self.counts {
+            gauges.get_or_create(labels).set(*count);
+        }
+    }
+}
+
 /// What the metrics remember between changes.
 #[derive(Debug)]
 struct Known {
-    runs: HashMap<i64, ActiveRun>,
-    packs: HashMap<i64, Labels>,
-    /// Finished within the window: id → when, so a finish counts once.
-    finished_runs: HashMap<i64, DateTime<Utc>>,
-    finished_packs: HashMap<i64, DateTime<Utc>>,
-    /// How many active rows each gauge series has.
-    run_counts: HashMap<Labels, i64>,
-    pack_counts: HashMap<Labels, i64>,
+    runs: Ledger<ActiveRun>,
+    packs: Ledger<()>,
     types: Vocabulary,
     outcomes: Vocabulary,
     pack_statuses: Vocabulary,
@@ -158,12 +219,8 @@ impl Operations {
     pub(crate) fn new(registry: &mut Registry, workspace_label: bool) -> Self {
         let ops = Operations {
             known: Mutex::new(Known {
-                runs: HashMap::new(),
-                packs: HashMap::new(),
-                finished_runs: HashMap::new(),
-                finished_packs: HashMap::new(),
-                run_counts: HashMap::new(),
-                pack_counts: HashMap::new(),
+                runs: Ledger::default(),
+                packs: Ledger::default(),
                 types: Vocabulary::new(MAX_TYPES),
                 outcomes: Vocabulary::new(MAX_VALUES),
                 pack_statuses: Vocabulary::new(MAX_VALUES),
@@ -239,73 +296,59 @@ impl Operations {
         let counting = known.reset_before;
         known.reset_before = true;
         for row in &snapshot.finished_runs {
-            let tracked = known.runs.remove(&row.id);
-            if counting && (tracked.is_some() || !known.finished_runs.contains_key(&row.id)) {
+            let tracked = known.runs.untrack(row.id);
+            let news = known
+                .runs
+                .finish(row.id, run_finished_at(row), tracked.is_some(), now);
+            if counting && news {
                 self.count_run(known, row, tracked.as_ref());
             }
-            known
-                .finished_runs
-                .insert(row.id, run_finished_at(row).unwrap_or(now));
         }
         for pack in &snapshot.finished_packs {
-            let was_active = known.packs.contains_key(&pack.id);
-            if counting && (was_active || !known.finished_packs.contains_key(&pack.id)) {
+            let tracked = known.packs.untrack(pack.id);
+            let news = known
+                .packs
+                .finish(pack.id, pack_finished_at(pack), tracked.is_some(), now);
+            if counting && news {
                 self.count_pack(known, pack);
             }
-            known
-                .finished_packs
-                .insert(pack.id, pack_finished_at(pack).unwrap_or(now));
         }
-        known.runs.clear();
-        known.packs.clear();
-        for count in known.run_counts.values_mut() {
-            *count = 0;
-        }
-        for count in known.pack_counts.values_mut() {
-            *count = 0;
-        }
+        known.runs.restart();
+        known.packs.restart();
         for row in &snapshot.active_runs {
             self.track_run(known, row);
         }
         for pack in &snapshot.active_packs {
             self.track_pack(known, pack);
         }
-        self.forget_old(known, now);
-        self.publish_gauges(known);
+        self.settle(known, now);
     }
+
+    // The four change methods look alike on purpose, one per kind and verb; the bookkeeping
+    // they share is `Ledger`'s.
 
     /// A run was inserted or changed (its row after the change).
     pub(crate) fn run_changed(&self, row: &RunRow) {
         let now = Utc::now();
         let mut known = self.known();
         let known = &mut *known;
-        let before = known.runs.remove(&row.id);
-        if let Some(before) = &before {
-            *known.run_counts.entry(before.gauge.clone()).or_default() -= 1;
-        }
+        let before = known.runs.untrack(row.id);
         if !run_is_terminal(text(&row.status)) {
             self.track_run(known, row);
-        } else {
-            let finished_at = run_finished_at(row);
-            let recent = finished_at.is_some_and(|t| now - t < DEDUP_WINDOW);
-            let first_report = !known.finished_runs.contains_key(&row.id);
-            if before.is_some() || (recent && first_report) {
-                self.count_run(known, row, before.as_ref());
-                known
-                    .finished_runs
-                    .insert(row.id, finished_at.unwrap_or(now));
-            }
+        } else if known
+            .runs
+            .finish(row.id, run_finished_at(row), before.is_some(), now)
+        {
+            self.count_run(known, row, before.as_ref());
         }
-        self.forget_old(known, now);
-        self.publish_gauges(known);
+        self.settle(known, now);
     }
 
     /// A run was deleted: it is no longer active, and did not finish.
     pub(crate) fn run_deleted(&self, id: i64) {
         let mut known = self.known();
-        if let Some(before) = known.runs.remove(&id) {
-            *known.run_counts.entry(before.gauge).or_default() -= 1;
-            self.publish_gauges(&known);
+        if known.runs.untrack(id).is_some() {
+            self.settle(&mut known, Utc::now());
         }
     }
 
@@ -314,33 +357,23 @@ impl Operations {
         let now = Utc::now();
         let mut known = self.known();
         let known = &mut *known;
-        let before = known.packs.remove(&pack.id);
-        if let Some(before) = &before {
-            *known.pack_counts.entry(before.clone()).or_default() -= 1;
-        }
+        let before = known.packs.untrack(pack.id);
         if !pack_is_terminal(text(&pack.status)) {
             self.track_pack(known, pack);
-        } else {
-            let finished_at = pack_finished_at(pack);
-            let recent = finished_at.is_some_and(|t| now - t < DEDUP_WINDOW);
-            let first_report = !known.finished_packs.contains_key(&pack.id);
-            if before.is_some() || (recent && first_report) {
-                self.count_pack(known, pack);
-                known
-                    .finished_packs
-                    .insert(pack.id, finished_at.unwrap_or(now));
-            }
+        } else if known
+            .packs
+            .finish(pack.id, pack_finished_at(pack), before.is_some(), now)
+        {
+            self.count_pack(known, pack);
         }
-        self.forget_old(known, now);
-        self.publish_gauges(known);
+        self.settle(known, now);
     }
 
     /// A review pack was deleted.
     pub(crate) fn pack_deleted(&self, id: i64) {
         let mut known = self.known();
-        if let Some(before) = known.packs.remove(&id) {
-            *known.pack_counts.entry(before).or_default() -= 1;
-            self.publish_gauges(&known);
+        if known.packs.untrack(id).is_some() {
+            self.settle(&mut known, Utc::now());
         }
     }
 
@@ -352,23 +385,18 @@ impl Operations {
             ("status", text(&row.status).into()),
         ];
         let gauge = self.with_workspace(gauge, row.workspace_id);
-        *known.run_counts.entry(gauge.clone()).or_default() += 1;
-        known.runs.insert(
-            row.id,
-            ActiveRun {
-                gauge,
-                workspace: row.workspace_id,
-                run_type,
-                started_at: row.started_at,
-            },
-        );
+        let run = ActiveRun {
+            workspace: row.workspace_id,
+            run_type,
+            started_at: row.started_at,
+        };
+        known.runs.track(row.id, gauge, run);
     }
 
     fn track_pack(&self, known: &mut Known, pack: &PackRow) {
         let labels = vec![("status", text(&pack.status).into())];
         let gauge = self.with_workspace(labels, workspace_of(pack.workspace_id));
-        *known.pack_counts.entry(gauge.clone()).or_default() += 1;
-        known.packs.insert(pack.id, gauge);
+        known.packs.track(pack.id, gauge, ());
     }
 
     /// Counts a finished run and observes its duration. The type is the one it was tracked
@@ -398,19 +426,12 @@ impl Operations {
         self.packs_finished.get_or_create(&labels).inc();
     }
 
-    fn forget_old(&self, known: &mut Known, now: DateTime<Utc>) {
-        // Cheap enough per change: the maps hold only the window's finishes.
-        known.finished_runs.retain(|_, t| now - *t < DEDUP_WINDOW);
-        known.finished_packs.retain(|_, t| now - *t < DEDUP_WINDOW);
-    }
-
-    fn publish_gauges(&self, known: &Known) {
-        for (labels, count) in &known.run_counts {
-            self.runs_active.get_or_create(labels).set(*count);
-        }
-        for (labels, count) in &known.pack_counts {
-            self.packs_active.get_or_create(labels).set(*count);
-        }
+    /// After a change: old finishes forgotten, the gauges set from the counts.
+    fn settle(&self, known: &mut Known, now: DateTime<Utc>) {
+        known.runs.forget_old(now);
+        known.packs.forget_old(now);
+        known.runs.publish(&self.runs_active);
+        known.packs.publish(&self.packs_active);
     }
 }
 

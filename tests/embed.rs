@@ -59,13 +59,7 @@ async fn a_scoped_token_opens_its_workspace_feed_and_snapshot_and_nothing_else()
         assert_eq!(body["error"]["code"], "forbidden", "{path}");
     }
     // Nor can it become a session cookie.
-    let session = app
-        .http
-        .post(app.url("/v1/session"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let session = app.session(&t).await;
     assert_eq!(session.status(), 403);
     assert!(session.headers().get("set-cookie").is_none());
     // The scope does not widen anything either: an id in no workspace is still 400 first.

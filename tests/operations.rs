@@ -265,14 +265,8 @@ async fn host_work(pool: sqlx::PgPool, w: World, stop: Arc<AtomicBool>) -> u64 {
 
 #[tokio::test]
 async fn gauges_and_counters_stay_exact_across_listener_reconnects_under_load() {
-    let db = TestDb::new().await;
-    let proxy = proxy_to(&db).await;
-    let mut settings = settings();
-    // Only the LISTEN connection goes through the proxy: changes made while it is cut are
-    // never announced to this instance.
-    settings.listener_database_url = listener_through(&proxy, &db);
-    let running = start(&db, settings).await;
-    let app = TestApp::on(db, running);
+    // Changes made while the listener's proxy is cut are never announced to this instance.
+    let (app, proxy) = TestApp::listening_through_proxy().await;
     let w = seed(app.pool()).await;
     // The first count is in place once a change shows.
     create_run(app.pool(), w.workspace, None, "running").await;
@@ -325,6 +319,16 @@ fn tool(name: &str) -> Command {
     Command::new(name)
 }
 
+/// Fails the test with the command's output unless it succeeded.
+fn succeeded(what: &str, out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn promtool_accepts_the_exposition() {
     let (app, w, _) = TestApp::seeded().await;
@@ -354,13 +358,7 @@ async fn promtool_accepts_the_exposition() {
         .unwrap();
     use std::io::Write;
     check.stdin.take().unwrap().write_all(&body).unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded("promtool check metrics", check.wait_with_output().unwrap());
 }
 
 #[test]
@@ -370,17 +368,8 @@ fn the_shipped_alert_rules_pass_their_unit_tests() {
         vec!["check", "rules", "runwire-rules.yml"],
         vec!["test", "rules", "runwire-rules.test.yml"],
     ] {
-        let out = tool("promtool")
-            .args(&args)
-            .current_dir(&root)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = tool("promtool").args(&args).current_dir(&root).output();
+        succeeded(&format!("promtool {args:?}"), out.unwrap());
     }
 }
 

@@ -46,12 +46,7 @@ async fn a_run_streams_its_progress_and_eta_and_ends_with_its_final_elapsed_time
     assert_eq!(p["rate_per_second"], 2.0);
     assert!((eta(&snap) - 40.0).abs() <= 1.0, "{snap}");
     // The JSON snapshot and the workspace feed say the same.
-    let json: Value = app
-        .get(&format!("/v1/runs/{run}"), Some(&t))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let json = app.json(&format!("/v1/runs/{run}"), &t).await;
     assert_eq!(json["progress"], snap["progress"]);
     let feed = format!("/v1/workspaces/{}/runs/events", w.workspace);
     let mut feed = app.sse(&feed, &t).await;
@@ -102,12 +97,7 @@ async fn observed_changes_smooth_the_rate_and_a_new_viewer_gets_the_same() {
         assert!(rate > last_rate && rate < 10.0, "step {step}: {u}");
         last_rate = rate;
         // A new viewer's snapshot renders with the same observed rate.
-        let fresh: Value = app
-            .get(&format!("/v1/runs/{run}"), Some(&t))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let fresh = app.json(&format!("/v1/runs/{run}"), &t).await;
         assert_eq!(fresh["progress"], u["progress"], "step {step}");
     }
 }
@@ -116,12 +106,7 @@ async fn observed_changes_smooth_the_rate_and_a_new_viewer_gets_the_same() {
 async fn runs_without_counts_carry_elapsed_time_and_no_progress() {
     let (app, w, t) = TestApp::seeded().await;
     let queued = create_run(app.pool(), w.workspace, None, "queued").await;
-    let s: Value = app
-        .get(&format!("/v1/runs/{queued}"), Some(&t))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s = app.json(&format!("/v1/runs/{queued}"), &t).await;
     assert!(s["elapsed_seconds"].as_f64().unwrap() >= 0.0, "{s}");
     assert_eq!(s["progress"], Value::Null);
     // Counts the host writes oddly never break a stream.
