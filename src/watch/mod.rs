@@ -13,6 +13,12 @@
 //! connection; so after the fence, every access change that committed before the re-read
 //! ran has been applied, and no state is published ahead of the revocation that preceded it.
 //!
+//! Every run and pack row the watcher reads is also reported to the operations metrics
+//! (`ops::Operations`: `run_changed`, `pack_changed`, the deletes, and `reset` from one
+//! snapshot at every (re)connect), and every run row to `progress::Rates::observe` before its
+//! state is rendered — so it re-reads every run that rings, watched or not. (Issue 17's
+//! wiring, marked `ops`/`progress` below, for the change-source seam to take over.)
+//!
 //! Losing the connection (an error, `Ok(None)` from `try_recv`, or a heartbeat that goes
 //! unanswered on a silently dead socket) makes the watcher open a fresh connection, `LISTEN`
 //! again, mark every access decision stale (changes may have been missed) and then re-read
