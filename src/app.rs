@@ -17,10 +17,13 @@ use crate::config::Settings;
 use crate::http::front::ConnectionLimits;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
+use crate::model::ChangeSource;
+use crate::schema::Changes;
 use crate::stream::limits::StreamLimiter;
 use crate::stream::Streams;
+use crate::watch::applied::Applied;
 use crate::watch::hub::Hub;
-use crate::watch::{ListenerStatus, Watcher};
+use crate::watch::{Shared, SourceDatabase, SourceStatus, Watcher};
 use anyhow::{bail, Context};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -149,47 +152,35 @@ fn cause(e: &sqlx::Error) -> String {
 
 /// Waits for the database (see [`wait_for_database`]), then applies the migrations (with
 /// `migrate`, on a connection of their own: it has no statement timeout, since a migration
-/// of a large host table may rightly take long) or checks, reading only, that the tables are
-/// readable and the integration migration is in place.
+/// of a large host table may rightly take long) and checks, reading only, that the tables
+/// are readable, their columns of types runwire reads, and the integration of the change
+/// source it will use in place (`schema::check`). Returns that source.
 pub(crate) async fn prepare_database(
     options: &PgConnectOptions,
     migrate: bool,
+    changes: Changes,
     fail_fast: bool,
     health: &Health,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ChangeSource> {
     let mut conn = wait_for_database(options, fail_fast, health).await?;
     if migrate {
         health.set_starting("applying migrations");
-        crate::migrate_connection(&mut conn).await?;
-    } else {
-        health.set_starting("checking the schema");
-        require_integration(&mut conn).await?;
+        crate::schema::migrate(&mut conn, changes).await?;
     }
+    health.set_starting("checking the schema");
+    let checked = crate::schema::check(&mut conn, changes).await?;
     let _ = conn.close().await;
-    Ok(())
-}
-
-/// What `serve` needs of a database it does not change: SELECT on every table it reads, and
-/// the integration migration applied. Says exactly what is missing.
-pub(crate) async fn require_integration(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    // Two checks alike in shape, in this order: without the grants the second cannot look.
-    let unreadable = crate::store::unreadable_tables(&mut *conn)
-        .await
-        .context("cannot check which tables runwire may read")?;
-    anyhow::ensure!(
-        unreadable.is_empty(),
-        "runwire needs SELECT on {} (missing table or grant); see docs/operations.md",
-        unreadable.join(", ")
-    );
-    let missing = crate::store::missing_integration(&mut *conn)
-        .await
-        .context("cannot check the database for runwire's integration migration")?;
-    anyhow::ensure!(
-        missing.is_empty(),
-        "the integration migration is not applied to this database (missing {}): run `runwire migrate` (or pass --migrate)",
-        missing.join(", ")
-    );
-    Ok(())
+    if let Some(why) = checked.fallback_reason {
+        tracing::warn!(
+            %why,
+            "changes come from NOTIFY triggers, which make every write to the watched tables \
+             wait for a global lock at commit (measured: a quarter of the host's write \
+             throughput at 32 writers); for logical replication, which costs the host's \
+             writes almost nothing: wal_level = logical, REPLICATION for this role, and \
+             `runwire migrate --changes wal`"
+        );
+    }
+    Ok(checked.source)
 }
 
 /// File descriptors kept free for everything but client connections besides the query pool
@@ -221,7 +212,8 @@ pub(crate) struct Inner {
     pub(crate) streams: Arc<Streams>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: Tokens,
-    pub(crate) listener: Arc<ListenerStatus>,
+    /// The change source: connected or not, which one, how far behind.
+    pub(crate) listener: Arc<SourceStatus>,
     /// Start-up progress and readiness verdicts, for `/readyz`.
     pub(crate) health: Arc<Health>,
     /// The embeddable view's `Content-Security-Policy` (`--embed-origins`).
@@ -278,24 +270,31 @@ impl Server {
         let hub = Arc::new(Hub::default());
         let epochs = Arc::new(Epochs::default());
         let metrics = Arc::new(Metrics::new(settings.metrics_workspace_label));
-        let status = Arc::new(ListenerStatus::default());
-        let listen_options = match settings.listener_database_url.as_deref() {
-            Some(url) if !url.is_empty() => Some(
-                PgConnectOptions::from_str(url)
+        let status = Arc::new(SourceStatus::default());
+        let applied = Arc::new(Applied::default());
+        // The change source's connection: --listener-database-url, else the pool's database.
+        // The URL is kept for its password (the WAL source needs it; the options hide it).
+        let database = match settings.listener_database_url.as_deref() {
+            Some(url) if !url.is_empty() => SourceDatabase {
+                options: PgConnectOptions::from_str(url)
                     .context("RUNWIRE_LISTENER_DATABASE_URL is not a valid Postgres URL")?
                     .application_name("runwire-listener"),
-            ),
-            _ => None,
+                url: Some(url.to_string()),
+            },
+            _ => SourceDatabase {
+                options: pool.connect_options().as_ref().clone(),
+                url: settings.database.database_url.clone(),
+            },
         };
-        let watcher = Watcher::new(
-            pool.clone(),
-            listen_options,
-            Arc::clone(&hub),
-            Arc::clone(&epochs),
-            Arc::clone(&metrics),
-            Arc::clone(&status),
-            Duration::from_secs(settings.heartbeat_secs.max(1)),
-        );
+        let shared = Shared {
+            hub: Arc::clone(&hub),
+            epochs: Arc::clone(&epochs),
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+            applied: Arc::clone(&applied),
+        };
+        let heartbeat = Duration::from_secs(settings.heartbeat_secs.max(1));
+        let watcher = Watcher::new(pool.clone(), database, shared, heartbeat);
         let max_connections = settings
             .max_connections
             .unwrap_or_else(|| default_max_connections(settings.db_pool_size))
@@ -323,8 +322,8 @@ impl Server {
             epochs,
             batcher: Arc::new(Batcher::start(
                 pool.clone(),
-                crate::model::ChangeSource::Notify,
                 Arc::clone(&status),
+                applied,
                 deadline,
             )),
             limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
@@ -358,11 +357,11 @@ impl Server {
             .expect("bound socket has an address")
     }
 
-    /// Starts the watcher and the HTTP server in the background, for a database that is
-    /// known to be up and migrated.
-    pub fn start(self) -> Running {
+    /// Starts the watcher (on `source`) and the HTTP server in the background, for a
+    /// database that is known to be up and migrated for that source.
+    pub fn start(self, source: ChangeSource) -> Running {
         let mut running = self.start_http();
-        running.start_watcher();
+        running.start_watcher(source);
         running
     }
 
@@ -394,19 +393,17 @@ impl Server {
 }
 
 impl Running {
-    /// Starts the watcher: start-up is over once its listener connects.
-    pub fn start_watcher(&mut self) {
+    /// Starts the watcher on `source`: start-up is over once it connects.
+    pub fn start_watcher(&mut self, source: ChangeSource) {
         if let Some(watcher) = self.watcher.take() {
             self.state.health.started();
             let shutdown = self.state.shutdown.clone();
-            self.watching = Some(tokio::spawn(watcher.run(shutdown)));
+            self.watching = Some(tokio::spawn(watcher.run(source, shutdown)));
         }
     }
 
-    /// Waits until the listener's first connection is up (streams opened before that would
-    /// miss nothing, but readiness is clearer for callers and tests).
-    /// The listener's backend pid while it is connected (for operators, and for tests that
-    /// kill it).
+    /// The change source's backend pid while it is connected — the LISTEN connection, or
+    /// the walsender (for operators, and for tests that kill it).
     pub fn listener_backend_pid(&self) -> Option<i32> {
         self.state.listener.backend_pid()
     }
@@ -415,6 +412,8 @@ impl Running {
         self.state.listener.is_connected()
     }
 
+    /// Waits until the change source's first connection is up (streams opened before that
+    /// would miss nothing, but readiness is clearer for callers and tests).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.state.listener.is_connected() {

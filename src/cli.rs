@@ -2,9 +2,10 @@
 
 use crate::access::token::check_secret;
 use crate::access::Tokens;
-use crate::app::{connect_options, pool_options, prepare_database};
+use crate::app::{connect_options, pool_options, prepare_database, wait_for_database};
 use crate::config::{Command, DatabaseArgs, LogFormat, Settings};
 use crate::http::Health;
+use crate::model::ChangeSource;
 use crate::{telemetry, Server};
 use anyhow::Context;
 
@@ -14,14 +15,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             telemetry::init(settings.log_format);
             serve(settings).await
         }
-        Command::Migrate(db) => {
+        Command::Migrate(args) => {
             telemetry::init(LogFormat::Text);
             // The same database `serve` would use, so "run `runwire migrate`" is right advice.
-            let (url, embedded) = database(&db).await?;
+            let (url, embedded) = database(&args.database).await?;
             let health = Health::default();
-            prepare_database(&connect_options(&url)?, true, true, &health).await?;
+            let conn = wait_for_database(&connect_options(&url)?, true, &health).await?;
+            let source = crate::schema::migrate(&mut { conn }, args.changes).await?;
             drop(embedded);
-            println!("migrations applied");
+            println!(
+                "installed the {} integration",
+                match source {
+                    ChangeSource::Wal => "logical replication (wal)",
+                    ChangeSource::Notify => "NOTIFY",
+                }
+            );
             Ok(())
         }
         Command::Token(args) => {
@@ -63,15 +71,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let options = connect_options(&url)?;
     let pool = pool_options(&settings).connect_lazy_with(options.clone());
     let fail_fast = settings.database_fail_fast;
-    let migrate = settings.migrate;
+    let (migrate, changes) = (settings.migrate, settings.changes);
     let mut running = Server::build(settings, pool).await?.start_http();
+    let health = &running.state.health;
     let prepared = tokio::select! {
-        p = prepare_database(&options, migrate, fail_fast, &running.state.health) => Some(p),
+        p = prepare_database(&options, migrate, changes, fail_fast, health) => Some(p),
         _ = shutdown_signal() => None,
     };
     match prepared {
-        Some(Ok(())) => {
-            running.start_watcher();
+        Some(Ok(source)) => {
+            running.start_watcher(source);
             shutdown_signal().await;
         }
         Some(Err(e)) => {

@@ -1,6 +1,7 @@
 //! Command-line and environment configuration. Every flag is also an environment variable so
 //! the service can be configured the twelve-factor way beside the host application.
 
+use crate::schema::Changes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,9 +22,10 @@ pub enum Command {
     /// Check that the integration migration is applied (or apply it with --migrate), start
     /// the listener and serve HTTP. Needs only SELECT on the host tables, and LISTEN.
     Serve(Settings),
-    /// Apply migrations (the host tables if missing, runwire's triggers) and exit. Needs DDL
-    /// rights.
-    Migrate(DatabaseArgs),
+    /// Install what the change source needs (a publication for logical replication, or
+    /// triggers for NOTIFY), remove what it does not, and exit. Creates the seven host tables
+    /// only in a database that has none of them. Needs the host tables' owner.
+    Migrate(MigrateArgs),
     /// Print a signed access token for a user (for testing and for hosts without a JWT library).
     Token(TokenArgs),
     /// Apply migrations, seed a demo workspace, start the service and a simulator, and print
@@ -39,6 +41,16 @@ pub struct DatabaseArgs {
     /// PostgreSQL's binaries installed) and stops it on exit.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// What to install: `wal` (a publication; needs wal_level = logical), `notify`
+    /// (triggers), or `auto` (wal where the server has wal_level = logical).
+    #[arg(long, env = "RUNWIRE_CHANGES", value_enum, default_value_t = Changes::Auto)]
+    pub changes: Changes,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -155,6 +167,11 @@ pub struct Settings {
     /// schema: it checks that the integration migration is in place and exits if not.
     #[arg(long, env = "RUNWIRE_MIGRATE", default_value_t = false)]
     pub migrate: bool,
+    /// Where changes come from: `wal` (logical replication: nothing on the host's tables,
+    /// needs wal_level = logical and a REPLICATION role), `notify` (triggers; serialises the
+    /// host's commits), or `auto` (wal where possible, else notify with a warning).
+    #[arg(long, env = "RUNWIRE_CHANGES", value_enum, default_value_t = Changes::Auto)]
+    pub changes: Changes,
 }
 
 impl Settings {

@@ -51,16 +51,17 @@ pub(crate) async fn run(mut settings: Settings) -> anyhow::Result<()> {
     settings.jwt_secret = Some(secret.clone());
     let (url, embedded) = crate::cli::database(&settings.database).await?;
     // The demo owns its database: it migrates.
-    prepare_database(
+    let source = prepare_database(
         &connect_options(&url)?,
         true,
+        settings.changes,
         settings.database_fail_fast,
         &Health::default(),
     )
     .await?;
     let pool = connect_database(&url, &settings).await?;
     let world = seed(&pool).await?;
-    let running = Server::build(settings, pool.clone()).await?.start();
+    let running = Server::build(settings, pool.clone()).await?.start(source);
     let tokens = Tokens::new(secret.as_bytes());
     let admin = tokens.issue(world.admin, 12 * 3600);
     let viewer = tokens.issue(world.viewer, 12 * 3600);

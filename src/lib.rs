@@ -24,7 +24,8 @@
 //!   [`progress`] adds a run's elapsed time, progress and ETA to it (rendered once per state).
 //! * [`ops`] keeps the operations metrics (active runs and packs, finishes, durations) from
 //!   the changes the watcher sees; [`metrics`] serves them with runwire's and the process's.
-//! * [`store`] holds every SQL statement runwire runs.
+//! * [`store`] holds every SQL statement runwire runs on the host's data; [`schema`] installs
+//!   and checks what runwire needs of the database (`migrations/`).
 
 #![warn(unreachable_pub)]
 
@@ -39,6 +40,7 @@ mod metrics;
 mod model;
 mod ops;
 mod progress;
+mod schema;
 mod store;
 mod stream;
 mod telemetry;
@@ -54,7 +56,8 @@ pub use app::{connect_options, pool_options, Running, Server};
 pub use cli::run;
 pub use config::{Cli, Settings};
 pub use embedded_pg::EmbeddedPostgres;
-pub use store::missing_integration;
+pub use model::ChangeSource;
+pub use schema::{create_host_tables, migrate, missing_notify, Changes};
 
 /// Pure functions that parse what clients and Postgres send, for the fuzz targets.
 pub mod parsing {
@@ -63,39 +66,4 @@ pub mod parsing {
     pub use crate::stream::items::already_seen;
     pub use crate::stream::sse::event as sse_event;
     pub use crate::watch::Doorbell;
-}
-
-/// Migrations: the host tables (for standalone use) and runwire's triggers, in separate files.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// The version of the integration migration (the trigger file), which is idempotent.
-const INTEGRATION_MIGRATION: i64 = 20260101000001;
-
-/// Applies the migrations. The integration file is re-applied when a newer runwire changed
-/// it (it only replaces runwire's own functions and triggers), instead of refusing the
-/// database as a modified migration.
-pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut conn = pool.acquire().await.context("cannot connect to Postgres")?;
-    migrate_connection(&mut conn).await
-}
-
-/// [`migrate`] on one connection. One session throughout: a refused run returns without
-/// releasing sqlx's advisory lock.
-pub async fn migrate_connection(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    use anyhow::Context;
-    match MIGRATOR.run(&mut *conn).await {
-        Err(sqlx::migrate::MigrateError::VersionMismatch(INTEGRATION_MIGRATION)) => {
-            sqlx::query("SELECT pg_advisory_unlock_all()")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
-                .bind(INTEGRATION_MIGRATION)
-                .execute(&mut *conn)
-                .await
-                .context("cannot replace the older integration migration")?;
-            MIGRATOR.run(&mut *conn).await.context("migrations failed")
-        }
-        r => r.context("migrations failed"),
-    }
 }

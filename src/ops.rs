@@ -58,8 +58,9 @@ type Labels = Vec<(&'static str, String)>;
 pub(crate) struct Snapshot {
     pub active_runs: Vec<RunRow>,
     pub finished_runs: Vec<RunRow>,
-    pub active_packs: Vec<PackRow>,
-    pub finished_packs: Vec<PackRow>,
+    /// Packs with their workspace (the host's `review_packs.workspace_id`, for the label).
+    pub active_packs: Vec<(PackRow, Option<i64>)>,
+    pub finished_packs: Vec<(PackRow, Option<i64>)>,
 }
 
 /// The first values seen get a label of their own, up to a cap; the rest share `other`.
@@ -304,13 +305,13 @@ impl Operations {
                 self.count_run(known, row, tracked.as_ref());
             }
         }
-        for pack in &snapshot.finished_packs {
+        for (pack, workspace) in &snapshot.finished_packs {
             let tracked = known.packs.untrack(pack.id);
             let news = known
                 .packs
                 .finish(pack.id, pack_finished_at(pack), tracked.is_some(), now);
             if counting && news {
-                self.count_pack(known, pack);
+                self.count_pack(known, pack, *workspace);
             }
         }
         known.runs.restart();
@@ -318,8 +319,8 @@ impl Operations {
         for row in &snapshot.active_runs {
             self.track_run(known, row);
         }
-        for pack in &snapshot.active_packs {
-            self.track_pack(known, pack);
+        for (pack, workspace) in &snapshot.active_packs {
+            self.track_pack(known, pack, *workspace);
         }
         self.settle(known, now);
     }
@@ -352,19 +353,19 @@ impl Operations {
         }
     }
 
-    /// A review pack was inserted or changed.
-    pub(crate) fn pack_changed(&self, pack: &PackRow) {
+    /// A review pack was inserted or changed (its row after the change, and its workspace).
+    pub(crate) fn pack_changed(&self, pack: &PackRow, workspace: Option<i64>) {
         let now = Utc::now();
         let mut known = self.known();
         let known = &mut *known;
         let before = known.packs.untrack(pack.id);
         if !pack_is_terminal(text(&pack.status)) {
-            self.track_pack(known, pack);
+            self.track_pack(known, pack, workspace);
         } else if known
             .packs
             .finish(pack.id, pack_finished_at(pack), before.is_some(), now)
         {
-            self.count_pack(known, pack);
+            self.count_pack(known, pack, workspace);
         }
         self.settle(known, now);
     }
@@ -375,6 +376,20 @@ impl Operations {
         if known.packs.untrack(id).is_some() {
             self.settle(&mut known, Utc::now());
         }
+    }
+
+    /// `operation_runs` was truncated: nothing is active, and nothing finished.
+    pub(crate) fn runs_truncated(&self) {
+        let mut known = self.known();
+        known.runs.restart();
+        self.settle(&mut known, Utc::now());
+    }
+
+    /// `review_packs` was truncated.
+    pub(crate) fn packs_truncated(&self) {
+        let mut known = self.known();
+        known.packs.restart();
+        self.settle(&mut known, Utc::now());
     }
 
     fn track_run(&self, known: &mut Known, row: &RunRow) {
@@ -393,9 +408,9 @@ impl Operations {
         known.runs.track(row.id, gauge, run);
     }
 
-    fn track_pack(&self, known: &mut Known, pack: &PackRow) {
+    fn track_pack(&self, known: &mut Known, pack: &PackRow, workspace: Option<i64>) {
         let labels = vec![("status", text(&pack.status).into())];
-        let gauge = self.with_workspace(labels, workspace_of(pack.workspace_id));
+        let gauge = self.with_workspace(labels, workspace_of(workspace));
         known.packs.track(pack.id, gauge, ());
     }
 
@@ -420,9 +435,9 @@ impl Operations {
         }
     }
 
-    fn count_pack(&self, known: &mut Known, pack: &PackRow) {
+    fn count_pack(&self, known: &mut Known, pack: &PackRow, workspace: Option<i64>) {
         let label = known.pack_statuses.label(text(&pack.status));
-        let labels = self.with_workspace(vec![("status", label)], workspace_of(pack.workspace_id));
+        let labels = self.with_workspace(vec![("status", label)], workspace_of(workspace));
         self.packs_finished.get_or_create(&labels).inc();
     }
 
@@ -501,14 +516,12 @@ mod tests {
         ops.run_changed(&old);
         assert_eq!(value(&scrape(&registry), finished), 2.0);
         ops.run_deleted(1);
+        let running = r#"runwire_runs_active{type="sync",status="running"}"#;
+        assert_eq!(value(&scrape(&registry), running), 1.0);
+        ops.runs_truncated();
         let text = scrape(&registry);
-        assert_eq!(
-            value(
-                &text,
-                r#"runwire_runs_active{type="sync",status="running"}"#
-            ),
-            1.0
-        );
+        assert_eq!(value(&text, running), 0.0);
+        assert_eq!(value(&text, finished), 2.0);
     }
 
     #[test]
@@ -565,17 +578,16 @@ mod tests {
         assert!(!text.contains("workspace="));
         let mut registry = Registry::with_prefix("runwire");
         let ops = Operations::new(&mut registry, true);
-        ops.pack_changed(&PackRow {
+        let pack = PackRow {
             id: 1,
-            workspace_id: Some(7),
-            tenant_id: 1,
             status: Some("generating".into()),
             created_at: Some(Utc::now()),
             generated_at: None,
             expires_at: None,
             updated_at: None,
             version: None,
-        });
+        };
+        ops.pack_changed(&pack, Some(7));
         let text = scrape(&registry);
         assert_eq!(
             value(

@@ -145,12 +145,17 @@ const PACK_COLUMNS: &str = "p.id::int8 AS id, p.workspace_id::int8 AS workspace_
 pub(crate) async fn packs_by_ids(
     db: impl PgExecutor<'_>,
     ids: &[i64],
-) -> sqlx::Result<Vec<Decoded<PackRow>>> {
+) -> sqlx::Result<Vec<Decoded<(PackRow, Option<i64>)>>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!("SELECT {PACK_COLUMNS} FROM review_packs p WHERE p.id = ANY($1::int8[])")
     });
     let rows = sqlx::query(&SQL).bind(ids).fetch_all(db).await?;
-    Ok(rows.iter().map(read_pack).collect())
+    Ok(rows.iter().map(pack_with_workspace).collect())
+}
+
+/// A pack and its workspace (the card's reads do not need the latter).
+fn pack_with_workspace(row: &PgRow) -> Decoded<(PackRow, Option<i64>)> {
+    Ok((read_pack(row)?, row.try_get("workspace_id").ok().flatten()))
 }
 
 /// What the operations metrics start from (`ops::Snapshot`), read in one snapshot of the
@@ -159,6 +164,21 @@ pub(crate) async fn packs_by_ids(
 /// not decode are left out (their streams say so).
 pub(crate) async fn ops_snapshot(
     pool: &sqlx::PgPool,
+    window_secs: f64,
+) -> sqlx::Result<crate::ops::Snapshot> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let snapshot = ops_snapshot_in(&mut tx, window_secs).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+/// [`ops_snapshot`] on a transaction the caller set up (the WAL source reads it in the
+/// replication slot's exported snapshot, so it matches the stream's start exactly).
+pub(crate) async fn ops_snapshot_in(
+    tx: &mut sqlx::PgConnection,
     window_secs: f64,
 ) -> sqlx::Result<crate::ops::Snapshot> {
     // "Finished at" as `ops` has it: completed_at (generated_at for packs), else created_at.
@@ -177,10 +197,6 @@ pub(crate) async fn ops_snapshot(
         ]
         .map(|sql| sql.replace("{version}", ""))
     });
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
     let mut read = Vec::new();
     let statuses = [
         ACTIVE_RUN_STATUSES,
@@ -197,15 +213,117 @@ pub(crate) async fn ops_snapshot(
         };
         read.push(query.fetch_all(&mut *tx).await?);
     }
-    tx.commit().await?;
     let runs = |rows: &[PgRow]| rows.iter().filter_map(|r| read_run(r).ok()).collect();
-    let packs = |rows: &[PgRow]| rows.iter().filter_map(|r| read_pack(r).ok()).collect();
+    let packs = |rows: &[PgRow]| {
+        let packs = rows.iter().map(pack_with_workspace);
+        packs.filter_map(Result::ok).collect()
+    };
     Ok(crate::ops::Snapshot {
         active_runs: runs(&read[0]),
         finished_runs: runs(&read[1]),
         active_packs: packs(&read[2]),
         finished_packs: packs(&read[3]),
     })
+}
+
+/// Access changes that became visible between two snapshots (NOTIFY mode: the triggers log
+/// them in `runwire.access_changes`), and the later snapshot.
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    pub snapshot: String,
+    pub changes: Vec<AccessChange>,
+}
+
+/// One logged access change: `member` (of `user_id`), `tenant` or `access` (everyone's).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct AccessChange {
+    pub kind: String,
+    pub user_id: Option<i64>,
+}
+
+/// Wraps `query` (which selects `x.*`, a LEFT JOIN LATERAL's rows) so that the same statement
+/// also returns its snapshot and the access log since `$2` (a snapshot, or NULL for none).
+fn with_access_log(query: &str) -> String {
+    format!(
+        "WITH s AS (
+            SELECT pg_current_snapshot()::text AS log_snapshot,
+                   COALESCE((SELECT json_agg(json_build_object(
+                                'kind', c.kind, 'user_id', c.user_id, 'tenant_id', c.tenant_id)
+                                ORDER BY c.id)
+                             FROM runwire.access_changes c
+                             WHERE $2::text IS NOT NULL
+                               AND NOT pg_visible_in_snapshot(c.xid, $2::text::pg_snapshot)),
+                            '[]')::text AS log)
+         SELECT s.log_snapshot, s.log, x.* FROM s LEFT JOIN LATERAL ({query}) x ON true"
+    )
+}
+
+fn access_log(rows: &[PgRow]) -> sqlx::Result<AccessLog> {
+    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    let log: String = row.try_get("log")?;
+    Ok(AccessLog {
+        snapshot: row.try_get("log_snapshot")?,
+        changes: serde_json::from_str(&log).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
+
+/// [`runs_by_ids`] (NOTIFY mode) and, in the same snapshot, the access log since `since`.
+pub(crate) async fn runs_with_access_log(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+    since: Option<&str>,
+) -> sqlx::Result<(Vec<Decoded<RunRow>>, AccessLog)> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let runs =
+            format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1::int8[])");
+        with_access_log(&variants(&runs)[ChangeSource::Notify as usize])
+    });
+    let rows = sqlx::query(&SQL)
+        .bind(ids)
+        .bind(since)
+        .fetch_all(db)
+        .await?;
+    let log = access_log(&rows)?;
+    let runs = rows
+        .iter()
+        .filter(|row| row.try_get::<Option<i64>, _>("id").ok().flatten().is_some())
+        .map(read_run)
+        .collect();
+    Ok((runs, log))
+}
+
+/// [`latest_packs`] (NOTIFY mode) and, in the same snapshot, the access log since `since`.
+pub(crate) async fn latest_packs_with_access_log(
+    db: impl PgExecutor<'_>,
+    tenant_ids: &[i64],
+    since: Option<&str>,
+) -> sqlx::Result<(Vec<TenantPack>, AccessLog)> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let packs = format!(
+            "SELECT t.id AS tenant_id,
+                EXISTS (SELECT 1 FROM tenants x WHERE x.id = t.id) AS exists, lp.*
+             FROM unnest($1::bigint[]) AS t(id) {LATEST_PACK_JOIN}"
+        );
+        with_access_log(&variants(&packs)[ChangeSource::Notify as usize])
+    });
+    let rows = sqlx::query(&SQL)
+        .bind(tenant_ids)
+        .bind(since)
+        .fetch_all(db)
+        .await?;
+    let log = access_log(&rows)?;
+    let mut packs = Vec::new();
+    for row in &rows {
+        let Some(tenant_id) = row.try_get::<Option<i64>, _>("tenant_id")? else {
+            continue;
+        };
+        packs.push(TenantPack {
+            tenant_id,
+            exists: row.try_get("exists")?,
+            pack: latest_pack(row),
+        });
+    }
+    Ok((packs, log))
 }
 
 /// A run together with one user's facts towards its owner.
@@ -607,67 +725,28 @@ pub(crate) async fn probe(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
     .map(|_| ())
 }
 
-/// What `serve` needs of the schema and cannot see: the parts of the integration migration
-/// (`migrations/20260101000001_runwire_notify.sql`) that are missing, by name. Empty when it
-/// is in place. Reads only the catalog, so a role with nothing but SELECT can run it.
-pub async fn missing_integration(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT CASE WHEN need.trigger IS NULL THEN need.tbl || '.version'
-                     ELSE 'trigger ' || need.trigger || ' on ' || need.tbl END
-         FROM (VALUES
-            (1, 'operation_runs', NULL),
-            (2, 'review_packs', NULL),
-            (3, 'operation_runs', 'runwire_version'),
-            (4, 'operation_runs', 'runwire_notify_insert'),
-            (5, 'operation_runs', 'runwire_notify_update'),
-            (6, 'review_packs', 'runwire_version'),
-            (7, 'review_packs', 'runwire_notify_insert'),
-            (8, 'review_packs', 'runwire_notify_update'),
-            (9, 'workspace_memberships', 'runwire_notify_member'),
-            (10, 'tenant_memberships', 'runwire_notify_member'),
-            (11, 'operation_runs', 'runwire_notify_truncate'),
-            (12, 'review_packs', 'runwire_notify_truncate'),
-            (13, 'workspace_memberships', 'runwire_notify_truncate'),
-            (14, 'tenant_memberships', 'runwire_notify_truncate'),
-            (15, 'tenants', 'runwire_notify_tenant'),
-            (16, 'tenants', 'runwire_notify_truncate'),
-            (17, 'workspaces', 'runwire_notify_delete'),
-            (18, 'users', 'runwire_notify_delete'),
-            (19, 'users', 'runwire_notify_truncate')
-         ) AS need(n, tbl, trigger)
-         WHERE NOT CASE WHEN need.trigger IS NULL
-             THEN EXISTS (SELECT 1 FROM pg_attribute a
-                 WHERE a.attrelid = to_regclass(need.tbl) AND a.attname = 'version'
-                   AND NOT a.attisdropped)
-             ELSE EXISTS (SELECT 1 FROM pg_trigger g
-                 WHERE g.tgrelid = to_regclass(need.tbl) AND g.tgname = need.trigger)
-             END
-         ORDER BY need.n",
+/// Every tenant's workspace (the WAL source keeps them, to tell a moved tenant).
+pub(crate) async fn tenant_workspaces(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as(
+        "SELECT id::int8, workspace_id::int8 FROM tenants WHERE workspace_id IS NOT NULL",
     )
     .fetch_all(db)
     .await
 }
 
-/// The tables runwire reads that the current role may not `SELECT` (missing tables included).
-pub(crate) async fn unreadable_tables(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT t.name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n)
-         WHERE to_regclass(t.name) IS NULL
-            OR NOT has_table_privilege(to_regclass(t.name), 'SELECT')
-         ORDER BY t.n",
-    )
-    .bind(&HOST_TABLES[..])
-    .fetch_all(db)
-    .await
+/// The snapshot a statement sees, as text (`xmin:xmax:xip,...`).
+pub(crate) async fn current_snapshot(db: impl PgExecutor<'_>) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(db)
+        .await
 }
 
-/// Every table runwire reads; `serve` needs `SELECT` on each and nothing else.
-pub(crate) const HOST_TABLES: [&str; 7] = [
-    "users",
-    "workspaces",
-    "workspace_memberships",
-    "tenants",
-    "tenant_memberships",
-    "operation_runs",
-    "review_packs",
-];
+/// Writes a marker into the WAL (a transactional logical message, no table touched): the WAL
+/// source knows everything committed before it has been applied once it streams past it.
+pub(crate) async fn emit_marker(db: impl PgExecutor<'_>, token: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_logical_emit_message(true, 'runwire', $1)")
+        .bind(token)
+        .execute(db)
+        .await
+        .map(|_| ())
+}

@@ -735,10 +735,7 @@ async fn start_up_waits_for_the_database_answering_healthz_and_saying_why_not_re
     let r = c.get("/v1/runs/1", Some(&t)).await;
     assert_eq!(error_code(r).await, (404, "not_found".into()));
     drop(p);
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    drop_database(&mut conn, &name).await.unwrap();
 }
 
 #[tokio::test]

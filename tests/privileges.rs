@@ -1,6 +1,7 @@
 //! Least privilege: the real `runwire serve` binary runs as a Postgres role that may only
-//! SELECT the seven tables it reads (and LISTEN, which needs no grant), and refuses to start
-//! on a database without the integration migration instead of changing the schema.
+//! SELECT the seven tables it reads (and LISTEN, which needs no grant; in WAL mode, with
+//! REPLICATION), and refuses to start on a database without the integration of its change
+//! source instead of changing the schema.
 
 mod common;
 
@@ -19,12 +20,17 @@ const TABLES: &str = "users, workspaces, workspace_memberships, tenants, tenant_
                       operation_runs, review_packs";
 
 /// A login role with exactly what `serve` needs on `db`: CONNECT, USAGE on `public`, SELECT on
-/// the seven tables. Roles are cluster-wide: [`drop_role`] removes it after the database.
+/// the seven tables, and in WAL mode REPLICATION. Roles are cluster-wide: [`drop_role`]
+/// removes it after the database.
 async fn select_only_role(db: &TestDb) -> String {
     let role = format!("runwire_test_ro_{}", rand::random::<u32>());
     let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+    let replication = match mode() {
+        runwire::ChangeSource::Wal => "REPLICATION",
+        runwire::ChangeSource::Notify => "",
+    };
     for sql in [
-        format!("CREATE ROLE {role} LOGIN"),
+        format!("CREATE ROLE {role} LOGIN {replication}"),
         format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_string(),
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
@@ -64,9 +70,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `runwire serve` on the test's change source.
 fn serve(database_url: &str, port: u16, flags: &[&str]) -> Child {
+    let changes = match mode() {
+        runwire::ChangeSource::Wal => "wal",
+        runwire::ChangeSource::Notify => "notify",
+    };
     Command::new(env!("CARGO_BIN_EXE_runwire"))
         .arg("serve")
+        .args(["--changes", changes])
         .args(flags)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -193,11 +205,28 @@ async fn serve_as_a_select_only_role_streams_runs_packs_and_the_feed() {
 /// A host database before runwire: its own tables, none of runwire's columns or triggers.
 async fn host_tables_only() -> TestDb {
     let db = TestDb::empty().await;
-    sqlx::raw_sql(include_str!("../migrations/20260101000000_host_tables.sql"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    runwire::create_host_tables(&mut conn).await.unwrap();
+    drop(conn);
     db
+}
+
+/// What of the integration of the test's change source is missing: NOTIFY's parts by name,
+/// or the publication's tables.
+async fn missing_integration(db: &TestDb) -> usize {
+    let mut conn = db.pool.acquire().await.unwrap();
+    match mode() {
+        runwire::ChangeSource::Notify => runwire::missing_notify(&mut conn).await.unwrap().len(),
+        runwire::ChangeSource::Wal => {
+            let published: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'runwire'",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            7 - published as usize
+        }
+    }
 }
 
 #[tokio::test]
@@ -217,29 +246,36 @@ async fn serve_refuses_a_database_without_the_integration_migration_and_changes_
         .last()
         .unwrap_or_default()
         .to_string();
-    assert!(
-        last.contains("operation_runs.version")
-            && last.contains("trigger runwire_notify_update on review_packs")
-            && last.contains("run `runwire migrate` (or pass --migrate)"),
-        "{err}"
-    );
+    let says = match mode() {
+        runwire::ChangeSource::Notify => {
+            last.contains("operation_runs.version")
+                && last.contains("trigger runwire_notify_update on review_packs")
+                && last.contains("run `runwire migrate --changes notify` (or pass --migrate)")
+        }
+        runwire::ChangeSource::Wal => last.contains(
+            "the publication runwire does not publish users, workspaces, workspace_memberships, \
+             tenants, tenant_memberships, operation_runs, review_packs: run `runwire migrate --changes wal`",
+        ),
+    };
+    assert!(says, "{err}");
+    let missing = match mode() {
+        runwire::ChangeSource::Notify => 20,
+        runwire::ChangeSource::Wal => 7,
+    };
     assert_eq!(
-        runwire::missing_integration(&db.pool).await.unwrap().len(),
-        19,
+        missing_integration(&db).await,
+        missing,
         "serve without --migrate changed the schema"
     );
 
-    // --migrate puts it back (a role with DDL rights).
+    // --migrate puts it in place (a role with DDL rights).
     let mut server = serve(
         &database_url(&db, db.options.get_username()),
         port,
         &["--migrate"],
     );
     wait_ready(&mut server, port).await;
-    assert!(runwire::missing_integration(&db.pool)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(missing_integration(&db).await, 0);
     server.kill().await.ok();
     db.drop_db().await;
 }

@@ -294,35 +294,6 @@ async fn graceful_shutdown_with_many_open_streams() {
     db.drop_db().await;
 }
 
-/// A database migrated by an older runwire (whose trigger file differed) takes the newer
-/// trigger file instead of being refused as "modified".
-#[tokio::test]
-async fn an_older_integration_migration_is_replaced() {
-    let db = TestDb::new().await;
-    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 20260101000001")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let mut conn = db.pool.acquire().await.unwrap();
-    assert!(
-        runwire::MIGRATOR.run(&mut *conn).await.is_err(),
-        "sqlx refuses it"
-    );
-    conn.detach(); // it still holds sqlx's migration lock: close it
-    tokio::time::timeout(WAIT, runwire::migrate(&db.pool))
-        .await
-        .expect("migrating did not hang")
-        .expect("re-applied");
-    let triggers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_trigger WHERE tgname = 'runwire_notify_truncate'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(triggers > 0);
-    db.drop_db().await;
-}
-
 /// The harness itself: a test that panics still drops its database.
 #[tokio::test]
 async fn a_panicking_test_leaves_no_database() {

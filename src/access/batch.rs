@@ -16,13 +16,20 @@
 //! Nothing waits without a bound. A request gives up after the [`Deadline`] (the query
 //! timeout, which is also the `statement_timeout` of every query connection) and answers
 //! 503, however long it queued; a batch whose callers all gave up is not run. While the
-//! listener is down the database is known to be unreachable, and a request answers 503 at
-//! once instead of queueing.
+//! change source is down the database is known to be unreachable, and a request answers 503
+//! at once instead of queueing.
+//!
+//! In WAL mode every read is also checked against what the watcher has applied
+//! (`watch::applied`): a read that does not yet see a transaction the watcher applied before
+//! it began is run again (within the same deadline), so a decision never misses a revocation
+//! the gate already knows of, and a stream's first state never misses a change the watcher
+//! already passed over.
 
 use super::rules::AccessError;
 use crate::model::{ChangeSource, Owner};
 use crate::store::{self, OwnerFacts, PackForUser, RunForUser};
-use crate::watch::ListenerStatus;
+use crate::watch::applied::Applied;
+use crate::watch::SourceStatus;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -72,10 +79,54 @@ pub(crate) struct Batcher {
     runs: mpsc::UnboundedSender<Job<RunForUser>>,
     packs: mpsc::UnboundedSender<Job<PackForUser>>,
     owners: mpsc::UnboundedSender<Job<OwnerFacts>>,
+    db: Db,
+}
+
+/// What every read needs: the pool, which source runs (and so which SQL), and what the
+/// watcher has applied.
+#[derive(Clone)]
+struct Db {
     pool: PgPool,
-    mode: ChangeSource,
-    listener: Arc<ListenerStatus>,
+    source: Arc<SourceStatus>,
+    applied: Arc<Applied>,
     deadline: Deadline,
+}
+
+impl Db {
+    fn mode(&self) -> ChangeSource {
+        self.source.source().unwrap_or(ChangeSource::Notify)
+    }
+
+    /// Runs `read` until what it saw (`snapshot` of its result) includes every transaction
+    /// the watcher applied before it began; returns the result and, in WAL mode, the WAL
+    /// position it includes. The caller bounds the whole with its deadline.
+    async fn consistent<T, F, Fut>(
+        &self,
+        mut read: F,
+        snapshot: impl Fn(&T) -> Option<&str>,
+    ) -> sqlx::Result<(T, Option<u64>)>
+    where
+        F: FnMut(ChangeSource) -> Fut,
+        Fut: std::future::Future<Output = sqlx::Result<T>>,
+    {
+        let mode = self.mode();
+        if mode == ChangeSource::Notify {
+            return Ok((read(mode).await?, None));
+        }
+        let mut wait = Duration::from_millis(1);
+        loop {
+            let mark = self.applied.mark();
+            let result = read(mode).await?;
+            let covered = snapshot(&result).is_none_or(|s| self.applied.covers(mark, s));
+            if covered {
+                return Ok((result, Some(mark.lsn)));
+            }
+            // The watcher is a moment ahead of what this session sees: commits become
+            // visible just after they reach the WAL.
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(50));
+        }
+    }
 }
 
 /// One kind of read: what a request asks about, how to run a batch, and which (user, ask)
@@ -89,6 +140,8 @@ trait Kind: Clone + Send + Sized + 'static {
         asks: Vec<Self::Ask>,
     ) -> impl std::future::Future<Output = sqlx::Result<Vec<Self>>> + Send;
     fn key(&self) -> (i64, Self::Ask);
+    /// The snapshot the read saw (WAL mode).
+    fn snapshot(&self) -> Option<&str>;
 }
 
 impl Kind for RunForUser {
@@ -103,6 +156,9 @@ impl Kind for RunForUser {
     }
     fn key(&self) -> (i64, i64) {
         (self.user_id, store::run_id(&self.run).unwrap_or_default())
+    }
+    fn snapshot(&self) -> Option<&str> {
+        self.snap.as_deref()
     }
 }
 
@@ -119,6 +175,9 @@ impl Kind for PackForUser {
     fn key(&self) -> (i64, i64) {
         (self.user_id, self.tenant_id)
     }
+    fn snapshot(&self) -> Option<&str> {
+        self.snap.as_deref()
+    }
 }
 
 impl Kind for OwnerFacts {
@@ -134,25 +193,32 @@ impl Kind for OwnerFacts {
     fn key(&self) -> (i64, Owner) {
         (self.user_id, self.owner)
     }
+    fn snapshot(&self) -> Option<&str> {
+        self.snap.as_deref()
+    }
 }
 
 impl Batcher {
-    /// Starts the collectors (on the current tokio runtime). `listener` tells whether the
-    /// database is reachable at all.
+    /// Starts the collectors (on the current tokio runtime). `source` tells whether the
+    /// database is reachable at all, and which change source runs; `applied`, what the
+    /// watcher has applied.
     pub(crate) fn start(
         pool: PgPool,
-        mode: ChangeSource,
-        listener: Arc<ListenerStatus>,
+        source: Arc<SourceStatus>,
+        applied: Arc<Applied>,
         deadline: Deadline,
     ) -> Batcher {
-        Batcher {
-            runs: spawn_collector(pool.clone(), mode, deadline),
-            packs: spawn_collector(pool.clone(), mode, deadline),
-            owners: spawn_collector(pool.clone(), mode, deadline),
+        let db = Db {
             pool,
-            mode,
-            listener,
+            source,
+            applied,
             deadline,
+        };
+        Batcher {
+            runs: spawn_collector(db.clone()),
+            packs: spawn_collector(db.clone()),
+            owners: spawn_collector(db.clone()),
+            db,
         }
     }
 
@@ -194,15 +260,12 @@ impl Batcher {
         user_id: i64,
         workspace_id: i64,
     ) -> Result<store::WorkspaceView, AccessError> {
-        if !self.listener.is_connected() {
-            return Err(AccessError::Unavailable);
-        }
-        let read = store::workspace_view(&self.pool, self.mode, user_id, workspace_id);
-        match tokio::time::timeout(self.deadline.total(), read).await {
-            Ok(Ok(view)) => Ok(view),
-            Ok(Err(e)) => Err(unavailable_or_internal(&e)),
-            Err(_) => Err(AccessError::Unavailable),
-        }
+        let db = &self.db;
+        let read = db.consistent(
+            |mode| store::workspace_view(&db.pool, mode, user_id, workspace_id),
+            |view| view.snap.as_deref(),
+        );
+        self.bounded(read).await.map(|(view, _)| view)
     }
 
     /// A workspace feed's snapshot with its facts (`store::feed_read`), under the same rules.
@@ -212,12 +275,25 @@ impl Batcher {
         workspace_id: i64,
         recent_limit: i64,
     ) -> Result<(store::FeedRead, Option<u64>), AccessError> {
-        if !self.listener.is_connected() {
+        let db = &self.db;
+        let read = db.consistent(
+            |mode| store::feed_read(&db.pool, mode, user_id, workspace_id, recent_limit),
+            |read| read.view.snap.as_deref(),
+        );
+        self.bounded(read).await
+    }
+
+    /// A read under the rules every read keeps: 503 at once while the database is known to
+    /// be unreachable, and the deadline.
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = sqlx::Result<T>>,
+    ) -> Result<T, AccessError> {
+        if !self.db.source.is_connected() {
             return Err(AccessError::Unavailable);
         }
-        let read = store::feed_read(&self.pool, self.mode, user_id, workspace_id, recent_limit);
-        match tokio::time::timeout(self.deadline.total(), read).await {
-            Ok(Ok(read)) => Ok((read, None)),
+        match tokio::time::timeout(self.db.deadline.total(), read).await {
+            Ok(Ok(read)) => Ok(read),
             Ok(Err(e)) => Err(unavailable_or_internal(&e)),
             Err(_) => Err(AccessError::Unavailable),
         }
@@ -229,7 +305,7 @@ impl Batcher {
         user_id: i64,
         asks: &[T::Ask],
     ) -> Result<Read<T>, AccessError> {
-        if !self.listener.is_connected() {
+        if !self.db.source.is_connected() {
             return Err(AccessError::Unavailable);
         }
         let (reply, answer) = oneshot::channel();
@@ -239,29 +315,20 @@ impl Batcher {
             reply,
         };
         queue.send(job).map_err(|_| AccessError::Unavailable)?;
-        match tokio::time::timeout(self.deadline.total(), answer).await {
+        match tokio::time::timeout(self.db.deadline.total(), answer).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) | Err(_) => Err(AccessError::Unavailable),
         }
     }
 }
 
-fn spawn_collector<T: Kind>(
-    pool: PgPool,
-    mode: ChangeSource,
-    deadline: Deadline,
-) -> mpsc::UnboundedSender<Job<T>> {
+fn spawn_collector<T: Kind>(db: Db) -> mpsc::UnboundedSender<Job<T>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(collect::<T>(pool, mode, rx, deadline));
+    tokio::spawn(collect::<T>(db, rx));
     tx
 }
 
-async fn collect<T: Kind>(
-    pool: PgPool,
-    mode: ChangeSource,
-    mut queue: mpsc::UnboundedReceiver<Job<T>>,
-    deadline: Deadline,
-) {
+async fn collect<T: Kind>(db: Db, mut queue: mpsc::UnboundedReceiver<Job<T>>) {
     let slots = Arc::new(Semaphore::new(SLOTS_PER_KIND));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot is what lets a batch grow under load.
@@ -284,20 +351,15 @@ async fn collect<T: Kind>(
         if jobs.is_empty() {
             continue;
         }
-        let pool = pool.clone();
+        let db = db.clone();
         tokio::spawn(async move {
-            run_batch(pool, mode, jobs, deadline).await;
+            run_batch(&db, jobs).await;
             drop(slot);
         });
     }
 }
 
-async fn run_batch<T: Kind>(
-    pool: PgPool,
-    mode: ChangeSource,
-    jobs: Vec<Job<T>>,
-    deadline: Deadline,
-) {
+async fn run_batch<T: Kind>(db: &Db, jobs: Vec<Job<T>>) {
     let mut users = Vec::new();
     let mut asks = Vec::new();
     for job in &jobs {
@@ -306,11 +368,15 @@ async fn run_batch<T: Kind>(
             asks.push(ask.clone());
         }
     }
-    let fetched = tokio::time::timeout(deadline.total(), T::fetch(pool, mode, users, asks))
+    let read = db.consistent(
+        |mode| T::fetch(db.pool.clone(), mode, users.clone(), asks.clone()),
+        |rows: &Vec<T>| rows.first().and_then(T::snapshot),
+    );
+    let fetched = tokio::time::timeout(db.deadline.total(), read)
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut));
     match fetched {
-        Ok(rows) => {
+        Ok((rows, at)) => {
             let found: HashMap<(i64, T::Ask), T> = rows.into_iter().map(|r| (r.key(), r)).collect();
             for job in jobs {
                 let rows = job
@@ -318,7 +384,7 @@ async fn run_batch<T: Kind>(
                     .iter()
                     .filter_map(|ask| found.get(&(job.user_id, ask.clone())).cloned())
                     .collect();
-                let _ = job.reply.send(Ok(Read { rows, at: None }));
+                let _ = job.reply.send(Ok(Read { rows, at }));
             }
         }
         Err(e) => {

@@ -236,10 +236,16 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let (lag_seconds, lag_bytes) = app.listener.lag();
+    let source = app.listener.source().map(|s| match s {
+        crate::model::ChangeSource::Wal => "wal",
+        crate::model::ChangeSource::Notify => "notify",
+    });
     let mut body = json!({
         "status": if ready.reason.is_none() { "ready" } else { "not_ready" },
         "database": ready.database,
         "listener": ready.listener,
+        "changes": { "source": source, "lag_seconds": lag_seconds, "lag_bytes": lag_bytes },
     });
     if let Some(reason) = ready.reason {
         body["reason"] = json!(reason);
@@ -251,6 +257,7 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
 pub(super) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     app.metrics.db_pool_connections.set(app.pool.size() as i64);
     app.metrics.db_pool_idle.set(app.pool.num_idle() as i64);
+    app.metrics.observe_source(&app.listener);
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()

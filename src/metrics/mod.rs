@@ -39,6 +39,18 @@ pub(crate) enum CloseReason {
     unreadable,
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum SourceKind {
+    wal,
+    notify,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabel {
+    pub source: SourceKind,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabel {
     pub kind: StreamKind,
@@ -69,6 +81,9 @@ pub(crate) struct Metrics {
     pub connections_refused: Counter,
     /// Runs and packs of the host, by type and status (see `ops`).
     pub ops: Operations,
+    pub change_source: Family<SourceLabel, Gauge>,
+    pub change_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub change_lag_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -105,6 +120,9 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             ops,
+            change_source: Family::default(),
+            change_lag_seconds: Gauge::default(),
+            change_lag_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         let r = registry;
@@ -184,6 +202,21 @@ impl Metrics {
             "Connections closed at once because --max-connections were open",
             m.connections_refused.clone(),
         );
+        r.register(
+            "change_source",
+            "The change source in use: 1 for wal (logical replication) or notify",
+            m.change_source.clone(),
+        );
+        r.register(
+            "change_lag_seconds",
+            "From the last applied transaction's commit to runwire applying it (wal)",
+            m.change_lag_seconds.clone(),
+        );
+        r.register(
+            "change_lag_bytes",
+            "WAL the server has sent beyond what runwire applied (wal)",
+            m.change_lag_bytes.clone(),
+        );
         // Create every labelled series up front so dashboards see zeros, not gaps.
         for kind in [
             StreamKind::run,
@@ -235,6 +268,24 @@ impl Metrics {
                 self.commit_to_publish_seconds.observe(lag as f64 / 1e6);
             }
         }
+    }
+
+    /// The change source's state, read at scrape time.
+    pub(crate) fn observe_source(&self, status: &crate::watch::SourceStatus) {
+        let active = status.source();
+        for (kind, source) in [
+            (SourceKind::wal, crate::model::ChangeSource::Wal),
+            (SourceKind::notify, crate::model::ChangeSource::Notify),
+        ] {
+            let on = i64::from(active == Some(source));
+            self.change_source
+                .get_or_create(&SourceLabel { source: kind })
+                .set(on);
+        }
+        let (seconds, bytes) = status.lag();
+        self.change_lag_seconds.set(seconds);
+        self.change_lag_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The exposition in OpenMetrics text, what Prometheus asks for.

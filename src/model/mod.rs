@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 /// Where runwire learns of changes, and so what the host's tables carry: NOTIFY mode has
 /// runwire's triggers and `version` columns on them; WAL mode (logical replication) nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChangeSource {
+pub enum ChangeSource {
     Notify,
     Wal,
 }
@@ -121,6 +121,8 @@ pub(crate) struct State {
     pub json: Box<RawValue>,
     /// Set for a row that could not be decoded: which column, and why.
     pub unreadable: Option<BadColumn>,
+    /// A review-pack card's pack, if it has one.
+    pub pack_id: Option<i64>,
     /// This state's `update` as direct delivery writes it, rendered by the stream layer on
     /// first use and shared by every subscriber (10,000 viewers, one rendering).
     pub update_wire: OnceLock<Bytes>,
@@ -245,6 +247,7 @@ impl State {
             updated_at: row.updated_at,
             json,
             unreadable: None,
+            pack_id: None,
             update_wire: OnceLock::new(),
             feed_wire: OnceLock::new(),
         }
@@ -284,6 +287,7 @@ impl State {
             updated_at: pack.and_then(|p| p.updated_at),
             json,
             unreadable: None,
+            pack_id: pack.map(|p| p.id),
             update_wire: OnceLock::new(),
             feed_wire: OnceLock::new(),
         }
@@ -314,6 +318,7 @@ impl State {
             updated_at: None,
             json: render(&serde_json::json!({ what: true })),
             unreadable,
+            pack_id: None,
             update_wire: OnceLock::new(),
             feed_wire: OnceLock::new(),
         }

@@ -52,8 +52,6 @@ pub(crate) struct RunRow {
 #[derive(Debug, Clone)]
 pub(crate) struct PackRow {
     pub id: i64,
-    pub workspace_id: Option<i64>,
-    pub tenant_id: i64,
     pub status: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub generated_at: Option<DateTime<Utc>>,
@@ -187,8 +185,6 @@ impl PackRow {
         let rest = || -> Result<PackRow, BadColumn> {
             Ok(PackRow {
                 id: key.id,
-                workspace_id: key.workspace_id,
-                tenant_id: key.tenant_id.unwrap_or_default(),
                 status: r.text("status")?,
                 created_at: r.time("created_at")?,
                 generated_at: r.time("generated_at")?,

@@ -388,8 +388,9 @@ mod tests {
     use crate::metrics::{Metrics, StreamKind};
     use crate::model::{ItemKey, Owner, RunRow, Stamp, State};
     use crate::stream::limits::StreamLimiter;
+    use crate::watch::applied::Applied;
     use crate::watch::hub::Hub;
-    use crate::watch::ListenerStatus;
+    use crate::watch::SourceStatus;
     use tokio_util::sync::CancellationToken;
 
     const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -418,8 +419,8 @@ mod tests {
                 epochs: Arc::new(Epochs::default()),
                 batcher: Arc::new(Batcher::start(
                     pool,
-                    crate::model::ChangeSource::Notify,
-                    Arc::new(ListenerStatus::default()),
+                    Arc::new(SourceStatus::default()),
+                    Arc::new(Applied::default()),
                     Deadline(Duration::from_secs(1)),
                 )),
                 limiter: StreamLimiter::new(10, 10),

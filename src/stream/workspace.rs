@@ -15,7 +15,7 @@ use super::{sse, Deadlines, OpenError, StreamGuard, Streams};
 use crate::access::{self, AccessError, Claims, Grant, UserAccess};
 use crate::metrics::StreamKind;
 use crate::model::{ItemKey, State};
-use crate::watch::hub::WorkspaceSubscription;
+use crate::watch::hub::{Hub, WorkspaceSubscription};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
@@ -34,7 +34,7 @@ pub(crate) struct Feed {
     snapshot_due: bool,
     /// What the client shows: active runs and review-pack cards, as last sent, so duplicate
     /// re-reads send nothing and an item that goes out of sight is noticed.
-    sent: HashMap<ItemKey, Arc<State>>,
+    sent: Shown,
 }
 
 /// Most finished runs a snapshot carries.
@@ -48,6 +48,60 @@ struct Snapshot<'a> {
     runs: Vec<&'a RawValue>,
     recently_finished: Vec<&'a RawValue>,
     review_packs: Vec<&'a RawValue>,
+}
+
+/// What a feed shows, registered with the hub (`Hub::show`) so that a change of any of it
+/// reaches this feed even after the item left the workspace; unregistered when dropped.
+struct Shown {
+    hub: Arc<Hub>,
+    workspace: i64,
+    items: HashMap<ItemKey, Arc<State>>,
+}
+
+impl Shown {
+    fn get(&self, key: &ItemKey) -> Option<&Arc<State>> {
+        self.items.get(key)
+    }
+
+    fn insert(&mut self, key: ItemKey, state: Arc<State>) {
+        if self.items.insert(key, state).is_none() {
+            self.hub.show(self.workspace, key);
+        }
+    }
+
+    fn remove(&mut self, key: &ItemKey) -> Option<Arc<State>> {
+        let removed = self.items.remove(key);
+        if removed.is_some() {
+            self.hub.unshow(self.workspace, *key);
+        }
+        removed
+    }
+
+    fn shows_pack_elsewhere(&self, card: &State) -> bool {
+        self.items
+            .iter()
+            .any(|(key, shown)| *key != card.key && shown.pack_id == card.pack_id)
+    }
+
+    fn replace(&mut self, items: impl Iterator<Item = (ItemKey, Arc<State>)>) {
+        self.clear();
+        for (key, state) in items {
+            self.insert(key, state);
+        }
+    }
+
+    fn clear(&mut self) {
+        for key in self.items.keys() {
+            self.hub.unshow(self.workspace, *key);
+        }
+        self.items.clear();
+    }
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 pub(crate) async fn open(
@@ -81,7 +135,11 @@ pub(crate) async fn open(
             resynced,
             queue: VecDeque::new(),
             snapshot_due: true,
-            sent: HashMap::new(),
+            sent: Shown {
+                hub: Arc::clone(&streams.hub),
+                workspace: workspace_id,
+                items: HashMap::new(),
+            },
         })),
     })
 }
@@ -132,6 +190,11 @@ impl Feed {
             if !news {
                 continue;
             }
+            // A pack now on this card, shown on another: it moved, and the card it left is
+            // stale (a replication message names only where it went). Replace the list.
+            if item.pack_id.is_some() && self.sent.shows_pack_elsewhere(&item) {
+                self.snapshot_due = true;
+            }
             // Finished runs are forgotten so a long-lived feed does not grow with every run
             // the workspace ever had (a repeated re-read of one would be sent again).
             if item.terminal && item.run_id().is_some() {
@@ -176,11 +239,8 @@ impl Feed {
             .map(|p| Arc::new(State::of_card(p.tenant_id, p.pack.as_ref(), at)))
             .filter(visible)
             .collect();
-        self.sent = active
-            .iter()
-            .chain(&packs)
-            .map(|s| (s.key, Arc::clone(s)))
-            .collect();
+        self.sent
+            .replace(active.iter().chain(&packs).map(|s| (s.key, Arc::clone(s))));
         let body = Snapshot {
             kind: "workspace_runs",
             workspace_id: self.workspace_id,

@@ -314,6 +314,10 @@ pub(crate) struct Hub {
     /// The observed pace of active runs: fed once per published run state by the change
     /// source, looked up by every other read of a run (see `progress`).
     pub rates: Rates,
+    /// Which workspace feeds show which items, so that a change reaches every feed that
+    /// shows the item, also after the item moved out of the feed's workspace or was
+    /// deleted (a replication message does not say where a row was before).
+    shown: Mutex<HashMap<ItemKey, HashMap<i64, usize>>>,
 }
 
 impl Default for Hub {
@@ -323,7 +327,67 @@ impl Default for Hub {
             workspaces: Registry::new(),
             rates: Rates::default(),
             resynced: watch::Sender::new(0),
+            shown: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl Hub {
+    fn shown(&self) -> std::sync::MutexGuard<'_, HashMap<ItemKey, HashMap<i64, usize>>> {
+        // Every critical section is a few map operations: a poisoned lock is consistent.
+        self.shown.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A feed of `workspace` shows `key` (counted: several feeds of a workspace may).
+    pub(crate) fn show(&self, workspace: i64, key: ItemKey) {
+        *self
+            .shown()
+            .entry(key)
+            .or_default()
+            .entry(workspace)
+            .or_default() += 1;
+    }
+
+    /// A feed of `workspace` no longer shows `key`.
+    pub(crate) fn unshow(&self, workspace: i64, key: ItemKey) {
+        let mut shown = self.shown();
+        if let Some(feeds) = shown.get_mut(&key) {
+            if let Some(n) = feeds.get_mut(&workspace) {
+                *n -= 1;
+                if *n == 0 {
+                    feeds.remove(&workspace);
+                }
+            }
+            if feeds.is_empty() {
+                shown.remove(&key);
+            }
+        }
+    }
+
+    /// The workspaces whose feeds show `key`.
+    pub(crate) fn shown_in(&self, key: &ItemKey) -> Vec<i64> {
+        self.shown()
+            .get(key)
+            .map(|feeds| feeds.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn is_shown(&self, key: &ItemKey) -> bool {
+        self.shown().contains_key(key)
+    }
+
+    /// The tenants whose watched review-pack card shows pack `pack`.
+    pub(crate) fn cards_showing(&self, pack: i64) -> Vec<i64> {
+        let keys = self.items.keys();
+        keys.into_iter()
+            .filter_map(|key| match key {
+                ItemKey::Pack { tenant } => {
+                    let state = self.items.get(&key)?.current().1?;
+                    (state.pack_id == Some(pack)).then_some(tenant)
+                }
+                ItemKey::Run(_) => None,
+            })
+            .collect()
     }
 }
 
@@ -341,6 +405,22 @@ mod tests {
         assert!(hub.items.contains(&ItemKey::Run(1)));
         drop(b);
         assert!(hub.items.is_empty());
+    }
+
+    #[test]
+    fn shown_items_are_counted_per_workspace() {
+        let hub = Hub::default();
+        let run = ItemKey::Run(1);
+        hub.show(5, run);
+        hub.show(5, run);
+        hub.show(6, run);
+        hub.unshow(5, run);
+        let mut feeds = hub.shown_in(&run);
+        feeds.sort_unstable();
+        assert_eq!(feeds, vec![5, 6]);
+        hub.unshow(5, run);
+        hub.unshow(6, run);
+        assert!(!hub.is_shown(&run));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use runwire::Running;
 use runwire::Tokens;
-use runwire::{Server, Settings, MIGRATOR};
+use runwire::{ChangeSource, Changes, Server, Settings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::net::SocketAddr;
@@ -27,6 +27,25 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// The change source every test runs on: `RUNWIRE_TEST_CHANGES=wal` (logical replication;
+/// `DATABASE_URL` must then be a server with `wal_level = logical`, as `scripts/test` starts
+/// one) or `notify` (the default).
+pub fn mode() -> ChangeSource {
+    match std::env::var("RUNWIRE_TEST_CHANGES").as_deref() {
+        Ok("wal") => ChangeSource::Wal,
+        Ok("notify") | Err(_) => ChangeSource::Notify,
+        Ok(other) => panic!("RUNWIRE_TEST_CHANGES={other}: wal or notify"),
+    }
+}
+
+/// [`mode`] as `--changes`.
+pub fn changes() -> Changes {
+    match mode() {
+        ChangeSource::Wal => Changes::Wal,
+        ChangeSource::Notify => Changes::Notify,
+    }
+}
+
 /// A database of its own for one test, dropped (forcibly) when the `TestDb` is dropped —
 /// also when the test panics, so no run leaves databases behind and none touches another's.
 pub struct TestDb {
@@ -36,10 +55,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A database with runwire's migrations (the host tables and the integration).
+    /// A database with the host tables and runwire's integration for the test [`mode`].
     pub async fn new() -> TestDb {
         let db = Self::empty().await;
-        MIGRATOR.run(&db.pool).await.expect("migrations");
+        let mut conn = db.pool.acquire().await.expect("a connection");
+        runwire::migrate(&mut conn, changes())
+            .await
+            .expect("migrations");
+        drop(conn);
         db
     }
 
@@ -93,10 +116,7 @@ impl Drop for TestDb {
                 .expect("runtime");
             runtime.block_on(async {
                 let mut admin = PgConnection::connect(&admin_url()).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map(|_| ())
+                drop_database(&mut admin, &name).await
             })
         })
         .join();
@@ -106,11 +126,40 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops a test database, whatever still uses it: `WITH (FORCE)` ends its sessions, but a
+/// logical replication slot (WAL mode) holds the database until its walsender has gone, so
+/// the walsenders are ended and the drop is repeated until their temporary slots are gone.
+pub async fn drop_database(admin: &mut PgConnection, name: &str) -> sqlx::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE database = $1 AND active_pid IS NOT NULL",
+        )
+        .bind(name)
+        .execute(&mut *admin)
+        .await?;
+        let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut *admin)
+            .await;
+        match dropped {
+            Err(e)
+                if e.to_string().contains("replication slot")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 pub fn settings() -> Settings {
     let mut s = Settings::defaults();
     s.bind = "127.0.0.1:0".parse().unwrap();
     s.jwt_secret = Some(SECRET.to_string());
     s.heartbeat_secs = 2;
+    s.changes = changes();
     s
 }
 
@@ -286,6 +335,18 @@ impl Client {
     }
 }
 
+/// Whether `id` is the SSE id of a state of this `version`: the version itself in NOTIFY mode;
+/// in WAL mode the WAL position (the version) and a digest of the state.
+pub fn is_id_of(id: &str, version: &serde_json::Value) -> bool {
+    let version = version.as_i64().expect("a numeric version").to_string();
+    match mode() {
+        ChangeSource::Notify => id == version,
+        ChangeSource::Wal => id
+            .split_once('-')
+            .is_some_and(|(v, digest)| v == version && digest.len() == 16),
+    }
+}
+
 /// Waits until `check` holds, polling; fails the test after [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -312,7 +373,10 @@ pub async fn start_with(options: PgConnectOptions, settings: Settings) -> Runnin
         .connect_with(options.application_name("runwire"))
         .await
         .expect("app pool");
-    let running = Server::build(settings, pool).await.expect("build").start();
+    let running = Server::build(settings, pool)
+        .await
+        .expect("build")
+        .start(mode());
     assert!(running.wait_ready(WAIT).await, "listener never connected");
     running
 }

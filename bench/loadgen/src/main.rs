@@ -14,6 +14,9 @@
 //! into `summary_counts`, and measure commit→receipt latency per event, events delivered vs
 //! expected, server CPU and database transactions per update. `--poll SECS` instead makes each
 //! client fetch the JSON snapshot on a timer, to compare with what runwire replaces.
+//! `--hold` only watches: it opens the streams on runs that already exist, holds them while
+//! something else writes (pgbench in `scripts/bench host-writes`), and reports what arrived
+//! when it gets SIGTERM or Ctrl-C.
 //!
 //! Prints a human summary and one JSON line.
 
@@ -72,6 +75,13 @@ struct Args {
     /// Send this many NOTIFYs for items nobody watches and measure intake, then exit.
     #[arg(long)]
     notify_flood: Option<usize>,
+    /// Watch the first `--runs` runs already in the database (lowest ids; one user per 32
+    /// streams is made a member of their workspaces), print `HOLDING` once every stream has
+    /// its snapshot, and hold them until SIGTERM or Ctrl-C; then report what they received.
+    /// Writes nothing to the runs: another program drives the updates (stamped with
+    /// `sent_us` and `seq` in summary_counts for latencies).
+    #[arg(long)]
+    hold: bool,
     /// Internal: run as a worker process.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -101,6 +111,9 @@ struct WorkerReport {
     events: u64,
     final_seen: usize,
     polls: u64,
+    /// Streams that ended: closed by the server, or failed to open.
+    #[serde(default)]
+    ended: u64,
 }
 
 fn now_us() -> i64 {
@@ -145,6 +158,7 @@ struct Tally {
     events: Arc<AtomicU64>,
     finals: Arc<AtomicU64>,
     polls: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
 }
 
 async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
@@ -176,7 +190,9 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
             };
             match plan.poll {
                 None => {
+                    let ended = Arc::clone(&tally.ended);
                     let _ = stream_one(stream, &plan, run, &token, permit, ready, tally).await;
+                    ended.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(secs) => {
                     drop(permit);
@@ -221,6 +237,7 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
                 events: tally.events.load(Ordering::Relaxed),
                 final_seen: tally.finals.load(Ordering::Relaxed) as usize,
                 polls: tally.polls.load(Ordering::Relaxed),
+                ended: tally.ended.load(Ordering::Relaxed),
             };
             println!("REPORT {}", serde_json::to_string(&report)?);
             std::io::stdout().flush()?;
@@ -598,6 +615,16 @@ impl Stats {
     }
 }
 
+/// p50, p99 and max of sorted latencies, in milliseconds.
+fn latency_ms(sorted: &[u32]) -> (f64, f64, f64) {
+    let max = sorted.last().map(|m| *m as f64 / 1000.0);
+    (
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
+        max.unwrap_or(f64::NAN),
+    )
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -664,6 +691,101 @@ async fn reqwest_lite(url: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// A workspace of `n` new running runs, with `users` as its members.
+async fn new_runs(pool: &PgPool, n: usize, users: &[i64], tag: &str) -> anyhow::Result<Vec<i64>> {
+    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ($1) RETURNING id")
+        .bind(tag)
+        .fetch_one(pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO workspace_memberships SELECT $1, u, 'operator' FROM unnest($2::bigint[]) u",
+    )
+    .bind(ws)
+    .bind(users)
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_scalar(
+        "INSERT INTO operation_runs (workspace_id, type, status) SELECT $1, 'sync', 'running' FROM generate_series(1, $2) RETURNING id",
+    )
+    .bind(ws)
+    .bind(n as i64)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// `--hold`: the `n` lowest-numbered runs there are, with `users` made members of their
+/// workspaces.
+async fn existing_runs(pool: &PgPool, n: usize, users: &[i64]) -> anyhow::Result<Vec<i64>> {
+    let runs: Vec<i64> =
+        sqlx::query_scalar("SELECT id::bigint FROM operation_runs ORDER BY id LIMIT $1")
+            .bind(n as i64)
+            .fetch_all(pool)
+            .await?;
+    anyhow::ensure!(
+        !runs.is_empty(),
+        "--hold: operation_runs has no runs to watch"
+    );
+    sqlx::query(
+        "INSERT INTO workspace_memberships (workspace_id, user_id, role)
+         SELECT DISTINCT r.workspace_id, u, 'operator'
+         FROM operation_runs r, unnest($2::bigint[]) u WHERE r.id = ANY($1)",
+    )
+    .bind(&runs)
+    .bind(users)
+    .execute(pool)
+    .await?;
+    Ok(runs)
+}
+
+/// Tells the workers to stop and gathers their latency samples, sorted.
+async fn stop_workers(workers: &mut [Worker]) -> Vec<u32> {
+    for w in workers.iter_mut() {
+        let _ = w.stdin.write_all(b"STOP\n").await;
+    }
+    let mut samples: Vec<u32> = Vec::new();
+    for w in workers.iter_mut() {
+        let _ = w.child.wait().await;
+        if let Ok(bytes) = std::fs::read(&w.samples_path) {
+            samples.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            let _ = std::fs::remove_file(&w.samples_path);
+        }
+    }
+    samples.sort_unstable();
+    samples
+}
+
+/// `--hold`: every stream has its snapshot; say so, hold them until told to stop, and report
+/// what arrived meanwhile.
+async fn hold(mut workers: Vec<Worker>, opened: usize, failed: usize) -> anyhow::Result<()> {
+    println!("HOLDING {opened} streams ({failed} failed)");
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let mut reports = Vec::new();
+    for w in workers.iter_mut() {
+        reports.push(w.report().await?);
+    }
+    let events: u64 = reports.iter().map(|r| r.events).sum();
+    // A stream that failed to open has ended too.
+    let ended = reports.iter().map(|r| r.ended).sum::<u64>() - failed as u64;
+    let samples = stop_workers(&mut workers).await;
+    let (p50, p99, max) = latency_ms(&samples);
+    println!("  held {opened} streams: {events} events received, {ended} streams ended while held; commit→receipt latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({} samples)", samples.len());
+    let json = serde_json::json!({
+        "mode": "hold", "opened": opened, "failed": failed, "events": events, "ended": ended,
+        "latency_ms": {"p50": p50, "p99": p99, "max": max, "samples": samples.len()},
+    });
+    println!("{json}");
+    Ok(())
+}
+
 async fn coordinator(args: Args) -> anyhow::Result<()> {
     let db_url = args
         .database_url
@@ -718,24 +840,11 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
         .bind(n_users)
         .fetch_all(&pool)
         .await?;
-    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ($1) RETURNING id")
-        .bind(&tag)
-        .fetch_one(&pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO workspace_memberships SELECT $1, u, 'operator' FROM unnest($2::bigint[]) u",
-    )
-    .bind(ws)
-    .bind(&users)
-    .execute(&pool)
-    .await?;
-    let runs: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO operation_runs (workspace_id, type, status) SELECT $1, 'sync', 'running' FROM generate_series(1, $2) RETURNING id",
-    )
-    .bind(ws)
-    .bind(args.runs as i64)
-    .fetch_all(&pool)
-    .await?;
+    let runs = if args.hold {
+        existing_runs(&pool, args.runs, &users).await?
+    } else {
+        new_runs(&pool, args.runs, &users, &tag).await?
+    };
     let rss_before = server_pid.map(rss_kb).unwrap_or(0);
 
     // Workers: each takes a slice of the streams and a source address of its own.
@@ -745,7 +854,8 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     let exe = std::env::current_exe()?;
     let tmp = std::env::temp_dir();
-    let xacts_before_open = stats.settled().await?;
+    // (--hold counts nothing: no need to wait for the counters to settle.)
+    let xacts_before_open = if args.hold { 0 } else { stats.settled().await? };
     for (w, chunk) in assignments.chunks(args.per_worker.max(1)).enumerate() {
         let plan = WorkerPlan {
             addr,
@@ -790,6 +900,9 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
         "stream"
     };
     println!("{mode}: {opened} of {} clients connected in {connect_secs:.2} s ({:.0}/s), {failed} failed", args.streams, opened as f64 / connect_secs);
+    if args.hold {
+        return hold(workers, opened, failed).await;
+    }
 
     // Memory and idle cost.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -879,22 +992,7 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
     let polls: u64 = reports.iter().map(|r| r.polls).sum();
     let rss_end = server_pid.map(rss_kb).unwrap_or(0);
 
-    for w in workers.iter_mut() {
-        let _ = w.stdin.write_all(b"STOP\n").await;
-    }
-    let mut samples: Vec<u32> = Vec::new();
-    for w in workers.iter_mut() {
-        let _ = w.child.wait().await;
-        if let Ok(bytes) = std::fs::read(&w.samples_path) {
-            samples.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            );
-            let _ = std::fs::remove_file(&w.samples_path);
-        }
-    }
-    samples.sort_unstable();
+    let samples = stop_workers(&mut workers).await;
     let mut per_run = vec![0u64; runs.len()];
     for i in 0..args.streams {
         per_run[i % runs.len()] += 1;
@@ -909,14 +1007,7 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
             + args.streams as u64
     };
     let per_stream_kb = (rss_open as f64 - rss_before as f64) / opened.max(1) as f64;
-    let (p50, p99, max) = (
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        samples
-            .last()
-            .map(|m| *m as f64 / 1000.0)
-            .unwrap_or(f64::NAN),
-    );
+    let (p50, p99, max) = latency_ms(&samples);
 
     println!("  server RSS: {rss_before} kB before, {rss_open} kB with clients open → {per_stream_kb:.2} kB per {mode} client ({rss_end} kB at the end)");
     println!("  idle: {idle_server_xacts} server transactions in {idle_secs:.1} s; opening cost {open_xacts} transactions for {opened} clients ({:.2} each)", open_xacts as f64 / opened.max(1) as f64);
