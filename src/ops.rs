@@ -45,6 +45,8 @@ pub(crate) const MAX_VALUES: usize = 16;
 const MAX_LABEL_CHARS: usize = 64;
 /// How long a finish is remembered (and how recent an unseen one must be to count).
 pub(crate) const DEDUP_WINDOW: Duration = Duration::minutes(15);
+/// How often at most the remembered finishes are pruned.
+const PRUNE_EVERY: Duration = Duration::seconds(1);
 /// Buckets of `runwire_run_duration_seconds`: a second to six hours.
 const DURATION_BUCKETS: [f64; 13] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0,
@@ -106,6 +108,8 @@ struct Ledger<A> {
     active: HashMap<i64, (Labels, A)>,
     counts: HashMap<Labels, i64>,
     finished: HashMap<i64, DateTime<Utc>>,
+    /// When `finished` was last pruned.
+    pruned_at: Option<DateTime<Utc>>,
 }
 
 impl<A> Default for Ledger<A> {
@@ -114,6 +118,7 @@ impl<A> Default for Ledger<A> {
             active: HashMap::new(),
             counts: HashMap::new(),
             finished: HashMap::new(),
+            pruned_at: None,
         }
     }
 }
@@ -154,8 +159,13 @@ impl<A> Ledger<A> {
         self.counts.values_mut().for_each(|n| *n = 0);
     }
 
+    /// Forgets finishes older than the window, at most once a second: a bulk job's thousands
+    /// of finishes in one burst must not cost a pass over the map each.
     fn forget_old(&mut self, now: DateTime<Utc>) {
-        // Cheap enough per change: the map holds only the window's finishes.
+        if self.pruned_at.is_some_and(|at| now - at < PRUNE_EVERY) {
+            return;
+        }
+        self.pruned_at = Some(now);
         self.finished.retain(|_, t| now - *t < DEDUP_WINDOW);
     }
 
