@@ -72,6 +72,9 @@ pub(crate) struct Plan {
     resnapshot_feeds: bool,
     /// ops (issue 17): review packs to re-read by id, for the operations metrics.
     pack_rows: BTreeSet<i64>,
+    /// ops (issue 17): runs re-read only for the metrics (nobody watches them): no state of
+    /// them is rendered or published.
+    counted_runs: BTreeSet<i64>,
 }
 
 impl Notify {
@@ -208,7 +211,7 @@ impl Notify {
                 .into_iter()
                 .for_each(|id| w.metrics.ops.pack_deleted(id));
         }
-        if plan.runs.is_empty() && plan.packs.is_empty() {
+        if plan.runs.is_empty() && plan.packs.is_empty() && plan.counted_runs.is_empty() {
             return Ok(());
         }
         let states = self
@@ -245,8 +248,8 @@ impl Notify {
 
     async fn reread(&mut self, w: &Watcher, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
         let mut states = Vec::new();
-        if !plan.runs.is_empty() {
-            let ids: Vec<i64> = plan.runs.iter().copied().collect();
+        if !plan.runs.is_empty() || !plan.counted_runs.is_empty() {
+            let ids: Vec<i64> = plan.runs.union(&plan.counted_runs).copied().collect();
             let since = self.since(w);
             let started = Instant::now();
             let (rows, log) =
@@ -262,6 +265,9 @@ impl Notify {
                     w.metrics.ops.run_changed(run);
                     w.hub.rates.observe(run, now);
                 }
+                if store::run_id(row).is_some_and(|id| !plan.runs.contains(&id)) {
+                    continue; // counted only
+                }
                 let Some((state, _)) = State::of_run(row, None, &w.hub.rates) else {
                     continue;
                 };
@@ -270,7 +276,12 @@ impl Notify {
                 }
                 states.push(Arc::new(state));
             }
-            for id in &missing {
+            let found: BTreeSet<i64> = rows.iter().filter_map(store::run_id).collect();
+            let counted_gone = plan.counted_runs.difference(&found);
+            for id in missing
+                .iter()
+                .chain(counted_gone.filter(|id| !plan.runs.contains(id)))
+            {
                 w.metrics.ops.run_deleted(*id);
                 w.hub.rates.forget(*id);
             }
@@ -316,13 +327,14 @@ pub(crate) fn plan(w: &Watcher, burst: &[PgNotification]) -> Plan {
         };
         match (bell.k.as_str(), bell.id, bell.t, bell.u) {
             ("run", Some(id), _, _) => {
-                // ops (issue 17): every run that rings is re-read, watched or not: the
-                // metrics count all of them.
-                plan.runs.insert(id);
                 let key = ItemKey::Run(id);
                 if w.wanted(&key, &[bell.w, bell.ow]) {
+                    plan.runs.insert(id);
                     let feeds = plan.feeds.entry(key).or_default();
                     feeds.extend([bell.w, bell.ow].into_iter().flatten());
+                } else {
+                    // ops (issue 17): re-read for the metrics, which count every run.
+                    plan.counted_runs.insert(id);
                 }
             }
             ("pack", pack, Some(tenant), _) => {
