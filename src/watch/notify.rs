@@ -129,12 +129,6 @@ impl Notify {
 
     /// Re-reads every watched item; run after every (re)connect.
     async fn resync(&mut self, w: &Watcher) -> Result<(), Stop> {
-        // ops (issue 17): the metrics start over from what is true now.
-        let window = crate::ops::DEDUP_WINDOW.num_seconds() as f64;
-        let ops = bounded(store::ops_snapshot(&w.pool, window))
-            .await
-            .map_err(|e| Stop::Lost(format!("operations snapshot failed: {e}")))?;
-        w.metrics.ops.reset(&ops);
         let keys = w.hub.items.keys();
         for chunk in keys.chunks(RESYNC_CHUNK) {
             let mut plan = Plan::default();
@@ -147,6 +141,14 @@ impl Notify {
             self.process(w, plan).await?;
         }
         w.hub.resynced.send_modify(|n| *n += 1);
+        // ops (issue 17): the metrics start over from what is true now — after the watched
+        // items, whose re-read must not wait for it (a change missed meanwhile is re-read
+        // from its doorbell, and counts once).
+        let window = crate::ops::DEDUP_WINDOW.num_seconds() as f64;
+        let ops = bounded(store::ops_snapshot(&w.pool, window))
+            .await
+            .map_err(|e| Stop::Lost(format!("operations snapshot failed: {e}")))?;
+        w.metrics.ops.reset(&ops);
         Ok(())
     }
 
