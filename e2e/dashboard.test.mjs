@@ -69,8 +69,15 @@ test("the dashboard shows a run go queued → running → completed, each within
   await db.query("UPDATE operation_runs SET status = 'running', started_at = now(), summary_counts = '{\"total\": 10, \"processed\": 0}' WHERE id = $1", [run]);
   await page.waitForSelector(`${card}[data-status="running"]`, { timeout: WITHIN });
 
-  await db.query("UPDATE operation_runs SET summary_counts = '{\"total\": 10, \"processed\": 5}' WHERE id = $1", [run]);
+  // Half done 20 s after it started (as the host's updated_at says): at most 20 s to go (the
+  // pace runwire saw since "0 of 10" a moment ago is blended in, which shortens it).
+  await db.query(
+    "UPDATE operation_runs SET summary_counts = '{\"total\": 10, \"processed\": 5}', started_at = now() - interval '20 seconds', updated_at = now() WHERE id = $1",
+    [run],
+  );
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.includes("5 / 10"), card, { timeout: WITHIN });
+  const eta = Number(await page.getAttribute(`${card} .eta`, "data-eta-seconds"));
+  assert.ok(eta > 0 && eta <= 21, `an ETA of at most 20 s, got ${eta}`);
 
   // Open the run's detail view, then finish the run.
   await page.click(card);
@@ -129,7 +136,8 @@ test("\"Recently finished\" is filled on load from the feed's snapshot: the last
     [hourAgo, threeHoursAgo],
     "the runs finished 1 h and 3 h ago, newest first; not the one finished 25 h ago",
   );
-  assert.match(rows[0][1], /^Backup #\d+Gamma Tenantsucceeded1 h ago$/);
+  // Started 4 minutes before it completed: runwire's final elapsed time says so.
+  assert.match(rows[0][1], /^Backup #\d+Gamma Tenantsucceeded1 h ago · took 4 min$/);
   assert.match(rows[1][1], /failed/);
   assert.ok(!rows.some((r) => r[0] === dayAgo));
   assert.ok(await page.$(`li.run[data-run-id="${active}"]`), "the active run is listed as active");

@@ -216,6 +216,8 @@ pub(crate) struct Inner {
     pub(crate) listener: Arc<SourceStatus>,
     /// Start-up progress and readiness verdicts, for `/readyz`.
     pub(crate) health: Arc<Health>,
+    /// The embeddable view's `Content-Security-Policy` (`--embed-origins`).
+    pub(crate) embed_policy: axum::http::HeaderValue,
     pub(crate) settings: Settings,
     /// Cancelled at shutdown: every open stream ends (without `end`, so clients reconnect to
     /// another instance).
@@ -264,9 +266,10 @@ impl Server {
             "set RUNWIRE_JWT_SECRET (or --jwt-secret): the HS256 secret shared with the host app; generate one with `openssl rand -hex 32`",
         )?;
         check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
+        let embed_policy = http::embed_policy(&settings.embed_origins)?;
         let hub = Arc::new(Hub::default());
         let epochs = Arc::new(Epochs::default());
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(settings.metrics_workspace_label));
         let status = Arc::new(SourceStatus::default());
         let applied = Arc::new(Applied::default());
         // The change source's connection: --listener-database-url, else the pool's database.
@@ -336,6 +339,7 @@ impl Server {
             tokens: Tokens::new(secret.as_bytes()),
             listener: status,
             health: Arc::new(Health::starting("connecting to the database")),
+            embed_policy,
             settings,
             shutdown,
         });

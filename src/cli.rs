@@ -37,7 +37,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
             println!(
                 "{}",
-                Tokens::new(args.jwt_secret.as_bytes()).issue(args.user, args.ttl)
+                Tokens::new(args.jwt_secret.as_bytes())
+                    .issue_scoped(args.user, args.ttl, args.scope)
             );
             Ok(())
         }

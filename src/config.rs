@@ -58,12 +58,26 @@ pub struct TokenArgs {
     /// User id to put into `sub`.
     #[arg(long)]
     pub user: i64,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Lifetime: seconds (`3600`) or a duration (`90m`, `12h`, `30d`).
+    #[arg(long, default_value = "3600", value_parser = parse_ttl)]
     pub ttl: u64,
+    /// Limit the token to one workspace's live feed and its JSON snapshot, for embedding a
+    /// view (`workspace:ID`); every other stream refuses it with 403.
+    #[arg(long)]
+    pub scope: Option<crate::access::token::TokenScope>,
     /// HS256 secret shared with the host app: at least 32 bytes (`openssl rand -hex 32`).
     #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+}
+
+/// A token lifetime in seconds: a plain number of seconds, or a duration such as `30d`.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{e}: give seconds (3600) or a duration (90m, 12h, 30d)"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,6 +122,15 @@ pub struct Settings {
     /// allowed only for these.
     #[arg(long, env = "RUNWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Origins allowed to frame the embeddable view `/embed/workspaces/{id}` (comma
+    /// separated; its `Content-Security-Policy: frame-ancestors`). None: only runwire's own
+    /// origin may frame it.
+    #[arg(long, env = "RUNWIRE_EMBED_ORIGINS", value_delimiter = ',')]
+    pub embed_origins: Vec<String>,
+    /// Label the operations metrics (`runwire_runs_active`, …) by workspace too: one series
+    /// per workspace, type and status, so only for a bounded number of workspaces.
+    #[arg(long, env = "RUNWIRE_METRICS_WORKSPACE_LABEL", default_value_t = false)]
+    pub metrics_workspace_label: bool,
     /// Mark the session cookie `Secure` (serve over HTTPS).
     #[arg(long, env = "RUNWIRE_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
@@ -173,6 +196,25 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lifetimes_and_scopes() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["runwire", "token", "--jwt-secret", "s"];
+            argv.extend(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Token(t)) => Ok((t.user, t.ttl, t.scope.map(|s| s.to_string()))),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse(&["--user", "1"]), Ok((1, 3600, None)));
+        let scoped = parse(&["--user", "2", "--scope", "workspace:9", "--ttl", "30d"]);
+        assert_eq!(scoped, Ok((2, 30 * 24 * 3600, Some("workspace:9".into()))));
+        assert_eq!(parse(&["--user", "1", "--ttl", "90"]), Ok((1, 90, None)));
+        assert!(parse(&["--user", "1", "--ttl", "soon"]).is_err());
+        assert!(parse(&["--user", "1", "--scope", "tenant:9"]).is_err());
+    }
 
     #[test]
     fn defaults_ignore_the_environment() {

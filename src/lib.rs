@@ -20,7 +20,10 @@
 //! * [`http`] is the axum router, handlers, the error type, the embedded static files, and
 //!   the connection front that hands SSE sockets to the stream driver (hyper serves
 //!   everything else). [`wire`] writes every HTTP/1.1 byte that is written by hand.
-//! * [`model`] defines the state of a watched item and the one definition of "terminal".
+//! * [`model`] defines the state of a watched item and the one definition of "terminal";
+//!   [`progress`] adds a run's elapsed time, progress and ETA to it (rendered once per state).
+//! * [`ops`] keeps the operations metrics (active runs and packs, finishes, durations) from
+//!   the changes the watcher sees; [`metrics`] serves them with runwire's and the process's.
 //! * [`store`] holds every SQL statement runwire runs on the host's data; [`schema`] installs
 //!   and checks what runwire needs of the database (`migrations/`).
 
@@ -35,6 +38,8 @@ mod embedded_pg;
 mod http;
 mod metrics;
 mod model;
+mod ops;
+mod progress;
 mod schema;
 mod store;
 mod stream;
@@ -46,7 +51,7 @@ mod wire;
 // use. Everything else is the crate's own (and `unreachable_pub` keeps it that way).
 pub use access::batch::database_unavailable;
 pub use access::token::now_secs;
-pub use access::token::Tokens;
+pub use access::token::{TokenScope, Tokens};
 pub use app::{connect_options, pool_options, Running, Server};
 pub use cli::run;
 pub use config::{Cli, Settings};

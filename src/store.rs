@@ -20,7 +20,10 @@
 //! its SQL.
 
 use crate::access::rules::Facts;
-use crate::model::{ChangeSource, Columns, Decoded, Owner, PackRow, RunRow, ACTIVE_RUN_STATUSES};
+use crate::model::{
+    ChangeSource, Columns, Decoded, Owner, PackRow, RunRow, ACTIVE_PACK_STATUSES,
+    ACTIVE_RUN_STATUSES,
+};
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgExecutor, Row};
 use std::sync::LazyLock;
@@ -129,6 +132,98 @@ pub(crate) async fn runs_by_ids(
     });
     let rows = sqlx::query(SQL.get(mode)).bind(ids).fetch_all(db).await?;
     Ok(rows.iter().map(read_run).collect())
+}
+
+/// Every column of a review pack, for the operations metrics (no version: they need none).
+const PACK_COLUMNS: &str = "p.id::int8 AS id, p.workspace_id::int8 AS workspace_id, \
+     p.tenant_id::int8 AS tenant_id, p.status::text AS status, \
+     p.created_at::timestamptz::text AS created_at, \
+     p.generated_at::timestamptz::text AS generated_at, \
+     p.expires_at::timestamptz::text AS expires_at, p.updated_at::timestamptz::text AS updated_at";
+
+/// Current rows of these review packs, for the operations metrics (missing ids are absent).
+pub(crate) async fn packs_by_ids(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> sqlx::Result<Vec<Decoded<(PackRow, Option<i64>)>>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {PACK_COLUMNS} FROM review_packs p WHERE p.id = ANY($1::int8[])")
+    });
+    let rows = sqlx::query(&SQL).bind(ids).fetch_all(db).await?;
+    Ok(rows.iter().map(pack_with_workspace).collect())
+}
+
+/// A pack and its workspace (the card's reads do not need the latter).
+fn pack_with_workspace(row: &PgRow) -> Decoded<(PackRow, Option<i64>)> {
+    Ok((read_pack(row)?, row.try_get("workspace_id").ok().flatten()))
+}
+
+/// What the operations metrics start from (`ops::Snapshot`), read in one snapshot of the
+/// database: every active run and pack, and those that finished within the last
+/// `window_secs`. At start-up and after a reconnect only; never per change. Rows that do
+/// not decode are left out (their streams say so).
+pub(crate) async fn ops_snapshot(
+    pool: &sqlx::PgPool,
+    window_secs: f64,
+) -> sqlx::Result<crate::ops::Snapshot> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let snapshot = ops_snapshot_in(&mut tx, window_secs).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+/// [`ops_snapshot`] on a transaction the caller set up (the WAL source reads it in the
+/// replication slot's exported snapshot, so it matches the stream's start exactly).
+pub(crate) async fn ops_snapshot_in(
+    tx: &mut sqlx::PgConnection,
+    window_secs: f64,
+) -> sqlx::Result<crate::ops::Snapshot> {
+    // "Finished at" as `ops` has it: completed_at (generated_at for packs), else created_at.
+    static SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
+        [
+            format!("SELECT {RUN_COLUMNS} FROM operation_runs r WHERE r.status = ANY($1)"),
+            format!(
+                "SELECT {RUN_COLUMNS} FROM operation_runs r WHERE NOT (r.status = ANY($1))
+                   AND COALESCE(r.completed_at, r.created_at) > now() - make_interval(secs => $2)"
+            ),
+            format!("SELECT {PACK_COLUMNS} FROM review_packs p WHERE p.status = ANY($1)"),
+            format!(
+                "SELECT {PACK_COLUMNS} FROM review_packs p WHERE NOT (p.status = ANY($1))
+                   AND COALESCE(p.generated_at, p.created_at) > now() - make_interval(secs => $2)"
+            ),
+        ]
+        .map(|sql| sql.replace("{version}", ""))
+    });
+    let mut read = Vec::new();
+    let statuses = [
+        ACTIVE_RUN_STATUSES,
+        ACTIVE_RUN_STATUSES,
+        ACTIVE_PACK_STATUSES,
+        ACTIVE_PACK_STATUSES,
+    ];
+    for (n, (sql, statuses)) in SQL.iter().zip(statuses).enumerate() {
+        let query = sqlx::query(sql).bind(&statuses[..]);
+        // The odd statements are the finished ones, which take the window.
+        let query = match n % 2 {
+            1 => query.bind(window_secs),
+            _ => query,
+        };
+        read.push(query.fetch_all(&mut *tx).await?);
+    }
+    let runs = |rows: &[PgRow]| rows.iter().filter_map(|r| read_run(r).ok()).collect();
+    let packs = |rows: &[PgRow]| {
+        let packs = rows.iter().map(pack_with_workspace);
+        packs.filter_map(Result::ok).collect()
+    };
+    Ok(crate::ops::Snapshot {
+        active_runs: runs(&read[0]),
+        finished_runs: runs(&read[1]),
+        active_packs: packs(&read[2]),
+        finished_packs: packs(&read[3]),
+    })
 }
 
 /// Access changes that became visible between two snapshots (NOTIFY mode: the triggers log

@@ -1,7 +1,10 @@
 /*
  * The live operations dashboard served at `/`. Open it as
- *   /#token=<access token>&workspace=<id>
- * (the fragment never reaches a server log). The token is traded for an HttpOnly cookie, then
+ *   /#token=<access token>&workspace=<id>[&refresh_url=<url>]
+ * (the fragment never reaches a server log). With `refresh_url`, an expired or refused token
+ * is exchanged there for a new one (POST with the old token as a bearer token and the page's
+ * cookies; the answer is the token, as text or {"token": …}), so a wall screen runs for
+ * weeks. The token is traded for an HttpOnly cookie, then
  * everything on the page comes from one stream, the workspace feed: its snapshot fills the
  * active runs, "Recently finished" and the review-pack cards (and replaces them whenever it
  * comes again), and its updates move runs and cards as they commit. Nothing polls. Only an
@@ -61,6 +64,26 @@
     return { pct: Math.min(100, Math.round((done / total) * 100)), done: done, total: total, failed: Number(c.failed) || 0 };
   }
 
+  function duration(seconds) {
+    var s = Math.max(0, Math.round(seconds));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min" + (s < 600 && s % 60 ? " " + (s % 60) + " s" : "");
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  /**
+   * Elapsed time and ETA now: runwire computes them as of the state's `updated_at`
+   * (elapsed_seconds, progress.eta_seconds); between changes they tick on here.
+   */
+  function timing(run) {
+    var at = Date.parse(run.updated_at);
+    var since = isFinite(at) ? Math.max(0, (Date.now() - at) / 1000) : 0;
+    var elapsed = typeof run.elapsed_seconds === "number" ? run.elapsed_seconds + (run.terminal ? 0 : since) : null;
+    var p = run.progress;
+    var eta = p && typeof p.eta_seconds === "number" && !run.terminal ? Math.max(0, p.eta_seconds - since) : null;
+    return { elapsed: elapsed, eta: eta };
+  }
+
   function pill(value) {
     var p = el("span", "pill " + String(value).replace(/[^a-z_]/gi, ""), String(value).replace(/_/g, " "));
     p.setAttribute("data-value", value);
@@ -83,9 +106,16 @@
       right.appendChild(pill(run.status));
       li.appendChild(right);
       var p = progress(run);
+      var t = timing(run);
       var meta = "#" + run.id + " · " + (run.status === "queued" ? "queued " + ago(run.created_at) : "started " + ago(run.started_at || run.created_at));
       if (p) meta += " · " + p.done + " / " + p.total + (p.failed ? " (" + p.failed + " failed)" : "");
-      li.appendChild(el("div", "meta", meta));
+      var metaLine = el("div", "meta", meta);
+      if (t.eta !== null) {
+        var eta = el("span", "eta", " · ETA " + duration(t.eta));
+        eta.setAttribute("data-eta-seconds", String(Math.round(t.eta)));
+        metaLine.appendChild(eta);
+      }
+      li.appendChild(metaLine);
       var bar = el("div", "bar");
       var fill = el("span");
       fill.style.width = (p ? p.pct : run.status === "running" ? 8 : 0) + "%";
@@ -109,7 +139,8 @@
       var td = el("td");
       td.appendChild(pill(run.outcome === "pending" ? run.status : run.outcome));
       tr.appendChild(td);
-      tr.appendChild(el("td", "", ago(run.completed_at || run.updated_at)));
+      var took = timing(run).elapsed;
+      tr.appendChild(el("td", "", ago(run.completed_at || run.updated_at) + (took !== null ? " · took " + duration(took) : "")));
       tr.addEventListener("click", function () { select(run.id); });
       body.appendChild(tr);
     });
@@ -136,12 +167,16 @@
     var dl = $("detail-body");
     dl.replaceChildren();
     var p = progress(run);
+    var t = timing(run);
+    var rate = run.progress && run.progress.rate_per_second;
     var rows = [
       ["Operation", typeLabel(run.run_type)],
       ["Tenant", tenantName(run.tenant_id)],
       ["Status", pill(run.status)],
       ["Outcome", pill(run.outcome)],
       ["Progress", p ? p.done + " of " + p.total + " (" + p.pct + " %)" : "—"],
+      ["Elapsed", t.elapsed !== null ? duration(t.elapsed) : "—"],
+      ["ETA", t.eta !== null ? duration(t.eta) + (rate ? " at " + (Math.round(rate * 100) / 100) + " / s" : "") : "—"],
       ["Queued", run.created_at ? new Date(run.created_at).toLocaleTimeString() : "—"],
       ["Started", run.started_at ? new Date(run.started_at).toLocaleTimeString() : "—"],
       ["Completed", run.completed_at ? new Date(run.completed_at).toLocaleTimeString() : "—"],
@@ -233,7 +268,32 @@
 
   // ---- start -----------------------------------------------------------------------------
 
-  function start(token, workspaceId) {
+  /**
+   * A new token from `refreshUrl`, traded for a new session cookie at once (the stream
+   * authenticates with the cookie, which would otherwise go on carrying the expired token).
+   */
+  function refresher(refreshUrl, current) {
+    return function () {
+      return fetch(refreshUrl, {
+        method: "POST",
+        credentials: "include",
+        headers: current ? { Authorization: "Bearer " + current } : {},
+      })
+        .then(function (r) {
+          if (!r.ok) throw new Error("refresh_url answered " + r.status);
+          var json = (r.headers.get("content-type") || "").indexOf("json") >= 0;
+          return json ? r.json().then(function (b) { return b && b.token; }) : r.text();
+        })
+        .then(function (token) {
+          token = token && String(token).trim();
+          if (!token) throw new Error("refresh_url gave no token");
+          current = token;
+          return Runwire.startSession("", token).then(function () { return token; });
+        });
+    };
+  }
+
+  function start(token, workspaceId, refreshUrl) {
     $("connect").hidden = true;
     // Without a token, an earlier session cookie may still be valid.
     (token ? runwire.Runwire.startSession("", token) : Promise.resolve())
@@ -250,7 +310,10 @@
         $("workspace-name").textContent = ws.name;
         document.title = ws.name + " · Operations · runwire";
         $("app").hidden = false;
-        rw = new runwire.Runwire({ onStateChange: function (s) { setLive(s === "open"); } });
+        rw = new runwire.Runwire(Object.assign(
+          { onStateChange: function (s) { setLive(s === "open"); } },
+          refreshUrl ? { refreshToken: refresher(refreshUrl, token) } : {}
+        ));
         window.runwireClient = rw;
         var feed = rw.watchWorkspace(ws.id, {
           onSnapshot: onSnapshot,
@@ -280,10 +343,13 @@
   var params = new URLSearchParams(location.hash.slice(1));
   var token = params.get("token");
   var workspace = params.get("workspace");
+  var refreshUrl = params.get("refresh_url");
   if (workspace) {
-    // Keep the token out of the address bar once it has been used.
-    history.replaceState(null, "", location.pathname + "#workspace=" + encodeURIComponent(workspace));
-    start(token, workspace);
+    // Keep the token out of the address bar once it has been used (the refresh URL stays:
+    // a reload needs it).
+    var keep = "#workspace=" + encodeURIComponent(workspace) + (refreshUrl ? "&refresh_url=" + encodeURIComponent(refreshUrl) : "");
+    history.replaceState(null, "", location.pathname + keep);
+    start(token, workspace, refreshUrl);
   } else {
     $("connect").hidden = false;
   }

@@ -11,18 +11,31 @@ export interface RunState {
   id: number;
   workspace_id: number;
   tenant_id: number | null;
-  run_type: string;
-  /** Free text: `queued` and `running` are active, anything else is terminal. */
-  status: string;
-  outcome: string;
+  run_type: string | null;
+  /** Free text: `queued` and `running` are active, anything else (null included) is terminal. */
+  status: string | null;
+  outcome: string | null;
   terminal: boolean;
   summary_counts: Record<string, unknown> | null;
   created_at: string | null;
   started_at: string | null;
   completed_at: string | null;
   updated_at: string | null;
+  /** Seconds since `started_at` (or `created_at` while queued), as of `updated_at`; final once terminal. */
+  elapsed_seconds: number | null;
+  /** Where `summary_counts` has `processed` and `total`. */
+  progress: RunProgress | null;
   version: number;
   [field: string]: unknown;
+}
+
+/** A run's progress and its estimated time to completion. */
+export interface RunProgress {
+  processed: number;
+  total: number;
+  fraction: number | null;
+  rate_per_second: number | null;
+  eta_seconds: number | null;
 }
 
 /** A tenant's latest review pack (`pack: null`: none yet). */

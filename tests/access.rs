@@ -88,6 +88,13 @@ async fn revoke_and_mark(app: &TestApp, w: &World, run: i64) {
 async fn revoke_after(times: usize, between: impl AsyncFn(&TestApp, &World, i64)) {
     let (app, w, t) = TestApp::seeded().await;
     for _ in 0..times {
+        // The previous round's stream may have ended from a notification the killed
+        // listener still delivered (or the resync read), before its loss was noticed: a
+        // stream opened while it reconnects gets 503, so each round starts connected.
+        assert!(
+            app.running.wait_ready(WAIT).await,
+            "the listener reconnects"
+        );
         rejoin(&app, &w).await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
         let mut s = app.watch(&run_events(run), &t).await;

@@ -11,6 +11,7 @@ pub(crate) mod rules;
 pub(crate) mod token;
 
 use crate::model::{Owner, State};
+use crate::progress::Rates;
 use crate::store;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
@@ -62,8 +63,10 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Reads and authorises items for `user_id`: their current states with the owners they were
 /// authorised for, runs then packs in request order, or the one refusal for the whole set.
 /// (A row that did not decode has a state without an owner; its stream ends `unreadable`.)
+/// Runs are rendered with the pace `rates` observed (a read is not an observation).
 pub(crate) async fn read_items(
     batcher: &Batcher,
+    rates: &Rates,
     user_id: i64,
     run_ids: &[i64],
     tenant_ids: &[i64],
@@ -82,7 +85,7 @@ pub(crate) async fn read_items(
                 refusal = AccessError::worst(refusal, AccessError::NotFound);
                 continue;
             };
-            match State::of_run(&r.run, read.at) {
+            match State::of_run(&r.run, read.at, rates) {
                 Some((state, owner)) => match rules::verdict(&owner, &r.facts()) {
                     Ok(()) => states.push((state, owner)),
                     Err(e) => refusal = AccessError::worst(refusal, e),

@@ -4,6 +4,11 @@
 //! Besides the signature and `exp`, every timestamp must be in range (a validly signed token
 //! with `exp` = 10^19 must not overflow a deadline later), and `nbf` and `iat` must not be in
 //! the future beyond a small clock skew.
+//!
+//! A token may carry a `scope` (`"workspace:42"`): it then opens only that workspace's feed
+//! and its JSON snapshot, for embedding a live view without handing out a full user token
+//! ([`Claims::permits`], asked wherever a token is accepted). A scope runwire does not
+//! understand makes the token invalid, so a scope added later never widens access here.
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -38,12 +43,67 @@ pub(crate) fn check_secret(secret: &str) -> Result<(), WeakSecret> {
     Ok(())
 }
 
-/// What runwire needs from a token: who, and until when.
+/// What runwire needs from a token: who, until when, and what for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claims {
     pub user_id: i64,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// None: everything the user may see.
+    pub scope: Option<TokenScope>,
+}
+
+/// What a scoped token may open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope {
+    /// The feed of one workspace (`/v1/workspaces/{id}/runs/events`) and its JSON snapshot
+    /// (`/v1/workspaces/{id}`); nothing else.
+    Workspace(i64),
+}
+
+impl std::str::FromStr for TokenScope {
+    type Err = InvalidToken;
+
+    fn from_str(s: &str) -> Result<Self, InvalidToken> {
+        let invalid = InvalidToken("token scope is not understood (expected workspace:<id>)");
+        let id = s.strip_prefix("workspace:").ok_or(invalid)?;
+        // Only the canonical spelling: `+5` or `05` would be a second name for the same scope.
+        match id.parse::<i64>() {
+            Ok(n) if n > 0 && n.to_string() == id => Ok(TokenScope::Workspace(n)),
+            _ => Err(invalid),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenScope::Workspace(id) => write!(f, "workspace:{id}"),
+        }
+    }
+}
+
+/// What a request wants to open, as far as a token's scope is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wants {
+    /// A workspace's feed or its JSON snapshot.
+    Workspace(i64),
+    /// Whom the token names (`GET /v1/session`): every token may ask, scoped or not.
+    Identity,
+    /// Anything else: run and pack streams and snapshots, the session cookie.
+    Other,
+}
+
+impl Claims {
+    /// Whether the token's scope allows what the request wants (an unscoped token allows
+    /// everything; the user's access is decided separately, as for any token).
+    pub(crate) fn permits(&self, wants: Wants) -> bool {
+        match (self.scope, wants) {
+            (None, _) | (_, Wants::Identity) => true,
+            (Some(TokenScope::Workspace(w)), Wants::Workspace(asked)) => w == asked,
+            (Some(TokenScope::Workspace(_)), Wants::Other) => false,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,6 +116,8 @@ struct Wire {
     nbf: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
 fn as_string<S: serde::Serializer>(id: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -97,11 +159,17 @@ impl Tokens {
 
     /// Signs a token for `user_id` that expires `ttl_secs` from now.
     pub fn issue(&self, user_id: i64, ttl_secs: u64) -> String {
+        self.issue_scoped(user_id, ttl_secs, None)
+    }
+
+    /// Signs a token for `user_id` that expires `ttl_secs` from now, limited to `scope`.
+    pub fn issue_scoped(&self, user_id: i64, ttl_secs: u64, scope: Option<TokenScope>) -> String {
         let wire = Wire {
             sub: user_id,
             exp: now_secs().saturating_add(ttl_secs).min(MAX_TIMESTAMP),
             nbf: None,
             iat: None,
+            scope: scope.map(|s| s.to_string()),
         };
         encode(&Header::new(Algorithm::HS256), &wire, &self.encoding)
             .expect("HS256 signing cannot fail")
@@ -109,10 +177,15 @@ impl Tokens {
 
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
         match decode::<Wire>(token, &self.decoding, &self.validation) {
-            Ok(data) => check_times(&data.claims, now_secs()).map(|()| Claims {
-                user_id: data.claims.sub,
-                exp: data.claims.exp,
-            }),
+            Ok(data) => {
+                check_times(&data.claims, now_secs())?;
+                let scope = data.claims.scope.as_deref().map(str::parse).transpose()?;
+                Ok(Claims {
+                    user_id: data.claims.sub,
+                    exp: data.claims.exp,
+                    scope,
+                })
+            }
             Err(e) => Err(InvalidToken(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired",
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => "token signature is invalid",
@@ -167,6 +240,7 @@ mod tests {
                 exp: now_secs() - 5,
                 nbf: None,
                 iat: None,
+                scope: None,
             },
             &EncodingKey::from_secret(b"secret"),
         )
@@ -179,6 +253,7 @@ mod tests {
                 exp: now_secs() + 60,
                 nbf: None,
                 iat: None,
+                scope: None,
             },
             &EncodingKey::from_secret(b"secret"),
         )
@@ -238,6 +313,40 @@ mod tests {
         assert!(check_secret(&"x".repeat(32)).is_ok());
         let why = check_secret("short").unwrap_err().to_string();
         assert!(why.contains("openssl rand -hex 32"), "{why}");
+    }
+
+    #[test]
+    fn scopes_round_trip_and_unknown_ones_are_refused() {
+        let tokens = Tokens::new(b"secret");
+        let scoped = tokens.issue_scoped(7, 60, Some(TokenScope::Workspace(3)));
+        let claims = tokens.verify(&scoped).unwrap();
+        assert_eq!(claims.scope, Some(TokenScope::Workspace(3)));
+        assert!(claims.permits(Wants::Workspace(3)));
+        assert!(!claims.permits(Wants::Workspace(4)));
+        assert!(!claims.permits(Wants::Other));
+        let full = tokens.verify(&tokens.issue(7, 60)).unwrap();
+        assert!(full.permits(Wants::Other) && full.permits(Wants::Workspace(4)));
+        let now = now_secs();
+        for scope in [
+            "workspace:",
+            "workspace:0",
+            "workspace:-1",
+            "workspace:05",
+            "workspace:+5",
+            "tenant:3",
+            "workspace:3 workspace:4",
+            "",
+            "workspace:99999999999999999999",
+        ] {
+            let t = signed(serde_json::json!({"sub": 1, "exp": now + 60, "scope": scope}));
+            assert!(tokens.verify(&t).is_err(), "{scope:?}");
+        }
+        let not_a_string = signed(serde_json::json!({"sub": 1, "exp": now + 60, "scope": 3}));
+        assert!(tokens.verify(&not_a_string).is_err());
+        assert_eq!(
+            "workspace:12".parse::<TokenScope>().unwrap().to_string(),
+            "workspace:12"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The browser side, embedded in the binary so runwire runs from anywhere without a build
-//! step: the dashboard at `/`, and the client library as the global script `/runwire.js`, the
+//! step: the dashboard at `/`; the client library as the global script `/runwire.js`, the
 //! ES module `/runwire.mjs` and its TypeScript declarations `/runwire.d.ts` (one source,
-//! `static/runwire.mjs`; `scripts/build-client` makes the global script from it).
+//! `static/runwire.mjs`; `scripts/build-client` makes the global script from it); its web
+//! components at `/runwire-elements.js`; and the embeddable view's script and style.
 //!
 //! Caching: every asset carries a strong `ETag` (a hash of its bytes) and `Cache-Control:
 //! no-cache`, so browsers and proxies keep a copy and revalidate it: a page load costs a 304
@@ -98,6 +99,16 @@ pub(super) fn routes() -> Router<AppState> {
             "/dashboard.css",
             asset!("dashboard.css", "text/css; charset=utf-8"),
         )
+        // The web components and the embeddable view (`http::embed` serves its page).
+        .route(
+            "/runwire-elements.js",
+            asset!("runwire-elements.js", "text/javascript; charset=utf-8"),
+        )
+        .route(
+            "/embed.js",
+            asset!("embed.js", "text/javascript; charset=utf-8"),
+        )
+        .route("/embed.css", asset!("embed.css", "text/css; charset=utf-8"))
 }
 
 #[cfg(test)]

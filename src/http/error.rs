@@ -17,6 +17,8 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("you may not watch this")]
     Forbidden,
+    #[error("this token is scoped: it opens only its workspace's feed and snapshot")]
+    OutOfScope,
     #[error("not found")]
     NotFound,
     #[error("too many open streams for this user")]
@@ -41,7 +43,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden | ApiError::OutOfScope => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::TooManyStreams => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),

@@ -5,7 +5,8 @@
 use super::auth::AuthUser;
 use super::params::{parse_id, parse_item_lists};
 use super::{sse, ApiError, AppState};
-use crate::access::{self, token::now_secs, COOKIE_NAME};
+use crate::access::token::{now_secs, Wants};
+use crate::access::{self, COOKIE_NAME};
 use crate::metrics::StreamKind;
 use crate::stream::items::{self, Opened};
 use crate::stream::workspace;
@@ -31,7 +32,7 @@ async fn item_stream(
     runs: &[i64],
     tenants: &[i64],
 ) -> Result<Response, ApiError> {
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Other)?;
     let topic = format!("runs:{runs:?} packs:{tenants:?}");
     let opened = items::open(
         &app.streams,
@@ -103,7 +104,7 @@ pub(super) async fn workspace_events(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let workspace_id = parse_id(&raw, "workspace id")?;
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Workspace(workspace_id))?;
     let stream = workspace::open(&app.streams, claims, workspace_id).await?;
     Ok(sse::response(stream))
 }
@@ -137,8 +138,10 @@ async fn item_snapshot(
     runs: &[i64],
     tenants: &[i64],
 ) -> Result<Response, ApiError> {
-    let AuthUser(claims) = auth?;
-    let states = access::read_items(&app.streams.batcher, claims.user_id, runs, tenants).await?;
+    let claims = auth?.opening(Wants::Other)?;
+    let rates = &app.streams.hub.rates;
+    let states =
+        access::read_items(&app.streams.batcher, rates, claims.user_id, runs, tenants).await?;
     let (state, _) = &states[0];
     if let Some(bad) = &state.unreadable {
         return Err(ApiError::Unreadable(bad.to_string()));
@@ -153,7 +156,7 @@ pub(super) async fn workspace_info(
     auth: Auth,
 ) -> Result<Response, ApiError> {
     let workspace_id = parse_id(&raw, "workspace id")?;
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Workspace(workspace_id))?;
     let info = crate::store::workspace_info(&app.pool, claims.user_id, workspace_id)
         .await?
         .filter(|w| w.workspace_member)
@@ -184,7 +187,7 @@ pub(super) async fn workspace_info(
 /// Whom the request's credentials name, changing nothing (no cookie set): `runwire.js` keys
 /// the connection its tabs share on this answer, never on a token it decoded itself.
 pub(super) async fn session(auth: Auth) -> Result<Response, ApiError> {
-    let AuthUser(claims) = auth?;
+    let claims = auth?.opening(Wants::Identity)?;
     let body = Json(json!({ "user_id": claims.user_id, "expires_at": claims.exp }));
     Ok(([(header::CACHE_CONTROL, "no-store")], body).into_response())
 }
@@ -195,7 +198,9 @@ pub(super) async fn create_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = access::bearer(&headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
-    let claims = app.tokens.verify(token)?;
+    // A scoped token is for embedding, which needs no cookie; as a cookie it would stand in
+    // for the user's own token on every page of this origin.
+    let claims = AuthUser::verify(&app.tokens, token)?.opening(Wants::Other)?;
     let max_age = claims.exp.saturating_sub(now_secs());
     let cookie = format!(
         "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
@@ -256,18 +261,27 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+/// OpenMetrics for clients that ask for it (Prometheus does), else the classic text format.
+pub(super) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     app.metrics.db_pool_connections.set(app.pool.size() as i64);
     app.metrics.db_pool_idle.set(app.pool.num_idle() as i64);
     app.metrics.observe_source(&app.listener);
-    (
-        [(
-            header::CONTENT_TYPE,
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = match openmetrics {
+        true => (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
-        .into_response()
+            app.metrics.encode(),
+        ),
+        false => (
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.metrics.encode_classic(),
+        ),
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub(super) async fn not_found() -> ApiError {

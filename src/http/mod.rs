@@ -4,6 +4,7 @@
 
 mod assets;
 mod auth;
+mod embed;
 mod error;
 pub(crate) mod front;
 mod handlers;
@@ -11,6 +12,7 @@ pub(crate) mod health;
 pub(crate) mod params;
 pub(crate) mod sse;
 
+pub(crate) use embed::policy as embed_policy;
 pub(crate) use error::ApiError;
 pub(crate) use health::Health;
 
@@ -67,6 +69,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .merge(assets::routes())
+        .merge(embed::routes())
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)

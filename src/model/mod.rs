@@ -11,6 +11,7 @@ pub(crate) mod row;
 
 pub(crate) use row::{BadColumn, Columns, Decoded, PackRow, RunRow};
 
+use crate::progress::{timing, Progress, Rates, Timing};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -145,6 +146,9 @@ struct RunJson<'a> {
     started_at: Option<String>,
     completed_at: Option<String>,
     updated_at: Option<String>,
+    // Progress and ETA (crate::progress), part of the state so they are rendered once too.
+    elapsed_seconds: Option<f64>,
+    progress: Option<Progress>,
     version: i64,
 }
 
@@ -200,8 +204,14 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 impl State {
-    pub(crate) fn run(row: &RunRow, stamp: Stamp) -> Self {
+    /// A run's state. `observed_rate`: its smoothed pace from `progress::Rates` (None: not
+    /// observed moving; the average so far is used).
+    pub(crate) fn run(row: &RunRow, stamp: Stamp, observed_rate: Option<f64>) -> Self {
         let terminal = row.status.as_deref().is_none_or(run_is_terminal);
+        let Timing {
+            elapsed_seconds,
+            progress,
+        } = timing(row, observed_rate, Utc::now());
         let json_at = |version| {
             render(&RunJson {
                 kind: "operation_run",
@@ -217,6 +227,8 @@ impl State {
                 started_at: ts(&row.started_at),
                 completed_at: ts(&row.completed_at),
                 updated_at: ts(&row.updated_at),
+                elapsed_seconds,
+                progress: progress.clone(),
                 version,
             })
         };
@@ -313,11 +325,17 @@ impl State {
     }
 
     /// A run as a query read it, with its owner — also for a row that did not decode, whose
-    /// state has none (None: not even its key decoded). `at`: see [`Stamp::of_read`].
-    pub(crate) fn of_run(run: &Decoded<RunRow>, at: Option<u64>) -> Option<(State, Owner)> {
+    /// state has none (None: not even its key decoded). `at`: see [`Stamp::of_read`]; its
+    /// pace is the one `rates` observed.
+    pub(crate) fn of_run(
+        run: &Decoded<RunRow>,
+        at: Option<u64>,
+        rates: &Rates,
+    ) -> Option<(State, Owner)> {
         match run {
             Ok(row) => {
-                let state = State::run(row, Stamp::of_read(row.version, at));
+                let rate = rates.rate(row.id);
+                let state = State::run(row, Stamp::of_read(row.version, at), rate);
                 let owner = state.owner?;
                 Some((state, owner))
             }
@@ -425,8 +443,8 @@ mod tests {
     #[test]
     fn wal_ids_carry_the_position_and_a_digest_of_the_content() {
         let row = RunRow::running(5, 1, None, r#"{"processed":3}"#);
-        let a = State::run(&row, Stamp::Wal(1000));
-        let b = State::run(&row, Stamp::Wal(2000));
+        let a = State::run(&row, Stamp::Wal(1000), None);
+        let b = State::run(&row, Stamp::Wal(2000), None);
         assert_eq!(&*a.event_id, &format!("1000-{}", a.identity));
         assert_eq!(
             a.identity, b.identity,
@@ -437,6 +455,7 @@ mod tests {
         let c = State::run(
             &RunRow::running(5, 1, None, r#"{"processed":4}"#),
             Stamp::Wal(3000),
+            None,
         );
         assert!(c.differs_from(&b));
         let none = State::pack(7, None, Stamp::Wal(9));
@@ -446,6 +465,6 @@ mod tests {
     #[test]
     fn notify_ids_are_versions() {
         let row = RunRow::running(5, 1, None, "{}");
-        assert_eq!(&*State::run(&row, Stamp::Version(6)).event_id, "6");
+        assert_eq!(&*State::run(&row, Stamp::Version(6), None).event_id, "6");
     }
 }

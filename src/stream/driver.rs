@@ -397,7 +397,7 @@ mod tests {
 
     fn run(version: i64) -> Arc<State> {
         let row = RunRow::running(1, 1, None, "{}");
-        Arc::new(State::run(&row, Stamp::Version(version)))
+        Arc::new(State::run(&row, Stamp::Version(version), None))
     }
 
     /// A stream of one run, driven into a channel, with a database that cannot be reached

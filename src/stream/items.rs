@@ -86,7 +86,9 @@ pub(crate) async fn open(
         .chain(tenant_ids.iter().map(|t| ItemKey::Pack { tenant: *t }));
     let subs: Vec<ItemSubscription> = keys.map(|k| streams.hub.items.subscribe(k)).collect();
     let stamp = user.now();
-    let states = access::read_items(&streams.batcher, claims.user_id, run_ids, tenant_ids).await?;
+    let rates = &streams.hub.rates;
+    let states =
+        access::read_items(&streams.batcher, rates, claims.user_id, run_ids, tenant_ids).await?;
     let mut entries = Vec::with_capacity(subs.len());
     for (sub, (state, owner)) in subs.into_iter().zip(states) {
         let grant = Grant::new(&user, stamp, Scope::Owner(owner));

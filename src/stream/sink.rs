@@ -232,7 +232,7 @@ mod tests {
     fn run(version: i64, tenant: Option<i64>, padding: usize) -> Arc<State> {
         let counts = format!(r#"{{"pad":"{}"}}"#, "x".repeat(padding));
         let row = RunRow::running(1, 1, tenant, &counts);
-        Arc::new(State::run(&row, Stamp::Version(version)))
+        Arc::new(State::run(&row, Stamp::Version(version), None))
     }
 
     fn granted(epochs: &Arc<Epochs>, tenant: Option<i64>) -> Grant {

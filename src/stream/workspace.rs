@@ -224,7 +224,7 @@ impl Feed {
         // admits it) and the log names the column: the feed goes on for everything else.
         let states = |rows: &[crate::model::Decoded<crate::model::RunRow>]| -> Vec<Arc<State>> {
             rows.iter()
-                .filter_map(|r| State::of_run(r, at))
+                .filter_map(|r| State::of_run(r, at, &streams.hub.rates))
                 .map(|(state, _)| Arc::new(state))
                 .filter(visible)
                 .collect()

@@ -19,6 +19,7 @@
 //! deliveries after the cell's is released.
 
 use crate::model::{ItemKey, State};
+use crate::progress::Rates;
 use slab::Slab;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -310,6 +311,9 @@ pub(crate) struct Hub {
     /// Bumped when workspace feeds may have missed changes (the listener reconnected, a
     /// table was truncated); they re-snapshot on it.
     pub resynced: watch::Sender<u64>,
+    /// The observed pace of active runs: fed once per published run state by the change
+    /// source, looked up by every other read of a run (see `progress`).
+    pub rates: Rates,
     /// Which workspace feeds show which items, so that a change reaches every feed that
     /// shows the item, also after the item moved out of the feed's workspace or was
     /// deleted (a replication message does not say where a row was before).
@@ -321,6 +325,7 @@ impl Default for Hub {
         Hub {
             items: Registry::new(),
             workspaces: Registry::new(),
+            rates: Rates::default(),
             resynced: watch::Sender::new(0),
             shown: Mutex::new(HashMap::new()),
         }

@@ -8,6 +8,13 @@
 //! gate never admits a state ahead of a revocation that committed before it. The hub, the
 //! stream driver and the access rules do not know which source runs.
 //!
+//! Both sources also report every run and pack row they see to the operations metrics
+//! (`ops::Operations`: `run_changed`, `pack_changed`, the deletes and truncates, and `reset`
+//! from one snapshot of the tables at every (re)connect — WAL: the slot's exported one), and
+//! every run row to `progress::Rates::observe` before its state is rendered. So NOTIFY
+//! re-reads every run that rings, watched or not. (Issue 17's wiring, marked `ops`/`progress`
+//! in the sources.)
+//!
 //! Losing the connection (an error, a closed stream, a heartbeat that goes unanswered on a
 //! silently dead socket) makes the watcher connect again, mark every access decision stale
 //! (changes may have been missed) and re-read every watched item, so no transition is lost

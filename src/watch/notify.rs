@@ -70,6 +70,11 @@ pub(crate) struct Plan {
     /// Workspace feeds that must hear of an item besides its current workspace's.
     feeds: Feeds,
     resnapshot_feeds: bool,
+    /// ops (issue 17): review packs to re-read by id, for the operations metrics.
+    pack_rows: BTreeSet<i64>,
+    /// ops (issue 17): runs re-read only for the metrics (nobody watches them): no state of
+    /// them is rendered or published.
+    counted_runs: BTreeSet<i64>,
 }
 
 impl Notify {
@@ -137,6 +142,14 @@ impl Notify {
             self.process(w, plan).await?;
         }
         w.hub.resynced.send_modify(|n| *n += 1);
+        // ops (issue 17): the metrics start over from what is true now — after the watched
+        // items, whose re-read must not wait for it (a change missed meanwhile is re-read
+        // from its doorbell, and counts once).
+        let window = crate::ops::DEDUP_WINDOW.num_seconds() as f64;
+        let ops = bounded(store::ops_snapshot(&w.pool, window))
+            .await
+            .map_err(|e| Stop::Lost(format!("operations snapshot failed: {e}")))?;
+        w.metrics.ops.reset(&ops);
         Ok(())
     }
 
@@ -186,7 +199,22 @@ impl Notify {
         if plan.resnapshot_feeds {
             w.hub.resynced.send_modify(|n| *n += 1);
         }
-        if plan.runs.is_empty() && plan.packs.is_empty() {
+        // ops (issue 17): the packs that rang, by id (cards, below, are per tenant).
+        if !plan.pack_rows.is_empty() {
+            let ids: Vec<i64> = plan.pack_rows.iter().copied().collect();
+            let rows = bounded(store::packs_by_ids(&w.pool, &ids))
+                .await
+                .map_err(|e| Stop::Lost(format!("re-read failed: {e}")))?;
+            let mut missing = plan.pack_rows.clone();
+            for (pack, workspace) in rows.iter().flatten() {
+                missing.remove(&pack.id);
+                w.metrics.ops.pack_changed(pack, *workspace);
+            }
+            missing
+                .into_iter()
+                .for_each(|id| w.metrics.ops.pack_deleted(id));
+        }
+        if plan.runs.is_empty() && plan.packs.is_empty() && plan.counted_runs.is_empty() {
             return Ok(());
         }
         let states = self
@@ -223,8 +251,8 @@ impl Notify {
 
     async fn reread(&mut self, w: &Watcher, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
         let mut states = Vec::new();
-        if !plan.runs.is_empty() {
-            let ids: Vec<i64> = plan.runs.iter().copied().collect();
+        if !plan.runs.is_empty() || !plan.counted_runs.is_empty() {
+            let ids: Vec<i64> = plan.runs.union(&plan.counted_runs).copied().collect();
             let since = self.since(w);
             let started = Instant::now();
             let (rows, log) =
@@ -232,14 +260,33 @@ impl Notify {
             w.metrics.observe_reread(ids.len(), started.elapsed());
             self.apply_log(w, log);
             let mut missing = plan.runs.clone();
+            let now = chrono::Utc::now();
             for row in &rows {
-                let Some((state, _)) = State::of_run(row, None) else {
+                // ops + progress (issue 17): each row read is one observation, made before
+                // its state renders the pace.
+                if let Ok(run) = row {
+                    w.metrics.ops.run_changed(run);
+                    w.hub.rates.observe(run, now);
+                }
+                if store::run_id(row).is_some_and(|id| !plan.runs.contains(&id)) {
+                    continue; // counted only
+                }
+                let Some((state, _)) = State::of_run(row, None, &w.hub.rates) else {
                     continue;
                 };
                 if let ItemKey::Run(id) = state.key {
                     missing.remove(&id);
                 }
                 states.push(Arc::new(state));
+            }
+            let found: BTreeSet<i64> = rows.iter().filter_map(store::run_id).collect();
+            let counted_gone = plan.counted_runs.difference(&found);
+            for id in missing
+                .iter()
+                .chain(counted_gone.filter(|id| !plan.runs.contains(id)))
+            {
+                w.metrics.ops.run_deleted(*id);
+                w.hub.rates.forget(*id);
             }
             let gone = missing.into_iter().map(|id| State::gone(ItemKey::Run(id)));
             states.extend(gone.map(Arc::new));
@@ -288,11 +335,15 @@ pub(crate) fn plan(w: &Watcher, burst: &[PgNotification]) -> Plan {
                     plan.runs.insert(id);
                     let feeds = plan.feeds.entry(key).or_default();
                     feeds.extend([bell.w, bell.ow].into_iter().flatten());
+                } else {
+                    // ops (issue 17): re-read for the metrics, which count every run.
+                    plan.counted_runs.insert(id);
                 }
             }
-            ("pack", _, Some(tenant), _) => {
-                // The card of the tenant it belongs to, and of the one it left; the
-                // workspace feeds that show those cards.
+            ("pack", pack, Some(tenant), _) => {
+                plan.pack_rows.extend(pack); // ops (issue 17)
+                                             // The card of the tenant it belongs to, and of the one it left; the
+                                             // workspace feeds that show those cards.
                 for tenant in [Some(tenant), bell.ot].into_iter().flatten() {
                     let key = ItemKey::Pack { tenant };
                     if w.wanted(&key, &[bell.w, bell.ow]) {
@@ -312,7 +363,8 @@ pub(crate) fn plan(w: &Watcher, burst: &[PgNotification]) -> Plan {
             }
             ("access", _, _, _) => w.epochs.everyone_changed(),
             ("runs", _, _, _) => {
-                // Truncated: every watched run may be gone, every feed re-reads.
+                w.metrics.ops.runs_truncated(); // ops (issue 17)
+                                                // Truncated: every watched run may be gone, every feed re-reads.
                 for key in w.hub.items.keys() {
                     if let ItemKey::Run(id) = key {
                         plan.runs.insert(id);
@@ -321,6 +373,7 @@ pub(crate) fn plan(w: &Watcher, burst: &[PgNotification]) -> Plan {
                 plan.resnapshot_feeds = true;
             }
             ("packs", _, _, _) => {
+                w.metrics.ops.packs_truncated(); // ops (issue 17)
                 for key in w.hub.items.keys() {
                     if let ItemKey::Pack { tenant } = key {
                         plan.packs.insert(tenant);

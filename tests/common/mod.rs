@@ -245,6 +245,17 @@ impl TestApp {
         (app, w, t)
     }
 
+    /// The service with only its LISTEN connection through a proxy the test can break
+    /// (queries go straight to Postgres).
+    pub async fn listening_through_proxy() -> (TestApp, proxy::Proxy) {
+        let db = TestDb::new().await;
+        let proxy = proxy_to(&db).await;
+        let mut settings = settings();
+        settings.listener_database_url = listener_through(&proxy, &db);
+        let running = start(&db, settings).await;
+        (Self::on(db, running), proxy)
+    }
+
     /// An instance started some other way (e.g. through a proxy, see [`start_with`]).
     pub fn on(db: TestDb, running: Running) -> TestApp {
         let client = Client::to(running.addr);
@@ -301,6 +312,21 @@ impl Client {
             req = req.bearer_auth(t);
         }
         req.send().await.expect("request")
+    }
+
+    /// `POST /v1/session` with this bearer token.
+    pub async fn session(&self, token: &str) -> reqwest::Response {
+        let req = self.http.post(self.url("/v1/session")).bearer_auth(token);
+        req.send().await.expect("request")
+    }
+
+    /// The JSON body of a GET with this token.
+    pub async fn json(&self, path: &str, token: &str) -> serde_json::Value {
+        self.get(path, Some(token))
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
     }
 
     /// The status of a GET with this token.
@@ -548,6 +574,7 @@ pub async fn sse_events(body: Vec<u8>) -> Vec<(String, serde_json::Value)> {
 }
 
 /// A small world: a workspace with two tenants and users in every role.
+#[derive(Clone)]
 pub struct World {
     pub workspace: i64,
     pub other_workspace: i64,

@@ -29,7 +29,8 @@
 mod pgoutput;
 
 use super::{Feeds, Stop, Watcher};
-use crate::model::{ChangeSource, ItemKey, RunRow, Stamp, State};
+use crate::model::{ChangeSource, ItemKey, PackRow, RunRow, Stamp, State};
+use crate::progress::Rates;
 use crate::store;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -111,7 +112,8 @@ fn int(row: &Row<'_>, column: &'static str) -> Option<i64> {
 enum RunChange {
     Row(Box<crate::model::Decoded<RunRow>>),
     /// Its `summary_counts` is an unchanged TOASTed value runwire does not hold: read it.
-    Read,
+    /// (The rest of the row, for the operations metrics, which need no counts.)
+    Read(Option<Box<RunRow>>),
     Deleted,
 }
 
@@ -129,6 +131,8 @@ struct Batch {
     packs_truncated: Option<u64>,
     /// Feeds must re-read their snapshots (a deleted pack whose tenant the message hides).
     resnapshot_feeds: bool,
+    /// ops (issue 17): each pack's last row (None: deleted) and its workspace.
+    pack_rows: BTreeMap<i64, Option<(PackRow, Option<i64>)>>,
     tenants_gone: BTreeSet<i64>,
     /// (xid, items touched) of each transaction, in commit order.
     transactions: Vec<(u32, Vec<ItemKey>)>,
@@ -177,9 +181,12 @@ struct Rows {
 }
 
 impl Rows {
-    /// Their states, stamped `at`.
-    fn states(&self, at: u64) -> Vec<State> {
-        let runs = self.runs.iter().filter_map(|r| State::of_run(r, Some(at)));
+    /// Their states, stamped `at`, with the pace `rates` observed.
+    fn states(&self, at: u64, rates: &Rates) -> Vec<State> {
+        let runs = self
+            .runs
+            .iter()
+            .filter_map(|r| State::of_run(r, Some(at), rates));
         let gone = self.missing.iter().map(|id| State::gone(ItemKey::Run(*id)));
         let cards = self.cards.iter().map(|card| match card.exists {
             true => State::of_card(card.tenant_id, card.pack.as_ref(), Some(at)),
@@ -333,9 +340,15 @@ impl<'w> Session<'w> {
         for chunk in keys.chunks(RESYNC_CHUNK) {
             let (runs, tenants) = split(chunk);
             let started = Instant::now();
-            states.extend(read_rows(&mut tx, &runs, &tenants).await?.states(at));
+            let rows = read_rows(&mut tx, &runs, &tenants).await?;
+            states.extend(rows.states(at, &w.hub.rates));
             w.metrics.observe_reread(chunk.len(), started.elapsed());
         }
+        // ops (issue 17): the metrics start from the same snapshot the stream continues.
+        let window = crate::ops::DEDUP_WINDOW.num_seconds() as f64;
+        w.metrics
+            .ops
+            .reset(&store::ops_snapshot_in(&mut tx, window).await?);
         tx.commit().await?;
         w.applied.advance(at);
         w.publish(states.into_iter().map(Arc::new).collect(), &Feeds::new());
@@ -505,6 +518,7 @@ impl<'w> Session<'w> {
                         }
                         Some(Table::Packs) => {
                             self.batch.cards.clear();
+                            self.batch.pack_rows.clear();
                             self.batch.packs_truncated = Some(lsn);
                         }
                         Some(Table::Tenants) => {
@@ -618,6 +632,9 @@ impl<'w> Session<'w> {
                 // watched cards that show it are read too, and for a delete (which carries
                 // only the key) every feed re-reads its snapshot.
                 let mut pack_id = None;
+                // ops (issue 17): the pack's own row, for the operations metrics.
+                let pack =
+                    new.map(|t| (PackRow::read(&rel.row(t)), int(&rel.row(t), "workspace_id")));
                 for tuple in [old, new].into_iter().flatten() {
                     let row = rel.row(tuple);
                     pack_id = pack_id.or(int(&row, "id"));
@@ -628,6 +645,12 @@ impl<'w> Session<'w> {
                             let feeds = batch.card_feeds.entry(ItemKey::Pack { tenant });
                             feeds.or_default().push(workspace);
                         }
+                    }
+                }
+                if let Some(id) = pack_id {
+                    let row = pack.and_then(|(row, workspace)| Some((row.ok()?, workspace)));
+                    if row.is_some() || new.is_none() {
+                        batch.pack_rows.insert(id, row);
                     }
                 }
                 for tenant in pack_id
@@ -669,6 +692,20 @@ impl<'w> Session<'w> {
         }
         let mut states = Vec::new();
         let mut read_runs = BTreeSet::new();
+        // ops (issue 17): truncates first (the batch holds only what came after them).
+        if batch.runs_truncated.is_some() {
+            w.metrics.ops.runs_truncated();
+        }
+        if batch.packs_truncated.is_some() {
+            w.metrics.ops.packs_truncated();
+        }
+        for (id, row) in &batch.pack_rows {
+            match row {
+                Some((pack, workspace)) => w.metrics.ops.pack_changed(pack, *workspace),
+                None => w.metrics.ops.pack_deleted(*id),
+            }
+        }
+        let now = chrono::Utc::now();
         if batch.runs_truncated.is_some()
             || batch.packs_truncated.is_some()
             || batch.resnapshot_feeds
@@ -695,17 +732,26 @@ impl<'w> Session<'w> {
             let key = ItemKey::Run(id);
             match change {
                 RunChange::Deleted => {
+                    w.metrics.ops.run_deleted(id); // ops + progress (issue 17)
+                    w.hub.rates.forget(id);
                     if w.wanted(&key, &[]) {
                         states.push(State::gone(key));
                     }
                 }
-                RunChange::Read => {
+                RunChange::Read(row) => {
+                    if let Some(row) = row {
+                        w.metrics.ops.run_changed(&row); // ops (issue 17)
+                    }
                     read_runs.insert(id);
                 }
                 RunChange::Row(row) => match *row {
                     Ok(row) => {
+                        // ops + progress (issue 17): one observation per state, before it
+                        // renders the pace.
+                        w.metrics.ops.run_changed(&row);
+                        let rate = w.hub.rates.observe(&row, now);
                         if w.wanted(&key, &[Some(row.workspace_id)]) {
-                            states.push(State::run(&row, Stamp::Wal(at)));
+                            states.push(State::run(&row, Stamp::Wal(at), rate));
                         }
                     }
                     Err((_, bad)) => {
@@ -806,7 +852,7 @@ impl<'w> Session<'w> {
             .collect();
         let states = read
             .rows
-            .states(at)
+            .states(at, &self.w.hub.rates)
             .into_iter()
             .filter(|s| !newer.contains(&s.key))
             .map(Arc::new)
@@ -831,7 +877,12 @@ fn run_row(rel: &Rel, tuple: &pgoutput::Tuple, hub: &super::hub::Hub, id: i64) -
         .and_then(|cell| cell.current().1)
         .and_then(|state| summary_counts_of(&state));
     let Some(known) = known else {
-        return RunChange::Read;
+        // The row without its counts still tells the operations metrics what they need.
+        let mut rest = tuple.clone();
+        if let Some(i) = rel.index.get("summary_counts") {
+            rest[*i] = Value::Null;
+        }
+        return RunChange::Read(RunRow::read(&rel.row(&rest)).ok().map(Box::new));
     };
     let mut filled = tuple.clone();
     if let Some(i) = rel.index.get("summary_counts") {

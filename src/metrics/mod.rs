@@ -1,5 +1,9 @@
 //! Prometheus metrics. Counters are atomics bumped on the hot path; everything derived (pool
-//! usage) is read at scrape time.
+//! usage, the process's own figures in [`process`]) is read at scrape time. The operations
+//! metrics — what the watched tables say about the host's work — are [`crate::ops`]'s,
+//! registered here and fed by the change source.
+
+mod process;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -9,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+use crate::ops::Operations;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -73,6 +79,8 @@ pub(crate) struct Metrics {
     pub db_pool_idle: Gauge,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    /// Runs and packs of the host, by type and status (see `ops`).
+    pub ops: Operations,
     pub change_source: Family<SourceLabel, Gauge>,
     pub change_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub change_lag_bytes: Gauge,
@@ -80,7 +88,20 @@ pub(crate) struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("runwire");
+        Metrics::new(false)
+    }
+}
+
+impl Metrics {
+    /// `workspace_label`: label the operations metrics by workspace
+    /// (`--metrics-workspace-label`; one series per workspace and type).
+    pub(crate) fn new(workspace_label: bool) -> Self {
+        // Process metrics keep their conventional unprefixed names; everything else is
+        // runwire's own.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("runwire");
+        let ops = Operations::new(registry, workspace_label);
         let m = Metrics {
             streams_open: Family::default(),
             streams_opened: Family::default(),
@@ -98,12 +119,13 @@ impl Default for Metrics {
             db_pool_idle: Gauge::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            ops,
             change_source: Family::default(),
             change_lag_seconds: Gauge::default(),
             change_lag_bytes: Gauge::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = registry;
         r.register("streams_open", "Open SSE streams", m.streams_open.clone());
         r.register(
             "streams_opened",
@@ -218,11 +240,21 @@ impl Default for Metrics {
         ] {
             let _ = m.streams_closed.get_or_create(&ReasonLabel { reason });
         }
-        Metrics { registry, ..m }
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1; the version of runwire running",
+            build_info,
+        );
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
-}
 
-impl Metrics {
     pub(crate) fn observe_reread(&self, items: usize, took: Duration) {
         self.reread_batch_size.observe(items as f64);
         self.reread_seconds.observe(took.as_secs_f64());
@@ -256,10 +288,53 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// The exposition in OpenMetrics text, what Prometheus asks for.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The exposition in Prometheus's classic text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics: `promtool check metrics`, older scrapers, people with curl.
+    pub(crate) fn encode_classic(&self) -> String {
+        classic_text(&self.encode())
+    }
+}
+
+/// OpenMetrics text → the classic text format. The samples are the same; the metadata
+/// differs: a counter's family is named without `_total` in OpenMetrics and with it in the
+/// classic format (whose parsers otherwise find no help or type for the samples), and there
+/// is no `# UNIT` or `# EOF`. prometheus-client writes only OpenMetrics.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
