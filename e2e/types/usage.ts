@@ -9,7 +9,7 @@ const version: string = VERSION;
 
 const rw = new Runwire({ url: "https://runwire.example", token: async () => "a.b.c", onError: (e: RunwireError) => e.status });
 const sub = rw.watchRun(42, {
-  onState: (run: RunState) => run.status.toUpperCase() + (run.summary_counts?.processed ?? ""),
+  onState: (run: RunState) => (run.status ?? "unknown").toUpperCase() + (run.progress?.eta_seconds ?? ""),
   onEnd: ({ reason, state }) => (reason === "terminal" ? state?.outcome : reason),
   onError: (e) => `${e.status} ${e.reason}`,
 });
