@@ -195,3 +195,38 @@ async fn updates_cost_no_read_in_wal_mode() {
         ChangeSource::Notify => assert!(reads > 0.0),
     }
 }
+
+/// A run nobody watches costs nothing when it changes, however large its `summary_counts`:
+/// an update that leaves a TOASTed value out of the message must not make runwire read the
+/// row (and write a marker into the WAL) for a run no stream and no feed shows. A card read
+/// afterwards serves as the fence: once its update arrives, the reads runwire started for the
+/// earlier transactions have been counted too.
+#[tokio::test]
+async fn an_unwatched_run_with_a_toasted_summary_costs_no_read() {
+    if !wal_pass("an_unwatched_run_with_a_toasted_summary_costs_no_read") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded().await;
+    let big: String = (0..800)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    // In the other workspace: no feed of the seeded owner's shows it either.
+    let unwatched = create_run(app.pool(), w.other_workspace, None, "running").await;
+    set_run(
+        app.pool(),
+        unwatched,
+        &format!(r#"summary_counts = '{{"log": "{big}"}}'"#),
+    )
+    .await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut card = app.watch(&pack_events(w.tenant), &t).await;
+    let before = watcher_reads(&app).await;
+    for i in 0..20 {
+        set_run(app.pool(), unwatched, &format!("outcome = 'step {i}'")).await;
+    }
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+    let ready = card.expect("update").await;
+    assert_eq!(ready.data["pack"]["status"], "ready");
+    let reads = watcher_reads(&app).await - before;
+    assert_eq!(reads, 1.0, "only the card was read, not the unwatched run");
+}
