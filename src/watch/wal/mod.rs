@@ -110,8 +110,11 @@ fn int(row: &Row<'_>, column: &'static str) -> Option<i64> {
 /// What a run change asks for.
 enum RunChange {
     Row(Box<crate::model::Decoded<RunRow>>),
-    /// Its `summary_counts` is an unchanged TOASTed value runwire does not hold: read it.
-    Read,
+    /// Its `summary_counts` is an unchanged TOASTed value runwire does not hold: read it, if
+    /// anyone watches the run or a feed of its workspace is open.
+    Read {
+        workspace: Option<i64>,
+    },
     Deleted,
 }
 
@@ -699,8 +702,10 @@ impl<'w> Session<'w> {
                         states.push(State::gone(key));
                     }
                 }
-                RunChange::Read => {
-                    read_runs.insert(id);
+                RunChange::Read { workspace } => {
+                    if w.wanted(&key, &[workspace]) {
+                        read_runs.insert(id);
+                    }
                 }
                 RunChange::Row(row) => match *row {
                     Ok(row) => {
@@ -831,7 +836,8 @@ fn run_row(rel: &Rel, tuple: &pgoutput::Tuple, hub: &super::hub::Hub, id: i64) -
         .and_then(|cell| cell.current().1)
         .and_then(|state| summary_counts_of(&state));
     let Some(known) = known else {
-        return RunChange::Read;
+        let workspace = int(&rel.row(tuple), "workspace_id");
+        return RunChange::Read { workspace };
     };
     let mut filled = tuple.clone();
     if let Some(i) = rel.index.get("summary_counts") {
