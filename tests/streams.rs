@@ -800,3 +800,28 @@ async fn an_unreadable_row_ends_its_stream_with_a_reason() {
     let u = feed.expect("update").await;
     assert_eq!(u.data["id"], fine);
 }
+
+/// `char(n)` is one of the text types of the column contract (`$table->char('status', 16)`):
+/// its padding is not part of the value. A running run stays running whether its state was
+/// read by a query or came in a replication message.
+#[tokio::test]
+async fn char_columns_read_alike_from_queries_and_changes() {
+    let (app, w, t) = TestApp::seeded().await;
+    app.exec(
+        "ALTER TABLE operation_runs ALTER COLUMN status TYPE char(16),
+                                    ALTER COLUMN outcome TYPE char(16)",
+    )
+    .await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    progress(app.pool(), run, 1).await;
+    let u = s.expect("update").await;
+    assert_eq!(
+        (&u.data["status"], &u.data["outcome"], &u.data["terminal"]),
+        (&"running".into(), &"pending".into(), &false.into())
+    );
+    set_run(app.pool(), run, SUCCEEDED).await;
+    let done = s.expect("update").await;
+    assert_eq!(done.data["outcome"], "succeeded");
+    s.expect_end("terminal").await;
+}
