@@ -230,3 +230,109 @@ async fn an_unwatched_run_with_a_toasted_summary_costs_no_read() {
     let reads = watcher_reads(&app).await - before;
     assert_eq!(reads, 1.0, "only the card was read, not the unwatched run");
 }
+
+/// Stops a process (the walsender) until dropped: the WAL source falls behind what every
+/// other session already sees, as it does while the walsender decodes a large transaction or
+/// the network is slow.
+struct Paused(i32);
+
+impl Paused {
+    fn walsender(app: &TestApp) -> Paused {
+        let pid = app.running.listener_backend_pid().expect("a walsender");
+        signal("STOP", pid);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("CONT", self.0);
+    }
+}
+
+fn signal(name: &str, pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// `processed` of a run state.
+fn processed(state: &serde_json::Value) -> i64 {
+    state["summary_counts"]["processed"].as_i64().unwrap_or(-1)
+}
+
+/// A stream opened while the WAL source is behind reads a state newer than the watcher has
+/// applied. The watcher's older transactions that follow must not be sent after it: a
+/// client never sees a run's states out of order (docs/api.md, "Streams"). Likewise for a
+/// workspace feed's snapshot and its updates. (More transactions than one batch holds lie
+/// between the two updates, so the watcher applies the first one on its own.)
+#[tokio::test]
+async fn a_stream_opened_ahead_of_the_wal_never_goes_back() {
+    if !wal_pass("a_stream_opened_ahead_of_the_wal_never_goes_back") {
+        return;
+    }
+    // A heartbeat that does not replace the paused connection meanwhile.
+    let (app, w, t) = TestApp::seeded_with(|s| s.heartbeat_secs = 60).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    // Everything so far applied: a watched run's update comes through after it.
+    let fence = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut fenced = app.watch(&run_events(fence), &t).await;
+    progress(app.pool(), fence, 1).await;
+    fenced.expect("update").await;
+
+    let paused = Paused::walsender(&app);
+    progress(app.pool(), run, 1).await;
+    let mut conn = app.pool().acquire().await.unwrap();
+    for sql in [
+        "SET synchronous_commit = off",
+        "DO $$ BEGIN
+             FOR i IN 1..1500 LOOP
+                 PERFORM pg_logical_emit_message(true, 'filler', '');
+                 COMMIT;
+             END LOOP;
+         END $$",
+        "RESET synchronous_commit",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap();
+    }
+    drop(conn);
+    progress(app.pool(), run, 2).await;
+    let mut single = app.sse(&run_events(run), &t).await;
+    let snapshot = single.expect("snapshot").await;
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    let feed_snapshot = feed.expect("snapshot").await;
+    drop(paused);
+    set_run(app.pool(), run, SUCCEEDED).await;
+
+    assert_eq!(processed(&snapshot.data), 2, "the read sees both updates");
+    let mut seen = vec![processed(&snapshot.data)];
+    loop {
+        let msg = single.expect_any().await;
+        if msg.event == "end" {
+            break;
+        }
+        seen.push(processed(&msg.data));
+    }
+    let shown = &feed_snapshot.data["runs"];
+    let first = shown.as_array().unwrap().iter().find(|r| r["id"] == run);
+    let mut feed_seen = vec![processed(first.expect("the run in the snapshot"))];
+    loop {
+        let msg = feed.expect("update").await;
+        if msg.data["id"] != run {
+            continue;
+        }
+        feed_seen.push(processed(&msg.data));
+        if msg.data["terminal"] == true {
+            break;
+        }
+    }
+    let forward = |seen: &[i64]| seen.windows(2).all(|p| p[0] <= p[1]);
+    assert!(
+        forward(&seen) && forward(&feed_seen),
+        "the run went back: stream {seen:?}, feed {feed_seen:?}"
+    );
+}
