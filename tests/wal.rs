@@ -162,14 +162,19 @@ async fn ids_agree_between_instances() {
     }
 }
 
-/// The watcher's reads, as runwire counts them (`runwire_reread_seconds_count`).
-async fn watcher_reads(app: &TestApp) -> f64 {
+/// A counter of runwire's `/metrics`.
+async fn counter(app: &TestApp, name: &str) -> f64 {
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("runwire_reread_seconds_count "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|n| n.trim().parse().ok())
-        .expect("runwire_reread_seconds_count")
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// The watcher's reads, as runwire counts them (`runwire_reread_seconds_count`).
+async fn watcher_reads(app: &TestApp) -> f64 {
+    counter(app, "runwire_reread_seconds_count").await
 }
 
 /// In WAL mode updates reach their streams without runwire reading anything (the row is in
@@ -335,4 +340,28 @@ async fn a_stream_opened_ahead_of_the_wal_never_goes_back() {
         forward(&seen) && forward(&feed_seen),
         "the run went back: stream {seen:?}, feed {feed_seen:?}"
     );
+}
+
+/// The publication dropped while runwire streams (an operator switching to NOTIFY, a host
+/// migration): the walsender then fails at every change of any table. runwire must back off
+/// instead of reconnecting — a new slot, every watched item re-read, every decision and feed
+/// re-made — at every write of the host's.
+#[tokio::test]
+async fn a_dropped_publication_does_not_make_runwire_reconnect_at_every_write() {
+    if !wal_pass("a_dropped_publication_does_not_make_runwire_reconnect_at_every_write") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded().await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let _watched = app.watch(&run_events(run), &t).await;
+    app.exec("DROP PUBLICATION runwire").await;
+    let before = counter(&app, "runwire_listener_reconnects_total").await;
+    // The host writes ten times a second for three seconds.
+    for i in 0..30 {
+        progress(app.pool(), run, i).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reconnects = counter(&app, "runwire_listener_reconnects_total").await - before;
+    // Backing off from 100 ms, doubling: at most 5 attempts in 3 s (and a few to spare).
+    assert!(reconnects <= 8.0, "{reconnects} reconnects in 3 s");
 }
