@@ -657,6 +657,7 @@ impl<'w> Session<'w> {
         }
         let batch = std::mem::take(&mut self.batch);
         let w = self.w;
+        w.progressed();
         let lsn = batch.end_lsn;
         for (xid, touched) in &batch.transactions {
             let seq = w.applied.record(*xid);
