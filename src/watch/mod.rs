@@ -121,12 +121,10 @@ enum Stop {
     Shutdown,
 }
 
-/// Where the change source connects: the options, and the URL they came from if there is
-/// one (the WAL source needs the password, which the options do not give back).
+/// Where the change source connects.
 #[derive(Clone)]
 pub(crate) struct SourceDatabase {
     pub options: PgConnectOptions,
-    pub url: Option<String>,
 }
 
 pub(crate) struct Watcher {

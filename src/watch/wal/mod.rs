@@ -944,22 +944,19 @@ fn commit_age(micros: i64) -> Duration {
     Duration::from_micros(u64::try_from(age).unwrap_or(0))
 }
 
-/// The replication connection's configuration, from the database URL (the password is only
-/// in the URL).
+/// The replication connection's configuration, from the query connections' options. The
+/// password is the one they resolved (the URL's user info or `password` parameter,
+/// `PGPASSWORD`, `~/.pgpass`), which the options give back only in their URL form.
 fn replication_config(w: &Watcher, slot: &str) -> Result<ReplicationConfig, String> {
     let options = &w.database.options;
-    let password = match &w.database.url {
-        Some(url) => url::Url::parse(url)
-            .map_err(|e| format!("the database URL: {e}"))?
-            .password()
-            .map(|p| {
-                percent_encoding::percent_decode_str(p)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default(),
-        None => String::new(),
-    };
+    let password = sqlx::ConnectOptions::to_url_lossy(options)
+        .password()
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
     let database = options
         .get_database()
         .unwrap_or_else(|| options.get_username());
