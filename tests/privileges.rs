@@ -332,11 +332,10 @@ impl PasswordCluster {
             .args(["-c", "max_replication_slots=4"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         let url = String::from_utf8(out.stdout).unwrap();
         let port = url.trim().rsplit(':').next().unwrap();
         let port = port.split('/').next().unwrap().parse().unwrap();
