@@ -18,7 +18,10 @@ $$;
 
 ALTER PUBLICATION runwire SET TABLE users, workspaces, workspace_memberships, tenants,
     tenant_memberships, operation_runs, review_packs;
-ALTER PUBLICATION runwire SET (publish = 'insert, update, delete, truncate');
+-- A partitioned table's changes arrive under its own name (not its partitions'), as runwire
+-- knows the tables.
+ALTER PUBLICATION runwire SET (publish = 'insert, update, delete, truncate',
+                               publish_via_partition_root = true);
 
 -- A published table needs a replica identity, or Postgres refuses every UPDATE and DELETE of
 -- it ("does not have a replica identity and publishes updates"). A table without a primary
