@@ -365,3 +365,40 @@ async fn a_dropped_publication_does_not_make_runwire_reconnect_at_every_write() 
     // Backing off from 100 ms, doubling: at most 5 attempts in 3 s (and a few to spare).
     assert!(reconnects <= 8.0, "{reconnects} reconnects in 3 s");
 }
+
+/// A host migration holds `review_packs` while runwire must read a card (a pack changed just
+/// before). The run streams must go on meanwhile: a lock on one table does not stall, or
+/// end, the streams of another (docs/operations.md: each kind of read has its own slots so
+/// that review-pack requests go on while operation_runs is locked — and the other way round).
+#[tokio::test]
+async fn a_locked_review_packs_does_not_stall_run_streams() {
+    if !wal_pass("a_locked_review_packs_does_not_stall_run_streams") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded_with(|s| {
+        s.heartbeat_secs = 60;
+        s.query_timeout_secs = 1;
+    })
+    .await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let _card = app.watch(&pack_events(w.tenant), &t).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    // The pack changes; by the time runwire reads its card, the migration holds the table.
+    let paused = Paused::walsender(&app);
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+    let migration = app.lock("review_packs").await;
+    drop(paused);
+    // Well past the query timeout of the card's read, the host reports progress.
+    for i in 1..=4 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        progress(app.pool(), run, i).await;
+    }
+    let u = s
+        .next_within(std::time::Duration::from_secs(3))
+        .await
+        .expect("no run update while review_packs is locked")
+        .expect("the run stream ended while review_packs is locked");
+    assert_eq!(u.event, "update", "{u:?}");
+    migration.rollback().await.unwrap();
+}
