@@ -9,6 +9,7 @@ mod common;
 use common::binary::{runwire, strong_secret};
 use common::*;
 use runwire::ChangeSource;
+use std::time::Duration;
 
 /// Whether this pass is the WAL one (the NOTIFY pass says so and skips).
 fn wal_pass(test: &str) -> bool {
@@ -401,4 +402,75 @@ async fn a_locked_review_packs_does_not_stall_run_streams() {
         .expect("the run stream ended while review_packs is locked");
     assert_eq!(u.event, "update", "{u:?}");
     migration.rollback().await.unwrap();
+}
+
+/// Waits until a backend whose query contains `query` waits for a lock.
+async fn waiting_on_a_lock(app: &TestApp, query: &str) {
+    let what = format!("a query with {query:?} to wait for a lock");
+    eventually(&what, || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'
+                              AND pid <> pg_backend_pid())",
+        )
+        .bind(query)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+    })
+    .await;
+}
+
+/// `TRUNCATE review_packs` commits while runwire reads a card (after the read's snapshot,
+/// before the read's marker). The card read before the truncation must not be published
+/// after it: a dashboard's feed ends up showing no pack, as the table has. Repeated 20 times.
+#[tokio::test]
+async fn a_card_read_before_a_truncate_is_not_published_after_it() {
+    if !wal_pass("a_card_read_before_a_truncate_is_not_published_after_it") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded().await;
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    feed.expect("snapshot").await;
+    let mut stale = Vec::new();
+    for round in 0..20 {
+        let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+        // The card's read will wait for `tenants` after taking its snapshot and
+        // review_packs: the truncation then waits for the read, and commits right after it.
+        let hold = app.lock("tenants").await;
+        set_pack(app.pool(), pack, "status = 'queued'").await;
+        waiting_on_a_lock(&app, "review_packs p WHERE p.tenant_id").await;
+        let pool = app.pool().clone();
+        let truncate = tokio::spawn(async move {
+            sqlx::query("TRUNCATE review_packs")
+                .execute(&pool)
+                .await
+                .unwrap();
+        });
+        waiting_on_a_lock(&app, "TRUNCATE review_packs").await;
+        hold.rollback().await.unwrap();
+        truncate.await.unwrap();
+        // What the dashboard shows for the tenant once the feed is quiet: the last snapshot,
+        // then the card updates after it.
+        let mut shown = None;
+        while let Some(Some(msg)) = feed.next_within(Duration::from_millis(500)).await {
+            let cards = match msg.event.as_str() {
+                "snapshot" => msg.data["review_packs"].as_array().unwrap().clone(),
+                _ if msg.data["type"] == "review_pack" => vec![msg.data.clone()],
+                _ => continue,
+            };
+            if let Some(card) = cards.into_iter().find(|c| c["tenant_id"] == w.tenant) {
+                shown = Some(card);
+            }
+        }
+        if let Some(card) = shown.filter(|c| !c["pack"].is_null()) {
+            stale.push((round, card["pack"]["id"].clone()));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "(round, truncated pack) shown last: {stale:?}"
+    );
 }
