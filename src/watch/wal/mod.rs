@@ -133,8 +133,8 @@ struct Batch {
     /// Feeds must re-read their snapshots (a deleted pack whose tenant the message hides).
     resnapshot_feeds: bool,
     tenants_gone: BTreeSet<i64>,
-    /// (xid, items touched) of each transaction, in commit order.
-    transactions: Vec<(u32, Vec<ItemKey>)>,
+    /// (xid, what it touched) of each transaction, in commit order.
+    transactions: Vec<(u32, Touched)>,
     /// Markers committed in this batch, with their commit positions.
     markers: Vec<(String, u64)>,
     end_lsn: u64,
@@ -152,7 +152,31 @@ struct Tx {
     xid: u32,
     /// Its commit's WAL position (known from its first message): the stamp of its states.
     lsn: u64,
-    touched: Vec<ItemKey>,
+    touched: Touched,
+}
+
+/// What a transaction changed, as a read in flight must know it: the items it names, and
+/// whether it changed runs or cards its messages do not name (a truncation; a pack deleted,
+/// whose message carries only its id).
+#[derive(Default, Clone)]
+struct Touched {
+    keys: Vec<ItemKey>,
+    all_runs: bool,
+    all_cards: bool,
+}
+
+impl Touched {
+    fn push(&mut self, key: ItemKey) {
+        self.keys.push(key);
+    }
+
+    fn covers(&self, key: &ItemKey) -> bool {
+        let all = match key {
+            ItemKey::Run(_) => self.all_runs,
+            ItemKey::Pack { .. } => self.all_cards,
+        };
+        all || self.keys.contains(key)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +255,7 @@ struct Session<'w> {
     read_tx: mpsc::UnboundedSender<Result<Read, String>>,
     read_rx: mpsc::UnboundedReceiver<Result<Read, String>>,
     /// Transactions applied while reads are in flight: (sequence number, xid, items).
-    touched: VecDeque<(u64, u32, Vec<ItemKey>)>,
+    touched: VecDeque<(u64, u32, Touched)>,
     /// The heartbeat marker awaited, and by when.
     heartbeat: Option<(String, Instant)>,
     /// The server's WAL end as last reported.
@@ -423,7 +447,7 @@ impl<'w> Session<'w> {
                 self.tx = Some(Tx {
                     xid,
                     lsn: final_lsn.as_u64(),
-                    touched: Vec::new(),
+                    touched: Touched::default(),
                 });
             }
             ReplicationEvent::XLogData { data, .. } => self.change(data)?,
@@ -505,10 +529,16 @@ impl<'w> Session<'w> {
                         Some(Table::Runs) => {
                             self.batch.runs.clear();
                             self.batch.runs_truncated = Some(lsn);
+                            if let Some(tx) = &mut self.tx {
+                                tx.touched.all_runs = true;
+                            }
                         }
                         Some(Table::Packs) => {
                             self.batch.cards.clear();
                             self.batch.packs_truncated = Some(lsn);
+                            if let Some(tx) = &mut self.tx {
+                                tx.touched.all_cards = true;
+                            }
                         }
                         Some(Table::Tenants) => {
                             self.tenants.clear();
@@ -643,6 +673,7 @@ impl<'w> Session<'w> {
                 if op == Op::Delete && old.is_some_and(|t| int(&rel.row(t), "tenant_id").is_none())
                 {
                     batch.resnapshot_feeds = true;
+                    touched.all_cards = true;
                 }
             }
             Table::Other => {}
@@ -802,19 +833,19 @@ impl<'w> Session<'w> {
             return;
         };
         let snapshot = super::applied::Snapshot::parse(&read.snapshot);
-        let newer: BTreeSet<ItemKey> = self
+        let newer: Vec<&Touched> = self
             .touched
             .iter()
             .filter(|(seq, xid, _)| {
                 read.mark.is_before(*seq) && snapshot.as_ref().is_none_or(|s| !s.sees_xid(*xid))
             })
-            .flat_map(|(_, _, keys)| keys.iter().copied())
+            .map(|(_, _, touched)| touched)
             .collect();
         let states = read
             .rows
             .states(at)
             .into_iter()
-            .filter(|s| !newer.contains(&s.key))
+            .filter(|s| !newer.iter().any(|t| t.covers(&s.key)))
             .map(Arc::new)
             .collect();
         self.w.publish(states, &read.feeds);
