@@ -484,3 +484,28 @@ async fn a_card_read_before_its_pack_goes_is_not_published_after_it() {
         "a pack that is gone shown last: {stale:#?}"
     );
 }
+
+/// While runwire reads a card, another tenant's pack is deleted (its message carries only
+/// its id, so it could be any card's). The card read must still reach its stream — read
+/// again if need be: the card's terminal state is not lost. 20 rounds.
+#[tokio::test]
+async fn a_card_read_across_another_packs_delete_still_arrives() {
+    if !wal_pass("a_card_read_across_another_packs_delete_still_arrives") {
+        return;
+    }
+    let (app, w, t) = TestApp::seeded().await;
+    for _ in 0..20 {
+        let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+        let other = create_pack(app.pool(), w.workspace, w.tenant_b, "ready").await;
+        let mut card = app.watch(&pack_events(w.tenant), &t).await;
+        let hold = app.lock("tenants").await;
+        set_pack(app.pool(), pack, "status = 'ready'").await;
+        waiting_on_a_lock(&app, "review_packs p WHERE p.tenant_id").await;
+        app.exec(&format!("DELETE FROM review_packs WHERE id = {other}"))
+            .await;
+        hold.rollback().await.unwrap();
+        let ready = card.expect("update").await;
+        assert_eq!(ready.data["pack"]["status"], "ready");
+        card.expect_end("terminal").await;
+    }
+}
