@@ -827,7 +827,8 @@ impl<'w> Session<'w> {
 
     /// Publishes a read whose marker the stream has passed: each state, stamped with the
     /// marker's position, unless a transaction the read did not see has changed that item
-    /// since (the cell has that newer state).
+    /// since (the cell has that newer state) — or may have, not naming it (a truncation, a
+    /// pack deleted by id): that item is read again.
     fn publish_read(&mut self, token: &str) {
         let Some((Some(read), Some(at))) = self.reads.remove(token) else {
             return;
@@ -841,14 +842,24 @@ impl<'w> Session<'w> {
             })
             .map(|(_, _, touched)| touched)
             .collect();
-        let states = read
-            .rows
-            .states(at)
-            .into_iter()
-            .filter(|s| !newer.iter().any(|t| t.covers(&s.key)))
-            .map(Arc::new)
-            .collect();
+        let (mut states, mut runs, mut tenants) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
+        for state in read.rows.states(at) {
+            if newer.iter().any(|t| t.keys.contains(&state.key)) {
+                continue;
+            }
+            if newer.iter().any(|t| t.covers(&state.key)) {
+                match state.key {
+                    ItemKey::Run(id) => runs.insert(id),
+                    ItemKey::Pack { tenant } => tenants.insert(tenant),
+                };
+                continue;
+            }
+            states.push(Arc::new(state));
+        }
         self.w.publish(states, &read.feeds);
+        if !runs.is_empty() || !tenants.is_empty() {
+            self.start_read(runs, tenants, read.feeds);
+        }
         if self.reads.is_empty() {
             self.touched.clear();
         }
