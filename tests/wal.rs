@@ -226,6 +226,10 @@ async fn an_unwatched_run_with_a_toasted_summary_costs_no_read() {
     .await;
     let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
     let mut card = app.watch(&pack_events(w.tenant), &t).await;
+    // The card's own reads so far are done (its insert may be applied after the stream
+    // opened): this update's read starts after them, and has been counted once it arrives.
+    set_pack(app.pool(), pack, "status = 'queued'").await;
+    card.expect("update").await;
     let before = watcher_reads(&app).await;
     for i in 0..20 {
         set_run(app.pool(), unwatched, &format!("outcome = 'step {i}'")).await;
