@@ -72,7 +72,7 @@ test("without Web Locks each tab connects on its own", async () => {
   await context.close();
 });
 
-test("a workspace feed relayed to a follower tab: the whole snapshot, runs to onRun, pack cards to onReviewPack", async () => {
+test("a workspace feed relayed to a follower tab: the whole snapshot, then each run and pack card to onState", async () => {
   const tenant = Number((await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'Relay Tenant') RETURNING id", [world.ws])).id);
   await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [tenant, world.alice]);
   const context = await browser.newContext();
@@ -80,16 +80,18 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, runs to on
     page.evaluate(
       ({ ws, token }) => {
         window.feed = { snapshots: [], runs: [], cards: [] };
-        window.rw = new Runwire({ token });
+        window.rw = new runwire.Runwire({ token });
         window.rw.watchWorkspace(ws, {
-          onSnapshot: (runs, snapshot) =>
+          onSnapshot: (snapshot) =>
             window.feed.snapshots.push({
-              runs: runs.map((r) => r.id),
+              runs: snapshot.runs.map((r) => r.id),
               finished: snapshot.recently_finished.map((r) => r.id),
               packs: snapshot.review_packs.map((c) => [c.tenant_id, c.pack && c.pack.status]),
             }),
-          onRun: (run) => window.feed.runs.push([run.type, run.id, run.status]),
-          onReviewPack: (card) => window.feed.cards.push([card.type, card.tenant_id, card.pack && card.pack.id, card.pack && card.pack.status]),
+          onState: (s) =>
+            s.type === "operation_run"
+              ? window.feed.runs.push([s.type, s.id, s.status])
+              : window.feed.cards.push([s.type, s.tenant_id, s.pack && s.pack.id, s.pack && s.pack.status]),
         });
       },
       { ws: world.ws, token: token(world.alice) },
@@ -121,13 +123,13 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, runs to on
       ["review_pack", tenant, pack, "generating"],
       ["review_pack", tenant, pack, "ready"],
     ]);
-    assert.deepEqual(feed.runs, [["operation_run", run, "running"]], "onRun hears runs only");
+    assert.deepEqual(feed.runs, [["operation_run", run, "running"]], "one run change");
   }
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = $1", [run]);
   await context.close();
 });
 
-test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, then silence", async () => {
+test("a refreshToken that keeps failing counts as a 401: 3 tries, then one RunwireError, then silence", async () => {
   const context = await browser.newContext();
   const run = await newRun();
   const page = await runwire.page(context);
@@ -138,12 +140,14 @@ test("a refreshToken that keeps failing counts as a 401: 3 tries, then onError, 
   await watchRun(page, run, { token: "not.a.token", refresh: { fail: "the host's token route is down" } });
   await page.waitForFunction(() => window.errors.length === 1, null, { timeout: 10000 });
   const [error] = await page.evaluate(() => window.errors);
-  assert.equal(error.status, 401);
-  assert.match(error.cause, /refused|refresh/);
+  assert.deepEqual({ ...error, message: undefined }, { name: "RunwireError", isError: true, status: 401, reason: "unauthorized", message: undefined });
+  assert.match(error.message, /refused 3 refreshed tokens/);
   await page.waitForTimeout(3000);
   assert.equal(await page.evaluate(() => window.refreshes), 3);
   assert.equal(await page.evaluate(() => window.errors.length), 1);
-  assert.equal(streams.length, 1, "one stream request, refused; none after");
+  assert.equal(await page.evaluate(() => window.rw.readyState), "failed");
+  // The token was refused when the client asked runwire whom it names; nothing after.
+  assert.deepEqual(streams.map((u) => new URL(u).pathname), ["/v1/session"], "one request, refused; none after");
   await context.close();
 });
 
@@ -224,8 +228,10 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
     const page = await short.page(context);
     const run = await newRun();
     const streams = [];
+    const sent = [];
     page.on("request", (r) => {
       if (r.url().startsWith(short.base + "/v1/streams")) streams.push(Date.now());
+      if (r.url().startsWith(short.base + "/v1/streams")) sent.push({ url: r.url(), headers: r.headers() });
     });
     await watchRun(page, run, { token: token(world.alice), pick: "processed" });
     await page.waitForFunction(() => window.states.length === 1);
@@ -234,6 +240,14 @@ test("a stream closed without `end` (shutdown, lifetime) reconnects after a paus
     await page.waitForFunction(() => window.states.includes(7), null, { timeout: 5000 });
     assert.ok(streams.length >= 2, "it reconnected");
     assert.ok(streams[1] - streams[0] >= 1800 + 450, `the reconnect waited: ${streams[1] - streams[0]} ms`);
+    // The token travels in a header, never in the URL; the reconnect resumes from the id the
+    // first stream sent (its snapshot's `id:`).
+    for (const { url, headers } of sent) {
+      assert.ok(!url.includes("access_token"), url);
+      assert.match(headers.authorization, /^Bearer [\w-]+\.[\w-]+\.[\w-]+$/);
+    }
+    assert.equal(sent[0].headers["last-event-id"], undefined, "a first connection has no id to resume from");
+    assert.ok(sent[1].headers["last-event-id"], "the reconnect sends Last-Event-ID");
     await page.evaluate(() => window.rw.close());
     await context.close();
   } finally {
@@ -257,7 +271,7 @@ test("more items than one stream may carry (100): the rest follow as the first o
   await page.evaluate(
     ({ ids, token }) => {
       window.seen = new Set();
-      window.rw = new Runwire({ token });
+      window.rw = new runwire.Runwire({ token });
       window.rw.watchMany({ runs: ids }, { onState: (s) => window.seen.add(s.id) });
     },
     { ids, token: token(world.alice) },
@@ -268,5 +282,129 @@ test("more items than one stream may carry (100): the rest follow as the first o
   assert.deepEqual(refused, [], "no request refused");
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [ids]);
   await waitFor(async () => (await multiOpen()) === 0, "the stream to end");
+  await context.close();
+});
+
+/**
+ * Alice may see runs of tenant A, Bob runs of tenant B; both the workspace's tenantless runs.
+ * Records in window.seen every state a tab's client hands it, and its end reasons.
+ */
+async function twoUserWorld() {
+  const tenant = async (name, user) => {
+    const id = (await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, $2) RETURNING id", [world.ws, name])).id;
+    await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [id, user]);
+    return id;
+  };
+  const run = async (tenant) =>
+    (await db.one("INSERT INTO operation_runs (workspace_id, tenant_id, type, status) VALUES ($1, $2, 'sync', 'running') RETURNING id", [world.ws, tenant])).id;
+  const [ta, tb] = [await tenant("Alice's", world.alice), await tenant("Bob's", world.bob)];
+  return { runA: Number(await run(ta)), runB: Number(await run(tb)), shared: Number(await run(null)) };
+}
+
+function watchAll(page, runs, options) {
+  return page.evaluate(
+    ({ runs, options }) => {
+      window.seen = [];
+      window.ends = {};
+      if (options.refreshWith) options.refreshToken = () => options.refreshWith;
+      window.rw = new runwire.Runwire(options);
+      for (const id of runs) {
+        window.rw.watchRun(id, {
+          onState: (s) => window.seen.push([s.id, s.summary_counts.processed ?? null]),
+          onEnd: ({ reason }) => (window.ends[id] = reason),
+        });
+      }
+    },
+    { runs, options },
+  );
+}
+
+const progress = (run, n) => db.query(`UPDATE operation_runs SET summary_counts = $2 WHERE id = $1`, [run, { processed: n }]);
+
+test("two users in one browser, even with one's session cookie set: no tab receives the other user's states", async () => {
+  const { runA, runB, shared } = await twoUserWorld();
+  const context = await browser.newContext();
+  const alice = await runwire.page(context);
+  const bob = await runwire.page(context);
+  // Bob signed in here before (the dashboard's cookie): a token-mode page must still be Alice.
+  await bob.evaluate((t) => runwire.Runwire.startSession("", t), token(world.bob));
+  const tabs = [[alice, world.alice], [bob, world.bob]];
+  for (const [page, user] of tabs) await watchAll(page, [runA, runB, shared], { token: token(user) });
+  await alice.waitForFunction((run) => window.ends[run] === "forbidden", runB);
+  await bob.waitForFunction((run) => window.ends[run] === "forbidden", runA);
+  await waitFor(async () => (await multiOpen()) === 2, "one stream per user");
+  for (const [page, user] of tabs) {
+    assert.equal(await page.evaluate(() => window.rw._group && window.rw._group.user), String(user), "grouped by the user runwire confirmed");
+    assert.equal(await page.evaluate(() => !!window.rw._hub), true, "each user's tab leads its own group");
+  }
+  for (let n = 1; n <= 20; n++) {
+    await progress(runA, n);
+    await progress(runB, n);
+    await progress(shared, n);
+  }
+  await alice.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 20), runA);
+  await bob.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 20), runB);
+  for (const page of [alice, bob]) await page.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 20), shared);
+  const seenBy = async (page) => new Set((await page.evaluate(() => window.seen)).map(([id]) => id));
+  assert.deepEqual(await seenBy(alice), new Set([runA, shared]), "Alice never got a state of Bob's run");
+  assert.deepEqual(await seenBy(bob), new Set([runB, shared]), "Bob never got a state of Alice's run");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [[runA, runB, shared]]);
+  await waitFor(async () => (await multiOpen()) === 0, "the streams to end");
+  await context.close();
+});
+
+test("a refreshed token that names another user moves the tab to that user's tabs", async () => {
+  const { runA, runB, shared } = await twoUserWorld();
+  const context = await browser.newContext();
+  const moving = await runwire.page(context);
+  const alice = await runwire.page(context);
+  const bob = await runwire.page(context);
+  // Alice's token lives 2 s; the page's token route then answers with Bob's (another login).
+  await watchAll(moving, [runA, shared], { token: runwire.token(world.alice, 2), refreshWith: token(world.bob) });
+  await moving.waitForFunction(() => !!window.rw._hub);
+  await watchAll(alice, [shared], { token: token(world.alice) });
+  await watchAll(bob, [shared], { token: token(world.bob) });
+  await moving.waitForFunction((run) => window.seen.some(([id]) => id === run), runA);
+  await waitFor(async () => (await multiOpen()) === 2, "Alice's and Bob's streams");
+  assert.equal(await moving.evaluate(() => window.rw._group.user), String(world.alice));
+  assert.equal(await alice.evaluate(() => !!window.rw._hub), false, "Alice's other tab follows the moving one");
+
+  // At the token's expiry the tab refreshes, learns the token is Bob's and joins his tabs.
+  await moving.waitForFunction((bob) => window.rw._group && window.rw._group.user === bob, String(world.bob), { timeout: 10000 });
+  await moving.waitForFunction((run) => window.ends[run] === "forbidden", runA);
+  await waitFor(async () => (await multiOpen()) === 1, "one stream: Bob's, for both tabs");
+  assert.equal(await moving.evaluate(() => !!window.rw._hub), false, "it follows Bob's leader");
+  const before = (await moving.evaluate(() => window.seen)).filter(([id]) => id === runA).length;
+  await progress(runA, 5);
+  await progress(shared, 5);
+  for (const page of [moving, bob]) await page.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 5), shared);
+  const after = (await moving.evaluate(() => window.seen)).filter(([id]) => id === runA).length;
+  assert.equal(after, before, "nothing of Alice's run after the tab became Bob's");
+
+  // Alice's other tab now leads her group with her own token: Bob's run stays Bob's.
+  await alice.waitForFunction(() => !!window.rw._hub);
+  await alice.evaluate((run) => window.rw.watchRun(run, { onState: (s) => window.seen.push([s.id, null]), onEnd: ({ reason }) => (window.ends[run] = reason) }), runB);
+  await alice.waitForFunction((run) => window.ends[run] === "forbidden", runB);
+  await progress(runB, 9);
+  await bob.evaluate((run) => window.rw.watchRun(run, { onState: (s) => window.seen.push([s.id, s.summary_counts.processed]) }), runB);
+  await bob.waitForFunction((run) => window.seen.some(([id, n]) => id === run && n === 9), runB);
+  assert.equal((await alice.evaluate(() => window.seen)).filter(([id]) => id === runB).length, 0, "Alice's tab got nothing of Bob's run");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [[runA, runB, shared]]);
+  await context.close();
+});
+
+test("a row runwire cannot read ends its subscription with `unreadable`; the others on the stream go on", async () => {
+  const context = await browser.newContext();
+  const page = await runwire.page(context);
+  const good = Number(await newRun());
+  const bad = Number(await newRun());
+  // A timestamp no date type holds: runwire cannot decode the row.
+  await db.query("UPDATE operation_runs SET started_at = 'infinity' WHERE id = $1", [bad]);
+  await watchAll(page, [good, bad], { token: token(world.alice) });
+  await page.waitForFunction((bad) => window.ends[bad] === "unreadable", bad, { timeout: 10000 });
+  await progress(good, 3);
+  await page.waitForFunction((good) => window.seen.some(([id, n]) => id === good && n === 3), good);
+  assert.deepEqual((await page.evaluate(() => window.seen)).filter(([id]) => id === bad), [], "no state of the unreadable run");
+  await db.query("UPDATE operation_runs SET status = 'completed' WHERE id = ANY($1)", [[good, bad]]);
   await context.close();
 });

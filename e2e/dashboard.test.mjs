@@ -245,7 +245,7 @@ test("runwire.js closes its stream on end and does not reconnect", async () => {
   await page.waitForFunction(() => window.states.length === 1);
   await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'failed' WHERE id = $1", [run]);
   await page.waitForFunction(() => window.ended, null, { timeout: WITHIN });
-  await page.waitForFunction(() => !window.rw._hub.items.active());
+  await page.waitForFunction(() => window.rw.readyState === "idle");
   assert.deepEqual(await page.evaluate(() => window.states), ["running", "completed"]);
   await page.waitForTimeout(2500);
   assert.equal(requests.filter((u) => u.includes("/v1/streams")).length, 1, "no reconnect after end");

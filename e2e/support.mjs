@@ -3,6 +3,7 @@
 
 import { spawn, execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -80,7 +81,12 @@ export async function createDatabase(prefix) {
     query: (sql, params) => client.query(sql, params),
     async drop() {
       await client.end();
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      // A runwire in WAL mode that just stopped may hold its (temporary) replication slot a
+      // moment longer: the slot goes with its walsender.
+      await waitFor(async () => {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        return true;
+      }, `dropping ${name}`, 10000);
       await admin.end();
     },
   };
@@ -173,6 +179,27 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
   return handle;
 }
 
+/**
+ * A site of its own origin (`port`, or a free one; not runwire's): serves `routes`, each path
+ * to `[content type, body]`. For pages that load runwire from another origin, as hosts do.
+ */
+export async function startSite(routes, port) {
+  port = port || (await freePort());
+  const server = createHttpServer((req, res) => {
+    const route = routes[new URL(req.url, "http://site").pathname];
+    res.writeHead(route ? 200 : 404, { "content-type": route ? route[0] : "text/plain" });
+    res.end(route ? route[1] : "not found");
+  });
+  await new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
+  return {
+    base: `http://127.0.0.1:${port}`,
+    stop() {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 /** The environment the Laravel example reads (see examples/laravel/README.md). */
 export function laravelEnv({ databaseName, runwireUrl, secret, ttl = 300, storage }) {
   const url = new URL(ADMIN_URL);
@@ -192,6 +219,8 @@ export function laravelEnv({ databaseName, runwireUrl, secret, ttl = 300, storag
     RUNWIRE_URL: runwireUrl,
     RUNWIRE_JWT_SECRET: secret,
     RUNWIRE_TOKEN_TTL: String(ttl),
+    // What a host's bundle would contain (npm); the example serves it as /js/laravel-echo.js.
+    LARAVEL_ECHO_JS: join(ROOT, "e2e/node_modules/laravel-echo/dist/echo.iife.js"),
   };
 }
 
@@ -206,7 +235,7 @@ export async function startLaravel(options) {
   const base = `http://127.0.0.1:${port}`;
   const storage = mkdtempSync(join(tmpdir(), "runwire-laravel-"));
   const env = laravelEnv({ ...options, storage });
-  const proc = start("php", ["-S", `127.0.0.1:${port}`, "-t", "public", "public/index.php"], {
+  const proc = start("php", ["-S", `127.0.0.1:${port}`, "-t", "public", "server.php"], {
     cwd: LARAVEL,
     env,
     stdio: ["ignore", "ignore", "pipe"],
@@ -217,7 +246,7 @@ export async function startLaravel(options) {
     const lines = (rest + chunk).split("\n");
     rest = lines.pop();
     for (const line of lines) {
-      if (!/Development Server|Accepted$|Closing$|\[\d{3}\]: (GET|POST) /.test(line)) process.stderr.write(`[laravel] ${line}\n`);
+      if (!/Development Server|Accepted$|Closing$|\[\d{3}\]: (GET|POST|HEAD) /.test(line)) process.stderr.write(`[laravel] ${line}\n`);
     }
   });
   await waitFor(async () => (await fetch(base + "/")).ok, "the Laravel example to answer");
@@ -260,29 +289,31 @@ export async function openPage(context, url, options) {
 /**
  * Opens a runwire.js client (window.rw) in `page` watching `run`, and records what it hears:
  * window.states (each state's status, or its processed count with `pick: "processed"`),
- * window.ended, window.errors (the client's onError) and window.refreshes (refreshToken calls).
- * `refresh`: { token } answers refreshToken with that token, { fail } rejects with that
- * message; without it the client has no refreshToken hook.
+ * window.ended (the end reason, or null), window.errors (the client's onError, as plain
+ * objects) and window.refreshes (refreshToken calls). `refresh`: { token } answers
+ * refreshToken with that token, { fail } rejects with that message; without it the client has
+ * no refreshToken hook.
  */
 export function watchRun(page, run, { token, baseUrl, refresh, pick = "status" }) {
   return page.evaluate(
     ({ run, token, baseUrl, refresh, pick }) => {
       window.states = [];
-      window.ended = false;
+      window.ended = null;
       window.errors = [];
       window.refreshes = 0;
-      const options = { token, onError: (e) => window.errors.push(e) };
-      if (baseUrl) options.baseUrl = baseUrl;
+      const plain = (e) => ({ name: e.name, isError: e instanceof Error, status: e.status, reason: e.reason, message: e.message });
+      const options = { token, onError: (e) => window.errors.push(plain(e)) };
+      if (baseUrl) options.url = baseUrl;
       if (refresh) {
         options.refreshToken = () => {
           window.refreshes++;
           return refresh.fail ? Promise.reject(new Error(refresh.fail)) : Promise.resolve(refresh.token);
         };
       }
-      window.rw = new Runwire(options);
+      window.rw = new runwire.Runwire(options);
       window.rw.watchRun(run, {
         onState: (s) => window.states.push(pick === "processed" ? (s.summary_counts.processed ?? null) : s.status),
-        onEnd: () => (window.ended = true),
+        onEnd: ({ reason }) => (window.ended = reason),
       });
     },
     { run, token, baseUrl, refresh, pick },

@@ -115,7 +115,11 @@
     });
   }
 
-  function onRun(run) {
+  /** A change from the feed: a run (created or changed, terminal ones too) or a pack card. */
+  function onState(item) {
+    if (item.type === "review_pack") return renderPack(item);
+    if (item.type !== "operation_run") return;
+    var run = item;
     if (run.terminal) {
       state.active.delete(run.id);
       state.finished = [run].concat(state.finished.filter(function (r) { return r.id !== run.id; })).slice(0, 50);
@@ -159,6 +163,9 @@
     renderActive();
     state.detailSub = rw.watchRun(runId, {
       onState: function (run) { renderDetail(run, run.terminal); },
+      onEnd: function (end) {
+        if (end.reason !== "terminal") $("detail-foot").textContent = "Not available (" + end.reason + ").";
+      },
       onError: function (e) { $("detail-foot").textContent = "Not available (" + e.status + ")."; },
     });
   }
@@ -207,9 +214,9 @@
     $("packs-empty").hidden = cards.length > 0;
   }
 
-  function onSnapshot(runs, snapshot) {
+  function onSnapshot(snapshot) {
     state.active.clear();
-    runs.forEach(function (r) { state.active.set(r.id, r); });
+    (snapshot.runs || []).forEach(function (r) { state.active.set(r.id, r); });
     state.finished = (snapshot.recently_finished || []).slice();
     renderActive();
     renderFinished();
@@ -229,7 +236,7 @@
   function start(token, workspaceId) {
     $("connect").hidden = true;
     // Without a token, an earlier session cookie may still be valid.
-    (token ? Runwire.startSession("", token) : Promise.resolve())
+    (token ? runwire.Runwire.startSession("", token) : Promise.resolve())
       .then(function () {
         return fetch("/v1/workspaces/" + encodeURIComponent(workspaceId), { credentials: "same-origin" });
       })
@@ -243,13 +250,11 @@
         $("workspace-name").textContent = ws.name;
         document.title = ws.name + " · Operations · runwire";
         $("app").hidden = false;
-        rw = new Runwire({});
+        rw = new runwire.Runwire({ onStateChange: function (s) { setLive(s === "open"); } });
         window.runwireClient = rw;
         var feed = rw.watchWorkspace(ws.id, {
           onSnapshot: onSnapshot,
-          onRun: onRun,
-          onReviewPack: renderPack,
-          onConnectionChange: setLive,
+          onState: onState,
           onEnd: function () { setLive(false); $("live-text").textContent = "Access ended"; },
         });
         window.runwireFeed = feed;

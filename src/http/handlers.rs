@@ -181,6 +181,14 @@ pub(super) async fn workspace_info(
     .into_response())
 }
 
+/// Whom the request's credentials name, changing nothing (no cookie set): `runwire.js` keys
+/// the connection its tabs share on this answer, never on a token it decoded itself.
+pub(super) async fn session(auth: Auth) -> Result<Response, ApiError> {
+    let AuthUser(claims) = auth?;
+    let body = Json(json!({ "user_id": claims.user_id, "expires_at": claims.exp }));
+    Ok(([(header::CACHE_CONTROL, "no-store")], body).into_response())
+}
+
 /// Trades a bearer token for an HttpOnly cookie, so pages need not put tokens in URLs.
 pub(super) async fn create_session(
     State(app): State<AppState>,

@@ -16,7 +16,7 @@ pub(crate) use health::Health;
 
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -59,7 +59,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{workspace_id}", get(handlers::workspace_info))
         .route(
             "/v1/session",
-            post(handlers::create_session).delete(handlers::delete_session),
+            get(handlers::session)
+                .post(handlers::create_session)
+                .delete(handlers::delete_session),
         )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))

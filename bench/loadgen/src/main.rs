@@ -111,7 +111,7 @@ struct WorkerReport {
     events: u64,
     final_seen: usize,
     polls: u64,
-    /// Streams that ended: closed by the server, or failed to open.
+    /// Streams that ended after they opened (the server closed them, or the connection broke).
     #[serde(default)]
     ended: u64,
 }
@@ -190,9 +190,7 @@ async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
             };
             match plan.poll {
                 None => {
-                    let ended = Arc::clone(&tally.ended);
                     let _ = stream_one(stream, &plan, run, &token, permit, ready, tally).await;
-                    ended.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(secs) => {
                     drop(permit);
@@ -406,6 +404,7 @@ async fn stream_one(
         samples,
         events,
         finals,
+        ended,
         ..
     } = tally;
     let req = format!(
@@ -420,6 +419,14 @@ async fn stream_one(
         let _ = ready.send(false);
         return Ok(());
     }
+    // Open from here: however this function returns, the stream has ended.
+    struct Ended(Arc<AtomicU64>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ended = Ended(ended);
     // Whatever the head's reader already holds is the start of the body; after that, one
     // read per wake-up into a reused buffer, decoded without allocating per event.
     let mut raw = reader.buffer().to_vec();
@@ -773,8 +780,7 @@ async fn hold(mut workers: Vec<Worker>, opened: usize, failed: usize) -> anyhow:
         reports.push(w.report().await?);
     }
     let events: u64 = reports.iter().map(|r| r.events).sum();
-    // A stream that failed to open has ended too.
-    let ended = reports.iter().map(|r| r.ended).sum::<u64>() - failed as u64;
+    let ended: u64 = reports.iter().map(|r| r.ended).sum();
     let samples = stop_workers(&mut workers).await;
     let (p50, p99, max) = latency_ms(&samples);
     println!("  held {opened} streams: {events} events received, {ended} streams ended while held; commit→receipt latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({} samples)", samples.len());

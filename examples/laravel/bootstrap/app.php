@@ -1,18 +1,24 @@
 <?php
 
-// Laravel 8 from Debian's php-laravel-framework: its autoloader lives under /usr/share/php, so
-// this app needs no Composer download. (With Composer, this line is vendor/autoload.php.)
-require_once 'Illuminate/autoload.php';
-
-// The app's own classes (Composer's PSR-4 "App\\" => "app/").
-spl_autoload_register(function (string $class): void {
-    if (strncmp($class, 'App\\', 4) === 0) {
-        $file = __DIR__.'/../app/'.str_replace('\\', '/', substr($class, 4)).'.php';
-        if (is_file($file)) {
-            require $file;
+// With Composer (`composer install`, which also links the runwire/laravel package from its
+// path repository), this is vendor/autoload.php. Without it: Laravel 8 from Debian's
+// php-laravel-framework, whose autoloader lives under /usr/share/php, and the app's own
+// composer.json read by bootstrap/packages.php — no download at all.
+$composer = __DIR__.'/../vendor/autoload.php';
+if (is_file($composer)) {
+    require $composer;
+} else {
+    require_once 'Illuminate/autoload.php';
+    // The app's own classes (Composer's PSR-4 "App\\" => "app/").
+    spl_autoload_register(function (string $class): void {
+        if (strncmp($class, 'App\\', 4) === 0) {
+            $file = __DIR__.'/../app/'.str_replace('\\', '/', substr($class, 4)).'.php';
+            if (is_file($file)) {
+                require $file;
+            }
         }
-    }
-});
+    });
+}
 
 $app = new Illuminate\Foundation\Application(dirname(__DIR__));
 
@@ -24,6 +30,9 @@ foreach (['framework/views', 'framework/cache', 'logs'] as $dir) {
 }
 putenv("APP_PACKAGES_CACHE=$storage/framework/cache/packages.php");
 putenv("APP_SERVICES_CACHE=$storage/framework/cache/services.php");
+if (! is_file($composer)) {
+    (require __DIR__.'/packages.php')($app, $storage);
+}
 
 $app->singleton(Illuminate\Contracts\Http\Kernel::class, App\Http\Kernel::class);
 $app->singleton(Illuminate\Contracts\Console\Kernel::class, App\Console\Kernel::class);

@@ -13,6 +13,8 @@ return [
             'charset' => 'utf8',
             'prefix' => '',
             'schema' => 'public',
+            // `timestamp` columns hold UTC, as runwire reads them.
+            'timezone' => 'UTC',
             'sslmode' => 'prefer',
         ],
     ],

@@ -2,6 +2,9 @@
 
 namespace App\Http\Controllers;
 
+use App\Livewire\ReviewPackCard;
+use App\Livewire\RunViewer;
+use App\LivewireStandIn\Runtime;
 use Illuminate\Http\Request;
 use Illuminate\Support\Facades\DB;
 
@@ -13,7 +16,7 @@ class OperationsController
         $run = DB::table('operation_runs')->find($run);
         abort_unless($run && $this->member($request, $run->workspace_id), 404);
 
-        return view('runs.show', ['run' => $run, 'counts' => json_decode($run->summary_counts, true) ?: []]);
+        return view('runs.show', ['run' => $run]);
     }
 
     public function tenant(Request $request, int $tenant)
@@ -24,6 +27,24 @@ class OperationsController
             ->orderByDesc('created_at')->orderByDesc('id')->first();
 
         return view('tenants.show', ['tenant' => $tenant, 'pack' => $pack]);
+    }
+
+    /** The run viewer as a Livewire component (refreshed by runwire, see App\Livewire\RunViewer). */
+    public function liveRun(Request $request, int $run)
+    {
+        $row = DB::table('operation_runs')->find($run);
+        abort_unless($row && $this->member($request, $row->workspace_id), 404);
+
+        return view('live', ['title' => 'Run #'.$run, 'component' => Runtime::mount(RunViewer::class, ['run' => $run])]);
+    }
+
+    /** The review-pack card as a Livewire component (App\Livewire\ReviewPackCard). */
+    public function liveTenant(Request $request, int $tenant)
+    {
+        $row = DB::table('tenants')->find($tenant);
+        abort_unless($row && $this->member($request, $row->workspace_id), 404);
+
+        return view('live', ['title' => $row->name, 'component' => Runtime::mount(ReviewPackCard::class, ['tenant' => $tenant])]);
     }
 
     /** The "Generate review pack" action: the app writes the row; runwire streams the rest. */
@@ -40,10 +61,13 @@ class OperationsController
         return response()->json(['id' => $id], 201);
     }
 
+    public static function isMember(int $user, int $workspace): bool
+    {
+        return DB::table('workspace_memberships')->where(['workspace_id' => $workspace, 'user_id' => $user])->exists();
+    }
+
     private function member(Request $request, int $workspace): bool
     {
-        return DB::table('workspace_memberships')
-            ->where(['workspace_id' => $workspace, 'user_id' => $request->user()->id])
-            ->exists();
+        return self::isMember($request->user()->id, $workspace);
     }
 }
