@@ -273,17 +273,14 @@ impl Server {
         let status = Arc::new(SourceStatus::default());
         let applied = Arc::new(Applied::default());
         // The change source's connection: --listener-database-url, else the pool's database.
-        // The URL is kept for its password (the WAL source needs it; the options hide it).
         let database = match settings.listener_database_url.as_deref() {
             Some(url) if !url.is_empty() => SourceDatabase {
                 options: PgConnectOptions::from_str(url)
                     .context("RUNWIRE_LISTENER_DATABASE_URL is not a valid Postgres URL")?
                     .application_name("runwire-listener"),
-                url: Some(url.to_string()),
             },
             _ => SourceDatabase {
                 options: pool.connect_options().as_ref().clone(),
-                url: settings.database.database_url.clone(),
             },
         };
         let shared = Shared {

@@ -211,3 +211,46 @@ async fn serve_names_the_columns_it_cannot_read() {
     );
     assert!(out.contains("review_packs.expires_at is missing"), "{out}");
 }
+
+/// A host's membership tables need not have a primary key (a Laravel pivot made of two
+/// `foreignId`s has none). Postgres refuses every UPDATE and DELETE of a table that a
+/// publication publishes updates and deletes of, unless it has a replica identity: after
+/// `migrate --changes wal` the host must still be able to change and remove memberships.
+#[tokio::test]
+async fn the_wal_integration_keeps_host_writes_to_tables_without_a_primary_key() {
+    let db = TestDb::empty().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    runwire::create_host_tables(&mut conn).await.unwrap();
+    drop(conn);
+    sqlx::raw_sql(
+        "ALTER TABLE workspace_memberships DROP CONSTRAINT workspace_memberships_pkey;
+         ALTER TABLE tenant_memberships DROP CONSTRAINT tenant_memberships_pkey;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let w = seed(&db.pool).await;
+    migrate(&db, Changes::Wal).await.unwrap();
+    for sql in [
+        format!(
+            "UPDATE tenant_memberships SET role = 'manager' WHERE user_id = {}",
+            w.readonly
+        ),
+        format!(
+            "DELETE FROM tenant_memberships WHERE user_id = {}",
+            w.readonly
+        ),
+        format!(
+            "UPDATE workspace_memberships SET role = 'viewer' WHERE user_id = {}",
+            w.member
+        ),
+        format!(
+            "DELETE FROM workspace_memberships WHERE user_id = {}",
+            w.member
+        ),
+    ] {
+        if let Err(e) = sqlx::query(&sql).execute(&db.pool).await {
+            panic!("the host's own write failed after migrate --changes wal: {sql}: {e}");
+        }
+    }
+}

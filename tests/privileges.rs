@@ -297,3 +297,136 @@ async fn serve_names_a_table_it_may_not_read() {
     );
     drop_role(db, &role).await;
 }
+
+/// A private cluster with `wal_level = logical` whose roles other than `postgres` must give
+/// a password (SCRAM), over TCP and for replication alike; stopped and removed when dropped.
+struct PasswordCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PasswordCluster {
+    fn start() -> PasswordCluster {
+        let dir = std::env::temp_dir().join(format!("runwire_pw_{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hba = dir.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "host all postgres 127.0.0.1/32 trust\n\
+             host replication postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host replication all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for path in [&dir, &hba] {
+            let mode = if path.is_dir() { 0o777 } else { 0o644 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster");
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(dir.join("pg"))
+            .args(["-c", &format!("hba_file={}", hba.display())])
+            .args(["-c", "wal_level=logical", "-c", "max_wal_senders=4"])
+            .args(["-c", "max_replication_slots=4"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let url = String::from_utf8(out.stdout).unwrap();
+        let port = url.trim().rsplit(':').next().unwrap();
+        let port = port.split('/').next().unwrap().parse().unwrap();
+        PasswordCluster { dir, port }
+    }
+
+    fn url(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PasswordCluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .arg(self.dir.join("pg"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The query pool takes its password wherever libpq (and sqlx) would find it — the URL's
+/// `password` parameter, `PGPASSWORD`, `~/.pgpass` — and so must the replication connection
+/// of `--changes wal`, or `serve` checks the database, picks WAL and is never ready.
+#[tokio::test]
+async fn the_wal_source_logs_in_with_the_password_the_pool_uses() {
+    // Its own cluster, whichever pass; run once, in the WAL pass.
+    if mode() != runwire::ChangeSource::Wal {
+        return;
+    }
+    let cluster = PasswordCluster::start();
+    let admin = cluster.url("postgres", "postgres");
+    let mut conn = PgConnection::connect(&admin).await.unwrap();
+    let (role, password, db) = ("runwire_pw", "s3cret-pw", "runwire_pw");
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{password}'"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let mut owner = PgConnection::connect(&cluster.url("postgres", db))
+        .await
+        .unwrap();
+    runwire::migrate(&mut owner, runwire::Changes::Wal)
+        .await
+        .unwrap();
+    sqlx::query(&format!("GRANT SELECT ON {TABLES} TO {role}"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let without_password = cluster.url(role, db);
+    let in_query = format!("{without_password}?password={password}");
+    let in_userinfo = format!(
+        "postgres://{role}:{password}@127.0.0.1:{}/{db}",
+        cluster.port
+    );
+    let ways = [
+        (
+            "a password in the URL's user info",
+            in_userinfo.as_str(),
+            None,
+        ),
+        ("?password= in the URL", in_query.as_str(), None),
+        ("PGPASSWORD", without_password.as_str(), Some(password)),
+    ];
+    // Both at once: each must be ready within WAIT.
+    let started: Vec<_> = ways
+        .iter()
+        .map(|(way, url, pgpassword)| {
+            let mut env = vec![("DATABASE_URL", *url), common::binary::strong_secret()];
+            env.extend(pgpassword.map(|p| ("PGPASSWORD", p)));
+            let args = ["serve", "--bind", "127.0.0.1:0", "--changes", "wal"];
+            (*way, common::binary::runwire(&args, &env))
+        })
+        .collect();
+    let mut failed = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for (way, p) in &started {
+        let c = Client::to(p.addr().await);
+        loop {
+            let r = c.get("/readyz", None).await;
+            if r.status() == 200 {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                failed.push(format!("{way}: {}", r.text().await.unwrap()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(failed.is_empty(), "never ready: {failed:#?}");
+}

@@ -800,3 +800,73 @@ async fn an_unreadable_row_ends_its_stream_with_a_reason() {
     let u = feed.expect("update").await;
     assert_eq!(u.data["id"], fine);
 }
+
+/// `char(n)` is one of the text types of the column contract (`$table->char('status', 16)`):
+/// its padding is not part of the value. A running run stays running whether its state was
+/// read by a query or came in a replication message.
+#[tokio::test]
+async fn char_columns_read_alike_from_queries_and_changes() {
+    let (app, w, t) = TestApp::seeded().await;
+    app.exec(
+        "ALTER TABLE operation_runs ALTER COLUMN status TYPE char(16),
+                                    ALTER COLUMN outcome TYPE char(16)",
+    )
+    .await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    progress(app.pool(), run, 1).await;
+    let u = s.expect("update").await;
+    assert_eq!(
+        (&u.data["status"], &u.data["outcome"], &u.data["terminal"]),
+        (&"running".into(), &"pending".into(), &false.into())
+    );
+    set_run(app.pool(), run, SUCCEEDED).await;
+    let done = s.expect("update").await;
+    assert_eq!(done.data["outcome"], "succeeded");
+    s.expect_end("terminal").await;
+}
+
+/// A host may partition its largest table. Its rows must stream like any other's: in WAL
+/// mode the publication must name the partitioned table, and its changes must arrive under
+/// that name, not the partition's.
+#[tokio::test]
+async fn a_partitioned_operation_runs_streams_like_any_other() {
+    let db = TestDb::empty().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    runwire::create_host_tables(&mut conn).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE operation_runs;
+         CREATE TABLE operation_runs (
+             id BIGSERIAL PRIMARY KEY,
+             workspace_id BIGINT NOT NULL,
+             tenant_id BIGINT NULL,
+             type TEXT NOT NULL,
+             status TEXT NOT NULL DEFAULT 'queued',
+             outcome TEXT NOT NULL DEFAULT 'pending',
+             summary_counts JSONB NOT NULL DEFAULT '{}',
+             created_at TIMESTAMPTZ DEFAULT now(),
+             started_at TIMESTAMPTZ,
+             completed_at TIMESTAMPTZ,
+             updated_at TIMESTAMPTZ DEFAULT now()
+         ) PARTITION BY RANGE (id);
+         CREATE TABLE operation_runs_1 PARTITION OF operation_runs
+             FOR VALUES FROM (1) TO (1000000);",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    runwire::migrate(&mut conn, changes()).await.unwrap();
+    drop(conn);
+    let running = start(&db, settings()).await;
+    let app = TestApp::on(db, running);
+    let w = seed(app.pool()).await;
+    let t = token(w.owner);
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    progress(app.pool(), run, 1).await;
+    let u = s.expect("update").await;
+    assert_eq!(u.data["summary_counts"]["processed"], 1);
+    set_run(app.pool(), run, SUCCEEDED).await;
+    s.expect("update").await;
+    s.expect_end("terminal").await;
+}

@@ -128,12 +128,10 @@ enum Stop {
     Shutdown,
 }
 
-/// Where the change source connects: the options, and the URL they came from if there is
-/// one (the WAL source needs the password, which the options do not give back).
+/// Where the change source connects.
 #[derive(Clone)]
 pub(crate) struct SourceDatabase {
     pub options: PgConnectOptions,
-    pub url: Option<String>,
 }
 
 pub(crate) struct Watcher {
@@ -145,6 +143,8 @@ pub(crate) struct Watcher {
     status: Arc<SourceStatus>,
     applied: Arc<Applied>,
     heartbeat: Duration,
+    /// Set when a session applies a change: only then does the reconnect back-off start over.
+    progressed: AtomicBool,
 }
 
 /// The workspace feeds, besides each state's own workspace, that must hear of an item: the
@@ -183,6 +183,7 @@ impl Watcher {
             status,
             applied,
             heartbeat: heartbeat.max(Duration::from_millis(200)),
+            progressed: AtomicBool::new(false),
         }
     }
 
@@ -197,9 +198,11 @@ impl Watcher {
                 ChangeSource::Notify => notify.session(&self, &shutdown, &mut first).await,
                 ChangeSource::Wal => wal::session(&self, &shutdown, &mut first).await,
             };
-            let was_connected = self.status.is_connected();
             self.status.set(None);
-            if was_connected {
+            // Back-off starts over only after a session that applied something: one that
+            // fails at its first change (a dropped publication fails at every change) would
+            // otherwise reconnect, and resync everything, at every write of the host's.
+            if self.progressed.swap(false, Ordering::AcqRel) {
                 backoff = Duration::from_millis(100);
             }
             match stop {
@@ -224,6 +227,11 @@ impl Watcher {
             self.metrics.listener_reconnects.inc();
         }
         *first = false;
+    }
+
+    /// A session applied a change (see `run`'s back-off).
+    fn progressed(&self) {
+        self.progressed.store(true, Ordering::Release);
     }
 
     /// The source is ready: reads and streams may use the database again.

@@ -187,6 +187,7 @@ impl Notify {
             if let Err(stop) = self.process(w, plan).await {
                 return stop;
             }
+            w.progressed();
             if let Some(why) = lost {
                 return Stop::Lost(why);
             }

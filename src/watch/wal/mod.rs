@@ -111,9 +111,13 @@ fn int(row: &Row<'_>, column: &'static str) -> Option<i64> {
 /// What a run change asks for.
 enum RunChange {
     Row(Box<crate::model::Decoded<RunRow>>),
-    /// Its `summary_counts` is an unchanged TOASTed value runwire does not hold: read it.
-    /// (The rest of the row, for the operations metrics, which need no counts.)
-    Read(Option<Box<RunRow>>),
+    /// Its `summary_counts` is an unchanged TOASTed value runwire does not hold: read it, if
+    /// anyone watches the run or a feed of its workspace is open. (The rest of the row, for
+    /// the operations metrics, which need no counts.)
+    Read {
+        row: Option<Box<RunRow>>,
+        workspace: Option<i64>,
+    },
     Deleted,
 }
 
@@ -134,8 +138,8 @@ struct Batch {
     /// ops (issue 17): each pack's last row (None: deleted) and its workspace.
     pack_rows: BTreeMap<i64, Option<(PackRow, Option<i64>)>>,
     tenants_gone: BTreeSet<i64>,
-    /// (xid, items touched) of each transaction, in commit order.
-    transactions: Vec<(u32, Vec<ItemKey>)>,
+    /// (xid, what it touched) of each transaction, in commit order.
+    transactions: Vec<(u32, Touched)>,
     /// Markers committed in this batch, with their commit positions.
     markers: Vec<(String, u64)>,
     end_lsn: u64,
@@ -153,7 +157,31 @@ struct Tx {
     xid: u32,
     /// Its commit's WAL position (known from its first message): the stamp of its states.
     lsn: u64,
-    touched: Vec<ItemKey>,
+    touched: Touched,
+}
+
+/// What a transaction changed, as a read in flight must know it: the items it names, and
+/// whether it changed runs or cards its messages do not name (a truncation; a pack deleted,
+/// whose message carries only its id).
+#[derive(Default, Clone)]
+struct Touched {
+    keys: Vec<ItemKey>,
+    all_runs: bool,
+    all_cards: bool,
+}
+
+impl Touched {
+    fn push(&mut self, key: ItemKey) {
+        self.keys.push(key);
+    }
+
+    fn covers(&self, key: &ItemKey) -> bool {
+        let all = match key {
+            ItemKey::Run(_) => self.all_runs,
+            ItemKey::Pack { .. } => self.all_cards,
+        };
+        all || self.keys.contains(key)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +263,7 @@ struct Session<'w> {
     read_tx: mpsc::UnboundedSender<Result<Read, String>>,
     read_rx: mpsc::UnboundedReceiver<Result<Read, String>>,
     /// Transactions applied while reads are in flight: (sequence number, xid, items).
-    touched: VecDeque<(u64, u32, Vec<ItemKey>)>,
+    touched: VecDeque<(u64, u32, Touched)>,
     /// The heartbeat marker awaited, and by when.
     heartbeat: Option<(String, Instant)>,
     /// The server's WAL end as last reported.
@@ -433,7 +461,7 @@ impl<'w> Session<'w> {
                 self.tx = Some(Tx {
                     xid,
                     lsn: final_lsn.as_u64(),
-                    touched: Vec::new(),
+                    touched: Touched::default(),
                 });
             }
             ReplicationEvent::XLogData { data, .. } => self.change(data)?,
@@ -515,11 +543,17 @@ impl<'w> Session<'w> {
                         Some(Table::Runs) => {
                             self.batch.runs.clear();
                             self.batch.runs_truncated = Some(lsn);
+                            if let Some(tx) = &mut self.tx {
+                                tx.touched.all_runs = true;
+                            }
                         }
                         Some(Table::Packs) => {
                             self.batch.cards.clear();
                             self.batch.pack_rows.clear();
                             self.batch.packs_truncated = Some(lsn);
+                            if let Some(tx) = &mut self.tx {
+                                tx.touched.all_cards = true;
+                            }
                         }
                         Some(Table::Tenants) => {
                             self.tenants.clear();
@@ -663,6 +697,7 @@ impl<'w> Session<'w> {
                 if op == Op::Delete && old.is_some_and(|t| int(&rel.row(t), "tenant_id").is_none())
                 {
                     batch.resnapshot_feeds = true;
+                    touched.all_cards = true;
                 }
             }
             Table::Other => {}
@@ -677,6 +712,7 @@ impl<'w> Session<'w> {
         }
         let batch = std::mem::take(&mut self.batch);
         let w = self.w;
+        w.progressed();
         let lsn = batch.end_lsn;
         for (xid, touched) in &batch.transactions {
             let seq = w.applied.record(*xid);
@@ -738,11 +774,13 @@ impl<'w> Session<'w> {
                         states.push(State::gone(key));
                     }
                 }
-                RunChange::Read(row) => {
+                RunChange::Read { row, workspace } => {
                     if let Some(row) = row {
                         w.metrics.ops.run_changed(&row); // ops (issue 17)
                     }
-                    read_runs.insert(id);
+                    if w.wanted(&key, &[workspace]) {
+                        read_runs.insert(id);
+                    }
                 }
                 RunChange::Row(row) => match *row {
                     Ok(row) => {
@@ -836,28 +874,39 @@ impl<'w> Session<'w> {
 
     /// Publishes a read whose marker the stream has passed: each state, stamped with the
     /// marker's position, unless a transaction the read did not see has changed that item
-    /// since (the cell has that newer state).
+    /// since (the cell has that newer state) — or may have, not naming it (a truncation, a
+    /// pack deleted by id): that item is read again.
     fn publish_read(&mut self, token: &str) {
         let Some((Some(read), Some(at))) = self.reads.remove(token) else {
             return;
         };
         let snapshot = super::applied::Snapshot::parse(&read.snapshot);
-        let newer: BTreeSet<ItemKey> = self
+        let newer: Vec<&Touched> = self
             .touched
             .iter()
             .filter(|(seq, xid, _)| {
                 read.mark.is_before(*seq) && snapshot.as_ref().is_none_or(|s| !s.sees_xid(*xid))
             })
-            .flat_map(|(_, _, keys)| keys.iter().copied())
+            .map(|(_, _, touched)| touched)
             .collect();
-        let states = read
-            .rows
-            .states(at, &self.w.hub.rates)
-            .into_iter()
-            .filter(|s| !newer.contains(&s.key))
-            .map(Arc::new)
-            .collect();
+        let (mut states, mut runs, mut tenants) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
+        for state in read.rows.states(at, &self.w.hub.rates) {
+            if newer.iter().any(|t| t.keys.contains(&state.key)) {
+                continue;
+            }
+            if newer.iter().any(|t| t.covers(&state.key)) {
+                match state.key {
+                    ItemKey::Run(id) => runs.insert(id),
+                    ItemKey::Pack { tenant } => tenants.insert(tenant),
+                };
+                continue;
+            }
+            states.push(Arc::new(state));
+        }
         self.w.publish(states, &read.feeds);
+        if !runs.is_empty() || !tenants.is_empty() {
+            self.start_read(runs, tenants, read.feeds);
+        }
         if self.reads.is_empty() {
             self.touched.clear();
         }
@@ -882,7 +931,9 @@ fn run_row(rel: &Rel, tuple: &pgoutput::Tuple, hub: &super::hub::Hub, id: i64) -
         if let Some(i) = rel.index.get("summary_counts") {
             rest[*i] = Value::Null;
         }
-        return RunChange::Read(RunRow::read(&rel.row(&rest)).ok().map(Box::new));
+        let workspace = int(&rel.row(tuple), "workspace_id");
+        let row = RunRow::read(&rel.row(&rest)).ok().map(Box::new);
+        return RunChange::Read { row, workspace };
     };
     let mut filled = tuple.clone();
     if let Some(i) = rel.index.get("summary_counts") {
@@ -988,22 +1039,19 @@ fn commit_age(micros: i64) -> Duration {
     Duration::from_micros(u64::try_from(age).unwrap_or(0))
 }
 
-/// The replication connection's configuration, from the database URL (the password is only
-/// in the URL).
+/// The replication connection's configuration, from the query connections' options. The
+/// password is the one they resolved (the URL's user info or `password` parameter,
+/// `PGPASSWORD`, `~/.pgpass`), which the options give back only in their URL form.
 fn replication_config(w: &Watcher, slot: &str) -> Result<ReplicationConfig, String> {
     let options = &w.database.options;
-    let password = match &w.database.url {
-        Some(url) => url::Url::parse(url)
-            .map_err(|e| format!("the database URL: {e}"))?
-            .password()
-            .map(|p| {
-                percent_encoding::percent_decode_str(p)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default(),
-        None => String::new(),
-    };
+    let password = sqlx::ConnectOptions::to_url_lossy(options)
+        .password()
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
     let database = options
         .get_database()
         .unwrap_or_else(|| options.get_username());

@@ -204,9 +204,17 @@ pub(crate) struct Row<'a> {
     pub index: &'a HashMap<String, usize>,
 }
 
+/// The type OID of `char(n)` (`bpchar`).
+const BPCHAR_OID: u32 = 1042;
+
 impl Row<'_> {
     pub(crate) fn value(&self, column: &str) -> Option<&Value> {
         self.index.get(column).and_then(|i| self.tuple.get(*i))
+    }
+
+    fn type_oid(&self, column: &str) -> Option<u32> {
+        let i = self.index.get(column)?;
+        self.relation.columns.get(*i).map(|c| c.type_oid)
     }
 }
 
@@ -226,9 +234,15 @@ impl crate::model::Columns for Row<'_> {
             None => Err(format!("no column {column} in {}", self.relation.name)),
             Some(Value::Null) => Ok(None),
             Some(Value::Unchanged) => Err("unchanged TOASTed value, not in the message".into()),
-            Some(Value::Text(bytes)) => std::str::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| "not UTF-8".to_string()),
+            Some(Value::Text(bytes)) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+                // A `char(n)` value comes padded; a query reads it as `text`, which drops the
+                // padding: both must read the same.
+                Ok(Some(match self.type_oid(column) {
+                    Some(BPCHAR_OID) => text.trim_end_matches(' '),
+                    _ => text,
+                }))
+            }
         }
     }
 }
