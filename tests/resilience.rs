@@ -314,3 +314,42 @@ async fn a_panicking_test_leaves_no_database() {
         .unwrap();
     assert_eq!(left, 0, "{name} was left behind");
 }
+
+/// NOTIFY mode: a card's re-read blocked by a host migration holding `review_packs` is
+/// retried without dropping the listener, and run updates go on meanwhile. (WAL mode:
+/// `wal.rs`, `a_locked_review_packs_does_not_stall_run_streams`.)
+#[tokio::test]
+async fn a_locked_review_packs_does_not_stall_run_updates() {
+    if mode() == runwire::ChangeSource::Wal {
+        eprintln!("NOTIFY mode only; the WAL source has its own test");
+        return;
+    }
+    let (app, w, t) = TestApp::seeded_with(|s| s.query_timeout_secs = 1).await;
+    let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
+    let mut card = app.watch(&pack_events(w.tenant), &t).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let mut s = app.watch(&run_events(run), &t).await;
+    let pid = app.running.listener_backend_pid().unwrap();
+    let migration = app.lock("review_packs").await;
+    // A doorbell for the card: its re-read waits on the lock and times out, again and again.
+    app.exec(&format!(
+        r#"SELECT pg_notify('runwire', '{{"k":"pack","t":{},"w":{}}}')"#,
+        w.tenant, w.workspace
+    ))
+    .await;
+    for i in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        progress(app.pool(), run, i).await;
+        let u = s.expect("update").await;
+        assert_eq!(u.data["summary_counts"]["processed"], i);
+    }
+    assert_eq!(
+        app.running.listener_backend_pid(),
+        Some(pid),
+        "the listener was replaced"
+    );
+    migration.rollback().await.unwrap();
+    // Once the table is free, the card's change arrives.
+    set_pack(app.pool(), pack, "status = 'ready'").await;
+    assert_eq!(card.expect("update").await.data["pack"]["status"], "ready");
+}

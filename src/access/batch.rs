@@ -26,7 +26,7 @@
 //! already passed over.
 
 use super::rules::AccessError;
-use crate::model::{ChangeSource, Owner};
+use crate::model::{ChangeSource, Owner, Snapshot};
 use crate::store::{self, OwnerFacts, PackForUser, RunForUser};
 use crate::watch::applied::Applied;
 use crate::watch::SourceStatus;
@@ -58,12 +58,21 @@ impl Deadline {
     }
 }
 
-/// What a read answered: the rows for one caller, and in WAL mode the WAL position the read
-/// is known to include (the stamp of the states it returns; see `model::Stamp`).
+/// What a read answered: the rows for one caller, and where the read stands.
 #[derive(Debug)]
 pub(crate) struct Read<T> {
     pub rows: Vec<T>,
+    pub seen: Seen,
+}
+
+/// Where a read stands against the change stream (WAL mode; NOTIFY: nothing): the WAL
+/// position it is known to include (the stamp of the states it returns; see `model::Stamp`)
+/// and the snapshot it saw (so a replicated change it already included is not taken for a
+/// newer state; see `State::is_older_than`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Seen {
     pub at: Option<u64>,
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<Read<T>, AccessError>>;
@@ -104,14 +113,14 @@ impl Db {
         &self,
         mut read: F,
         snapshot: impl Fn(&T) -> Option<&str>,
-    ) -> sqlx::Result<(T, Option<u64>)>
+    ) -> sqlx::Result<(T, Seen)>
     where
         F: FnMut(ChangeSource) -> Fut,
         Fut: std::future::Future<Output = sqlx::Result<T>>,
     {
         let mode = self.mode();
         if mode == ChangeSource::Notify {
-            return Ok((read(mode).await?, None));
+            return Ok((read(mode).await?, Seen::default()));
         }
         let mut wait = Duration::from_millis(1);
         loop {
@@ -125,9 +134,15 @@ impl Db {
                     "the change source reconnected during the read".into(),
                 ));
             }
-            let covered = snapshot(&result).is_none_or(|s| self.applied.covers(&mark, s));
+            let saw = snapshot(&result).map(str::to_owned);
+            let covered = saw.as_deref().is_none_or(|s| self.applied.covers(&mark, s));
             if covered {
-                return Ok((result, Some(mark.lsn)));
+                let snapshot = saw.as_deref().and_then(Snapshot::parse).map(Arc::new);
+                let seen = Seen {
+                    at: Some(mark.lsn),
+                    snapshot,
+                };
+                return Ok((result, seen));
             }
             // The watcher is a moment ahead of what this session sees: commits become
             // visible just after they reach the WAL.
@@ -282,7 +297,7 @@ impl Batcher {
         user_id: i64,
         workspace_id: i64,
         recent_limit: i64,
-    ) -> Result<(store::FeedRead, Option<u64>), AccessError> {
+    ) -> Result<(store::FeedRead, Seen), AccessError> {
         let db = &self.db;
         let read = db.consistent(
             |mode| store::feed_read(&db.pool, mode, user_id, workspace_id, recent_limit),
@@ -384,7 +399,7 @@ async fn run_batch<T: Kind>(db: &Db, jobs: Vec<Job<T>>) {
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut));
     match fetched {
-        Ok((rows, at)) => {
+        Ok((rows, seen)) => {
             let found: HashMap<(i64, T::Ask), T> = rows.into_iter().map(|r| (r.key(), r)).collect();
             for job in jobs {
                 let rows = job
@@ -392,7 +407,8 @@ async fn run_batch<T: Kind>(db: &Db, jobs: Vec<Job<T>>) {
                     .iter()
                     .filter_map(|ask| found.get(&(job.user_id, ask.clone())).cloned())
                     .collect();
-                let _ = job.reply.send(Ok(Read { rows, at }));
+                let seen = seen.clone();
+                let _ = job.reply.send(Ok(Read { rows, seen }));
             }
         }
         Err(e) => {

@@ -85,9 +85,9 @@ pub(crate) async fn read_items(
                 refusal = AccessError::worst(refusal, AccessError::NotFound);
                 continue;
             };
-            match State::of_run(&r.run, read.at, rates) {
+            match State::of_run(&r.run, read.seen.at, rates) {
                 Some((state, owner)) => match rules::verdict(&owner, &r.facts()) {
-                    Ok(()) => states.push((state, owner)),
+                    Ok(()) => states.push((state.seen(&read.seen.snapshot), owner)),
                     Err(e) => refusal = AccessError::worst(refusal, e),
                 },
                 None => refusal = AccessError::worst(refusal, AccessError::NotFound),
@@ -105,7 +105,10 @@ pub(crate) async fn read_items(
             };
             let owner = Owner::Pack { tenant: *id };
             match rules::verdict(&owner, &p.facts) {
-                Ok(()) => states.push((State::of_card(*id, p.pack.as_ref(), read.at), owner)),
+                Ok(()) => {
+                    let card = State::of_card(*id, p.pack.as_ref(), read.seen.at);
+                    states.push((card.seen(&read.seen.snapshot), owner));
+                }
                 Err(e) => refusal = AccessError::worst(refusal, e),
             }
         }
@@ -156,13 +159,13 @@ pub(crate) async fn read_feed(
     user: &Arc<UserAccess>,
     workspace_id: i64,
     recent_limit: i64,
-) -> Result<(Grant, store::FeedRead, Option<u64>), AccessError> {
+) -> Result<(Grant, store::FeedRead, batch::Seen), AccessError> {
     let stamp = user.now();
-    let (read, at) = batcher
+    let (read, seen) = batcher
         .feed(user.user_id, workspace_id, recent_limit)
         .await?;
     let grant = workspace_grant(user, stamp, workspace_id, &read.view)?;
-    Ok((grant, read, at))
+    Ok((grant, read, seen))
 }
 
 fn workspace_grant(

@@ -8,15 +8,17 @@
 //! subscriber, so their JSON is rendered once here and never per stream.
 
 pub(crate) mod row;
+pub(crate) mod snapshot;
 
 pub(crate) use row::{BadColumn, Columns, Decoded, PackRow, RunRow};
+pub(crate) use snapshot::Snapshot;
 
 use crate::progress::{timing, Progress, Rates, Timing};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Where runwire learns of changes, and so what the host's tables carry: NOTIFY mode has
 /// runwire's triggers and `version` columns on them; WAL mode (logical replication) nothing.
@@ -113,8 +115,6 @@ pub(crate) struct State {
     /// What makes two states the same state (the 204 rule compares it): the event id in
     /// NOTIFY mode, the digest in WAL mode.
     pub identity: Box<str>,
-    /// The version (NOTIFY) or WAL position (WAL): later states of an item have larger ones.
-    pub version: i64,
     pub terminal: bool,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
@@ -123,6 +123,12 @@ pub(crate) struct State {
     pub unreadable: Option<BadColumn>,
     /// A review-pack card's pack, if it has one.
     pub pack_id: Option<i64>,
+    /// Where the state stands (its id and `version` come from it).
+    pub stamp: Stamp,
+    /// WAL mode: the transaction that made the state, for a state streamed from the WAL.
+    pub xid: Option<u32>,
+    /// WAL mode: what the read that made the state saw, for a state read by a query.
+    pub seen: Option<Arc<Snapshot>>,
     /// This state's `update` as direct delivery writes it, rendered by the stream layer on
     /// first use and shared by every subscriber (10,000 viewers, one rendering).
     pub update_wire: OnceLock<Bytes>,
@@ -241,13 +247,15 @@ impl State {
             }),
             event_id,
             identity,
-            version: stamp.number(),
             terminal,
             created_at: row.created_at,
             updated_at: row.updated_at,
             json,
             unreadable: None,
             pack_id: None,
+            stamp,
+            xid: None,
+            seen: None,
             update_wire: OnceLock::new(),
             feed_wire: OnceLock::new(),
         }
@@ -281,13 +289,15 @@ impl State {
             owner: Some(Owner::Pack { tenant: tenant_id }),
             event_id,
             identity,
-            version: stamp.number(),
             terminal,
             created_at: pack.and_then(|p| p.created_at),
             updated_at: pack.and_then(|p| p.updated_at),
             json,
             unreadable: None,
             pack_id: pack.map(|p| p.id),
+            stamp,
+            xid: None,
+            seen: None,
             update_wire: OnceLock::new(),
             feed_wire: OnceLock::new(),
         }
@@ -312,13 +322,15 @@ impl State {
             owner: None,
             event_id: what.into(),
             identity: what.into(),
-            version: 0,
             terminal: true,
             created_at: None,
             updated_at: None,
             json: render(&serde_json::json!({ what: true })),
             unreadable,
             pack_id: None,
+            stamp: Stamp::Version(0),
+            xid: None,
+            seen: None,
             update_wire: OnceLock::new(),
             feed_wire: OnceLock::new(),
         }
@@ -364,6 +376,35 @@ impl State {
 
     pub(crate) fn is_gone(&self) -> bool {
         self.owner.is_none()
+    }
+
+    /// The state, marked with the transaction that made it (WAL mode).
+    pub(crate) fn made_by(mut self, xid: u32) -> Self {
+        self.xid = Some(xid);
+        self
+    }
+
+    /// The state, marked with what the read that made it saw.
+    pub(crate) fn seen(mut self, snapshot: &Option<Arc<Snapshot>>) -> Self {
+        self.seen = snapshot.clone();
+        self
+    }
+
+    /// Whether `self` is a state `current` already includes, so it must not replace it: a
+    /// change the read that made `current` already saw (WAL mode), or an older version of a
+    /// run (NOTIFY mode; a re-read that began before a stream's read can finish after it).
+    /// Gone and unreadable states are never older: they end streams.
+    pub(crate) fn is_older_than(&self, current: &State) -> bool {
+        if self.owner.is_none() || current.owner.is_none() {
+            return false;
+        }
+        if let (Some(seen), Some(xid)) = (&current.seen, self.xid) {
+            return seen.sees_xid(xid);
+        }
+        match (self.stamp, current.stamp, self.key) {
+            (Stamp::Version(mine), Stamp::Version(theirs), ItemKey::Run(_)) => mine < theirs,
+            _ => false,
+        }
     }
 
     /// Whether `self` says something new compared to `other` (a duplicate or forged

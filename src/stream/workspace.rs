@@ -32,6 +32,8 @@ pub(crate) struct Feed {
     /// Run and pack changes received and not yet looked at.
     queue: VecDeque<Arc<State>>,
     snapshot_due: bool,
+    /// What the last snapshot's read saw (WAL mode): changes it included are not news.
+    seen: Option<Arc<crate::model::Snapshot>>,
     /// What the client shows: active runs and review-pack cards, as last sent, so duplicate
     /// re-reads send nothing and an item that goes out of sight is noticed.
     sent: Shown,
@@ -135,6 +137,7 @@ pub(crate) async fn open(
             resynced,
             queue: VecDeque::new(),
             snapshot_due: true,
+            seen: None,
             sent: Shown {
                 hub: Arc::clone(&streams.hub),
                 workspace: workspace_id,
@@ -180,12 +183,13 @@ impl Feed {
                 }
                 continue;
             }
+            // Not news: what the client was sent already includes it — the snapshot's read
+            // saw it (WAL), it is an older version (NOTIFY), or it is the same state.
             let news = match self.sent.get(&item.key) {
-                None => true,
-                Some(sent) => match item.key {
-                    ItemKey::Run(_) => item.version > sent.version,
-                    ItemKey::Pack { .. } => item.differs_from(sent),
-                },
+                None => !item
+                    .xid
+                    .is_some_and(|xid| self.seen.as_ref().is_some_and(|s| s.sees_xid(xid))),
+                Some(sent) => !item.is_older_than(sent) && item.differs_from(sent),
             };
             if !news {
                 continue;
@@ -215,9 +219,11 @@ impl Feed {
     ) -> Result<String, AccessError> {
         // Read more finished runs than shown: some may be out of sight.
         let limit = RECENTLY_FINISHED as i64 * 4;
-        let (grant, read, at) =
+        let (grant, read, seen) =
             access::read_feed(&streams.batcher, user, self.workspace_id, limit).await?;
         self.grant = grant;
+        self.seen = seen.snapshot.clone();
+        let at = seen.at;
         let grant = &self.grant;
         let visible = |state: &Arc<State>| grant.admits(state.owner.as_ref());
         // A run whose row does not decode is left out (its state has no owner, so no grant
@@ -225,7 +231,7 @@ impl Feed {
         let states = |rows: &[crate::model::Decoded<crate::model::RunRow>]| -> Vec<Arc<State>> {
             rows.iter()
                 .filter_map(|r| State::of_run(r, at, &streams.hub.rates))
-                .map(|(state, _)| Arc::new(state))
+                .map(|(state, _)| Arc::new(state.seen(&seen.snapshot)))
                 .filter(visible)
                 .collect()
         };
@@ -236,7 +242,8 @@ impl Feed {
             .packs
             .iter()
             .filter(|p| p.exists)
-            .map(|p| Arc::new(State::of_card(p.tenant_id, p.pack.as_ref(), at)))
+            .map(|p| State::of_card(p.tenant_id, p.pack.as_ref(), at))
+            .map(|card| Arc::new(card.seen(&seen.snapshot)))
             .filter(visible)
             .collect();
         self.sent

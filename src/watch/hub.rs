@@ -95,14 +95,15 @@ impl Cell {
         (attached.seq, self.tx.borrow().clone())
     }
 
-    /// Publishes a state read by the watcher: replaces the cell's value when it differs,
-    /// waking its task-driven subscribers. Returns None when nothing changed (a duplicate or
-    /// forged notification re-reads an unchanged row, and sends nothing), else the delivery
-    /// to the direct subscribers, for the caller to run outside the cell's lock.
+    /// Publishes a state from the watcher: replaces the cell's value when it differs and is
+    /// not older (`State::is_older_than`), waking its task-driven subscribers. Returns None
+    /// when nothing changed (a duplicate or forged notification re-reads an unchanged row, a
+    /// change the stream's own read already included), else the delivery to the direct
+    /// subscribers, for the caller to run outside the cell's lock.
     pub(crate) fn publish(&self, state: Arc<State>) -> Option<Delivery> {
         let mut attached = self.attached();
         let changed = self.tx.send_if_modified(|current| match current {
-            Some(cur) if !state.differs_from(cur) => false,
+            Some(cur) if !state.differs_from(cur) || state.is_older_than(cur) => false,
             _ => {
                 *current = Some(Arc::clone(&state));
                 true

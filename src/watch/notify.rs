@@ -59,6 +59,10 @@ impl Doorbell {
 #[derive(Default)]
 pub(super) struct Notify {
     applied: Option<(String, Instant)>,
+    /// Re-reads that failed (a host migration holding a table, a pool out of connections):
+    /// retried with back-off, without dropping the connection, so the other kind goes on.
+    retry: Plan,
+    retry_at: Option<(Instant, Duration)>,
 }
 
 /// What one burst asks the watcher to re-read.
@@ -75,6 +79,43 @@ pub(crate) struct Plan {
     /// ops (issue 17): runs re-read only for the metrics (nobody watches them): no state of
     /// them is rendered or published.
     counted_runs: BTreeSet<i64>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+            && self.packs.is_empty()
+            && self.pack_rows.is_empty()
+            && self.counted_runs.is_empty()
+    }
+
+    fn merge(&mut self, other: Plan) {
+        self.runs.extend(other.runs);
+        self.packs.extend(other.packs);
+        for (key, feeds) in other.feeds {
+            self.feeds.entry(key).or_default().extend(feeds);
+        }
+        self.resnapshot_feeds |= other.resnapshot_feeds;
+        self.pack_rows.extend(other.pack_rows);
+        self.counted_runs.extend(other.counted_runs);
+    }
+
+    /// This plan's runs part, and its packs part.
+    fn split(self) -> (Plan, Plan) {
+        let runs = Plan {
+            runs: self.runs,
+            counted_runs: self.counted_runs,
+            feeds: self.feeds.clone(),
+            ..Plan::default()
+        };
+        let packs = Plan {
+            packs: self.packs,
+            pack_rows: self.pack_rows,
+            feeds: self.feeds,
+            ..Plan::default()
+        };
+        (runs, packs)
+    }
 }
 
 impl Notify {
@@ -139,17 +180,19 @@ impl Notify {
                     ItemKey::Pack { tenant } => plan.packs.insert(tenant),
                 };
             }
-            self.process(w, plan).await?;
+            self.process(w, plan).await;
         }
         w.hub.resynced.send_modify(|n| *n += 1);
         // ops (issue 17): the metrics start over from what is true now — after the watched
         // items, whose re-read must not wait for it (a change missed meanwhile is re-read
         // from its doorbell, and counts once).
         let window = crate::ops::DEDUP_WINDOW.num_seconds() as f64;
-        let ops = bounded(store::ops_snapshot(&w.pool, window))
-            .await
-            .map_err(|e| Stop::Lost(format!("operations snapshot failed: {e}")))?;
-        w.metrics.ops.reset(&ops);
+        // A table held by a host migration must not cost the session: the gauges then stay
+        // as they were until the next reconnect.
+        match bounded(store::ops_snapshot(&w.pool, window)).await {
+            Ok(ops) => w.metrics.ops.reset(&ops),
+            Err(e) => tracing::warn!(error = %e, "cannot count the operations for the metrics"),
+        }
         Ok(())
     }
 
@@ -161,8 +204,19 @@ impl Notify {
     ) -> Stop {
         let idle = w.heartbeat / 2;
         loop {
+            let retry = async {
+                match self.retry_at {
+                    Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Stop::Shutdown,
+                _ = retry => {
+                    let plan = std::mem::take(&mut self.retry);
+                    self.process(w, plan).await;
+                    continue;
+                }
                 r = tokio::time::timeout(idle, listener.try_recv()) => r,
             };
             let first = match first {
@@ -184,9 +238,7 @@ impl Notify {
             let mut burst = vec![first];
             let lost = drain(listener, &mut burst);
             let plan = plan(w, &burst);
-            if let Err(stop) = self.process(w, plan).await {
-                return stop;
-            }
+            self.process(w, plan).await;
             w.progressed();
             if let Some(why) = lost {
                 return Stop::Lost(why);
@@ -195,35 +247,40 @@ impl Notify {
     }
 
     /// Re-reads what `plan` names together with the access log, applies the access changes
-    /// the log shows, and publishes.
-    async fn process(&mut self, w: &Watcher, plan: Plan) -> Result<(), Stop> {
+    /// the log shows, and publishes — runs and packs each on their own: a kind whose read
+    /// fails is retried later (with what rings meanwhile), and the other goes on.
+    async fn process(&mut self, w: &Watcher, plan: Plan) {
         if plan.resnapshot_feeds {
             w.hub.resynced.send_modify(|n| *n += 1);
         }
-        // ops (issue 17): the packs that rang, by id (cards, below, are per tenant).
-        if !plan.pack_rows.is_empty() {
-            let ids: Vec<i64> = plan.pack_rows.iter().copied().collect();
-            let rows = bounded(store::packs_by_ids(&w.pool, &ids))
-                .await
-                .map_err(|e| Stop::Lost(format!("re-read failed: {e}")))?;
-            let mut missing = plan.pack_rows.clone();
-            for (pack, workspace) in rows.iter().flatten() {
-                missing.remove(&pack.id);
-                w.metrics.ops.pack_changed(pack, *workspace);
+        let (runs, packs) = plan.split();
+        let mut failed = Plan::default();
+        for (part, read) in [(runs, true), (packs, false)] {
+            let outcome = match read {
+                true => self.reread_runs(w, &part).await,
+                false => self.reread_packs(w, &part).await,
+            };
+            match outcome {
+                Ok(states) => w.publish(states, &part.feeds),
+                Err(e) => {
+                    if self.retry_at.is_none() && failed.is_empty() {
+                        tracing::warn!(error = %e, "a re-read failed; retrying");
+                    }
+                    failed.merge(part);
+                }
             }
-            missing
-                .into_iter()
-                .for_each(|id| w.metrics.ops.pack_deleted(id));
         }
-        if plan.runs.is_empty() && plan.packs.is_empty() && plan.counted_runs.is_empty() {
-            return Ok(());
+        if failed.is_empty() {
+            if self.retry.is_empty() {
+                self.retry_at = None;
+            }
+            return;
         }
-        let states = self
-            .reread(w, &plan)
-            .await
-            .map_err(|e| Stop::Lost(format!("re-read failed: {e}")))?;
-        w.publish(states, &plan.feeds);
-        Ok(())
+        self.retry.merge(failed);
+        let backoff = self.retry_at.map_or(Duration::from_millis(100), |(_, b)| {
+            (b * 2).min(Duration::from_secs(5))
+        });
+        self.retry_at = Some((Instant::now() + backoff, backoff));
     }
 
     /// The access changes a re-read's log shows: applied now, before its rows go out.
@@ -250,7 +307,11 @@ impl Notify {
         }
     }
 
-    async fn reread(&mut self, w: &Watcher, plan: &Plan) -> Result<Vec<Arc<State>>, sqlx::Error> {
+    async fn reread_runs(
+        &mut self,
+        w: &Watcher,
+        plan: &Plan,
+    ) -> Result<Vec<Arc<State>>, sqlx::Error> {
         let mut states = Vec::new();
         if !plan.runs.is_empty() || !plan.counted_runs.is_empty() {
             let ids: Vec<i64> = plan.runs.union(&plan.counted_runs).copied().collect();
@@ -292,6 +353,28 @@ impl Notify {
             let gone = missing.into_iter().map(|id| State::gone(ItemKey::Run(id)));
             states.extend(gone.map(Arc::new));
         }
+        Ok(states)
+    }
+
+    async fn reread_packs(
+        &mut self,
+        w: &Watcher,
+        plan: &Plan,
+    ) -> Result<Vec<Arc<State>>, sqlx::Error> {
+        // ops (issue 17): the packs that rang, by id (cards, below, are per tenant).
+        if !plan.pack_rows.is_empty() {
+            let ids: Vec<i64> = plan.pack_rows.iter().copied().collect();
+            let rows = bounded(store::packs_by_ids(&w.pool, &ids)).await?;
+            let mut missing = plan.pack_rows.clone();
+            for (pack, workspace) in rows.iter().flatten() {
+                missing.remove(&pack.id);
+                w.metrics.ops.pack_changed(pack, *workspace);
+            }
+            missing
+                .into_iter()
+                .for_each(|id| w.metrics.ops.pack_deleted(id));
+        }
+        let mut states = Vec::new();
         if !plan.packs.is_empty() {
             let tenants: Vec<i64> = plan.packs.iter().copied().collect();
             let since = self.since(w);

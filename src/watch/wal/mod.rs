@@ -127,7 +127,7 @@ struct Batch {
     everyone: bool,
     users: BTreeSet<i64>,
     /// Each run's last change, with the commit position that made it.
-    runs: BTreeMap<i64, (RunChange, u64)>,
+    runs: BTreeMap<i64, (RunChange, u64, u32)>,
     /// Tenants whose review-pack card must be read, with the feeds of the packs' workspaces.
     cards: BTreeSet<i64>,
     card_feeds: Feeds,
@@ -260,6 +260,9 @@ struct Session<'w> {
     /// it is done, the marker's commit position once the stream has passed it (either may
     /// come first).
     reads: HashMap<String, (Option<Read>, Option<u64>)>,
+    /// The transactions applied when each read in flight began: what came before every one
+    /// of them can no longer be newer than a read (`touched` forgets it).
+    read_starts: HashMap<String, u64>,
     read_tx: mpsc::UnboundedSender<Result<Read, String>>,
     read_rx: mpsc::UnboundedReceiver<Result<Read, String>>,
     /// Transactions applied while reads are in flight: (sequence number, xid, items).
@@ -311,6 +314,7 @@ impl<'w> Session<'w> {
             tx: None,
             batch: Batch::default(),
             reads: HashMap::new(),
+            read_starts: HashMap::new(),
             read_tx,
             read_rx,
             touched: VecDeque::new(),
@@ -505,11 +509,8 @@ impl<'w> Session<'w> {
     /// One change message of the open transaction.
     fn change(&mut self, data: Bytes) -> Result<(), String> {
         let change = pgoutput::decode(data).map_err(|e| e.to_string())?;
-        let lsn = self
-            .tx
-            .as_ref()
-            .ok_or("a change outside a transaction")?
-            .lsn;
+        let tx = self.tx.as_ref().ok_or("a change outside a transaction")?;
+        let (lsn, xid) = (tx.lsn, tx.xid);
         match change {
             Change::Relation(relation) => {
                 let index = relation
@@ -529,13 +530,13 @@ impl<'w> Session<'w> {
                 );
             }
             Change::Insert { relation, new } => {
-                self.row_changed(relation, Op::Insert, None, Some(&new), lsn)?
+                self.row_changed(relation, Op::Insert, None, Some(&new), (lsn, xid))?
             }
             Change::Update { relation, old, new } => {
-                self.row_changed(relation, Op::Update, old.as_ref(), Some(&new), lsn)?
+                self.row_changed(relation, Op::Update, old.as_ref(), Some(&new), (lsn, xid))?
             }
             Change::Delete { relation, old } => {
-                self.row_changed(relation, Op::Delete, Some(&old), None, lsn)?
+                self.row_changed(relation, Op::Delete, Some(&old), None, (lsn, xid))?
             }
             Change::Truncate { relations } => {
                 for id in relations {
@@ -577,7 +578,7 @@ impl<'w> Session<'w> {
         op: Op,
         old: Option<&pgoutput::Tuple>,
         new: Option<&pgoutput::Tuple>,
-        lsn: u64,
+        (lsn, xid): (u64, u32),
     ) -> Result<(), String> {
         let rel = self
             .relations
@@ -658,7 +659,7 @@ impl<'w> Session<'w> {
                     None => RunChange::Deleted,
                     Some(tuple) => run_row(rel, tuple, &self.w.hub, id),
                 };
-                batch.runs.insert(id, (change, lsn));
+                batch.runs.insert(id, (change, lsn, xid));
             }
             Table::Packs => {
                 // The tenant's card is its latest pack: read it (see the module docs). The
@@ -720,6 +721,7 @@ impl<'w> Session<'w> {
                 self.touched.push_back((seq, *xid, touched.clone()));
             }
         }
+        self.forget_touched();
         if batch.everyone {
             w.epochs.everyone_changed();
         }
@@ -764,14 +766,14 @@ impl<'w> Session<'w> {
                 _ => {}
             }
         }
-        for (id, (change, at)) in batch.runs {
+        for (id, (change, at, xid)) in batch.runs {
             let key = ItemKey::Run(id);
             match change {
                 RunChange::Deleted => {
                     w.metrics.ops.run_deleted(id); // ops + progress (issue 17)
                     w.hub.rates.forget(id);
                     if w.wanted(&key, &[]) {
-                        states.push(State::gone(key));
+                        states.push(State::gone(key).made_by(xid));
                     }
                 }
                 RunChange::Read { row, workspace } => {
@@ -789,7 +791,7 @@ impl<'w> Session<'w> {
                         w.metrics.ops.run_changed(&row);
                         let rate = w.hub.rates.observe(&row, now);
                         if w.wanted(&key, &[Some(row.workspace_id)]) {
-                            states.push(State::run(&row, Stamp::Wal(at), rate));
+                            states.push(State::run(&row, Stamp::Wal(at), rate).made_by(xid));
                         }
                     }
                     Err((_, bad)) => {
@@ -851,13 +853,37 @@ impl<'w> Session<'w> {
     fn start_read(&mut self, runs: BTreeSet<i64>, tenants: BTreeSet<i64>, feeds: Feeds) {
         let token = format!("read-{:016x}", rand::random::<u64>());
         self.reads.insert(token.clone(), (None, None));
+        self.read_starts.insert(token.clone(), self.w.applied.seq());
         let (pool, applied) = (self.w.pool.clone(), Arc::clone(&self.w.applied));
         let (reply, metrics) = (self.read_tx.clone(), Arc::clone(&self.w.metrics));
+        // A read that fails (a host migration holding `review_packs`, a pool out of
+        // connections) is retried, with back-off, for as long as the session lasts: it holds
+        // back only its own items, and the stream goes on for everything else.
         tokio::spawn(async move {
-            let started = Instant::now();
-            let read = consistent_read(&pool, &applied, token, &runs, &tenants, feeds).await;
-            metrics.observe_reread(runs.len() + tenants.len(), started.elapsed());
-            let _ = reply.send(read.map_err(|e| format!("a read for the WAL source failed: {e}")));
+            let mut backoff = Duration::from_millis(100);
+            let mut warned = false;
+            loop {
+                let started = Instant::now();
+                let read =
+                    consistent_read(&pool, &applied, token.clone(), &runs, &tenants, &feeds).await;
+                metrics.observe_reread(runs.len() + tenants.len(), started.elapsed());
+                match read {
+                    Ok(read) => {
+                        let _ = reply.send(Ok(read));
+                        return;
+                    }
+                    Err(e) if !warned => {
+                        tracing::warn!(error = %e, "a read for the WAL source failed; retrying");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    _ = reply.closed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         });
     }
 
@@ -880,6 +906,7 @@ impl<'w> Session<'w> {
         let Some((Some(read), Some(at))) = self.reads.remove(token) else {
             return;
         };
+        self.read_starts.remove(token);
         let snapshot = super::applied::Snapshot::parse(&read.snapshot);
         let newer: Vec<&Touched> = self
             .touched
@@ -907,8 +934,22 @@ impl<'w> Session<'w> {
         if !runs.is_empty() || !tenants.is_empty() {
             self.start_read(runs, tenants, read.feeds);
         }
-        if self.reads.is_empty() {
-            self.touched.clear();
+        self.forget_touched();
+    }
+
+    /// Forgets the transactions applied before every read in flight began.
+    fn forget_touched(&mut self) {
+        match self.read_starts.values().min() {
+            None => self.touched.clear(),
+            Some(&floor) => {
+                while self
+                    .touched
+                    .front()
+                    .is_some_and(|(seq, _, _)| *seq <= floor)
+                {
+                    self.touched.pop_front();
+                }
+            }
         }
     }
 }
@@ -997,7 +1038,7 @@ async fn consistent_read(
     token: String,
     runs: &BTreeSet<i64>,
     tenants: &BTreeSet<i64>,
-    feeds: Feeds,
+    feeds: &Feeds,
 ) -> sqlx::Result<Read> {
     let runs: Vec<i64> = runs.iter().copied().collect();
     let tenants: Vec<i64> = tenants.iter().copied().collect();
@@ -1018,7 +1059,7 @@ async fn consistent_read(
                 mark,
                 snapshot,
                 rows,
-                feeds,
+                feeds: feeds.clone(),
             });
         }
         if wait > Duration::from_secs(2) {
