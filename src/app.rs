@@ -322,6 +322,9 @@ impl Server {
                 Arc::clone(&status),
                 applied,
                 deadline,
+                // Every read is made for a permit holder, one at a time: the stream cap bounds
+                // each queue first, this only backs it up.
+                settings.max_streams,
             )),
             limiter: StreamLimiter::new(settings.max_streams_per_user, settings.max_streams),
             metrics: Arc::clone(&metrics),

@@ -119,6 +119,15 @@ fn role_in(tenant: &str) -> String {
     )
 }
 
+/// Whether a run's tenant `tenant` (NULL: none) sits in the run's workspace `workspace` (an
+/// SQL expression): a tenant that moved to another workspace, or is gone, does not.
+fn tenant_in(workspace: &str, tenant: &str) -> String {
+    format!(
+        "({tenant} IS NULL OR EXISTS (SELECT 1 FROM tenants tw \
+         WHERE tw.id = {tenant} AND tw.workspace_id = {workspace}))"
+    )
+}
+
 /// Current rows of these runs (missing ids are simply absent).
 pub(crate) async fn runs_by_ids(
     db: impl PgExecutor<'_>,
@@ -332,6 +341,7 @@ pub(crate) struct RunForUser {
     pub user_id: i64,
     pub run: Decoded<RunRow>,
     pub workspace_member: bool,
+    pub tenant_in_workspace: bool,
     pub tenant_role: Option<String>,
     pub snap: Option<String>,
 }
@@ -341,6 +351,7 @@ impl RunForUser {
         Facts {
             workspace_member: self.workspace_member,
             tenant_exists: true,
+            tenant_in_workspace: self.tenant_in_workspace,
             tenant_role: self.tenant_role.clone(),
         }
     }
@@ -357,10 +368,11 @@ pub(crate) async fn runs_for_users(
     static SQL: Sql = Sql::new(|| {
         variants(&format!(
             "SELECT q.user_id, {RUN_COLUMNS},
-                {} AS workspace_member, {} AS tenant_role {{snap}}
+                {} AS workspace_member, {} AS tenant_in_workspace, {} AS tenant_role {{snap}}
              FROM unnest($1::bigint[], $2::bigint[]) AS q(user_id, run_id)
              JOIN operation_runs r ON r.id = q.run_id",
             member_of("r.workspace_id"),
+            tenant_in("r.workspace_id", "r.tenant_id"),
             role_in("r.tenant_id")
         ))
     });
@@ -375,6 +387,7 @@ pub(crate) async fn runs_for_users(
                 user_id: row.try_get("user_id")?,
                 run: read_run(row),
                 workspace_member: row.try_get("workspace_member")?,
+                tenant_in_workspace: row.try_get("tenant_in_workspace")?,
                 tenant_role: row.try_get("tenant_role")?,
                 snap: snap(row),
             })
@@ -479,6 +492,7 @@ pub(crate) async fn packs_for_users(
                 facts: Facts {
                     workspace_member: row.try_get("workspace_member")?,
                     tenant_exists: true,
+                    tenant_in_workspace: true,
                     tenant_role: row.try_get("tenant_role")?,
                 },
                 snap: snap(row),
@@ -508,11 +522,12 @@ pub(crate) async fn owner_facts(
         variants(&format!(
             "SELECT q.user_id, q.pack, q.workspace_id, q.tenant_id,
                 (t.id IS NOT NULL) AS tenant_exists,
-                {} AS workspace_member, {} AS tenant_role {{snap}}
+                {} AS workspace_member, {} AS tenant_in_workspace, {} AS tenant_role {{snap}}
              FROM unnest($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[])
                   AS q(user_id, pack, workspace_id, tenant_id)
              LEFT JOIN tenants t ON t.id = q.tenant_id",
             member_of("CASE WHEN q.pack THEN t.workspace_id ELSE q.workspace_id END"),
+            tenant_in("q.workspace_id", "q.tenant_id"),
             role_in("q.tenant_id")
         ))
     });
@@ -550,6 +565,7 @@ pub(crate) async fn owner_facts(
             facts: Facts {
                 workspace_member: row.try_get("workspace_member")?,
                 tenant_exists: !pack || tenant_exists,
+                tenant_in_workspace: pack || row.try_get::<bool, _>("tenant_in_workspace")?,
                 tenant_role: row.try_get("tenant_role")?,
             },
             snap: snap(row),

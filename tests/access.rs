@@ -191,8 +191,10 @@ async fn a_run_moved_to_another_workspace_ends_its_streams() {
     }
 }
 
+/// One rule for a run whose tenant sits in another workspace than the run (docs/api.md):
+/// nobody sees it, on any kind of stream, whatever their memberships.
 #[tokio::test]
-async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the_feed() {
+async fn a_tenant_moved_to_another_workspace_ends_every_stream_of_it_and_of_its_runs() {
     let (app, w, t) = TestApp::seeded().await;
     let move_tenant = |to: i64| {
         format!(
@@ -200,28 +202,51 @@ async fn a_tenant_moved_to_another_workspace_ends_its_pack_stream_and_leaves_the
             w.tenant
         )
     };
+    let mut last_run = 0;
     for _ in 0..REPEAT {
         app.exec(&move_tenant(w.workspace)).await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+        last_run = run;
         let pack = create_pack(app.pool(), w.workspace, w.tenant, "generating").await;
         let mut ps = app.sse(&pack_events(w.tenant), &t).await;
         let mut ws = app.sse(&feed(&w), &t).await;
+        let mut rs = app.sse(&run_events(run), &t).await;
+        let mut set = app.sse(&format!("/v1/streams?runs={run}"), &t).await;
         ps.expect("snapshot").await;
+        rs.expect("snapshot").await;
+        set.expect("snapshot").await;
         assert_eq!(run_ids(&ws.expect("snapshot").await), vec![run]);
 
         app.exec(&move_tenant(w.other_workspace)).await;
         set_pack(app.pool(), pack, &format!("status = '{MARK}'")).await;
         set_run(app.pool(), run, &format!("outcome = '{MARK}'")).await;
         expect_end_without_leak(&mut ps, "forbidden", None).await;
+        expect_end_without_leak(&mut rs, "forbidden", None).await;
+        expect_end_without_leak(&mut set, "forbidden", None).await;
         assert!(next_feed_snapshot_without_leak(&mut ws, None)
             .await
             .is_empty());
+        assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 403);
+        assert_eq!(app.status(&run_events(run), &t).await, 403);
         // Out of sight, the run finishes and the pack fails, unmarked, before the tenant
         // comes back for the next repetition.
         drop(ws);
         set_run(app.pool(), run, "status = 'completed', outcome = 'done'").await;
         set_pack(app.pool(), pack, "status = 'failed'").await;
     }
+    // Fail closed: a member of both workspaces, with a role in the tenant, still sees no run
+    // of the tenant's old workspace (the feed of the run's workspace would not show it).
+    app.exec(&format!(
+        "INSERT INTO workspace_memberships (workspace_id, user_id, role)
+         VALUES ({}, {}, 'owner')",
+        w.other_workspace, w.owner
+    ))
+    .await;
+    assert_eq!(app.status(&format!("/v1/runs/{last_run}"), &t).await, 403);
+    let set = format!("/v1/streams?runs={last_run}");
+    assert_eq!(app.status(&set, &t).await, 403);
+    // …while the tenant's pack, which follows its tenant, is theirs to see.
+    assert_eq!(app.status(&pack_events(w.tenant), &t).await, 200);
 }
 
 /// Which stream a race repetition watches.

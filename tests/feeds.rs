@@ -252,3 +252,57 @@ async fn workspace_feed_carries_recent_runs_and_review_pack_cards() {
         "{metrics}"
     );
 }
+
+/// A feed that cannot look at the changes it receives (its decision is stale and the
+/// database does not answer the re-check) holds at most a bounded number of them; beyond,
+/// it forgets them and sends a fresh snapshot once it can, as it does when it falls behind.
+#[tokio::test]
+async fn a_feed_waiting_for_a_decision_holds_a_bounded_backlog_then_sends_a_snapshot() {
+    let (app, w, t) = TestApp::seeded_with(|s| s.query_timeout_secs = 1).await;
+    let elsewhere: i64 = sqlx::query_scalar(&format!(
+        "INSERT INTO tenants (workspace_id, name) VALUES ({}, 'Elsewhere') RETURNING id::int8",
+        w.other_workspace
+    ))
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let mut feed = app
+        .sse(&format!("/v1/workspaces/{}/runs/events", w.workspace), &t)
+        .await;
+    assert!(run_ids(&feed.expect("snapshot").await).is_empty());
+    // The re-check reads the workspace's memberships: a host migration holds them.
+    let migration = app.lock("workspace_memberships").await;
+    // An access change of the owner that changes nothing they see here: the feed's decision
+    // goes stale and cannot be made again while the table is held.
+    app.exec(&format!(
+        "INSERT INTO tenant_memberships (tenant_id, user_id, role) VALUES ({elsewhere}, {}, 'owner')",
+        w.owner
+    ))
+    .await;
+    // More changes than a feed may hold, a few at a time (fewer than its broadcast holds).
+    const RUNS: usize = 360;
+    for _ in 0..RUNS / 30 {
+        app.exec(&format!(
+            "INSERT INTO operation_runs (workspace_id, tenant_id, type, status)
+             SELECT {}, NULL, 'inventory.sync', 'running' FROM generate_series(1, 30)",
+            w.workspace
+        ))
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    migration.rollback().await.unwrap();
+    // Once decided: at most the bound of updates, then a snapshot with every run.
+    let mut updates = 0;
+    loop {
+        let msg = feed.expect_any().await;
+        match msg.event.as_str() {
+            "update" => updates += 1,
+            "snapshot" => {
+                assert_eq!(run_ids(&msg).len(), RUNS, "the snapshot holds every run");
+                break;
+            }
+            other => panic!("unexpected {other}: {msg:?}"),
+        }
+        assert!(updates <= 256, "{updates} updates held and sent");
+    }
+}

@@ -403,6 +403,52 @@ async fn a_locked_runs_table_answers_503_in_time_and_packs_are_not_held_up() {
     assert_eq!(app.status(&format!("/v1/runs/{run}"), &t).await, 200);
 }
 
+/// A JSON snapshot reads under the stream caps like a stream's first read, so snapshots
+/// cannot pile up reads without bound behind a slow table: beyond the cap, 503 `overloaded`
+/// at once, for snapshots and streams alike; the places come back when the reads end.
+#[tokio::test]
+async fn json_snapshots_take_a_place_under_the_stream_caps_while_they_read() {
+    let (app, w, t) = TestApp::seeded_with(|s| s.max_streams = 2).await;
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    let migration = app.lock("operation_runs").await;
+    let path = format!("/v1/runs/{run}");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, t) = (app.http.clone(), app.url(&path), t.clone());
+            tokio::spawn(async move { http.get(url).bearer_auth(t).send().await.unwrap() })
+        })
+        .collect();
+    // Once both places are taken, a third read is refused without waiting for the table.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let asked = Instant::now();
+        let (status, code) = error_code(app.get(&path, Some(&t)).await).await;
+        if (status, code.as_str()) == (503, "overloaded") {
+            assert!(
+                asked.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                asked.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused at the cap: {status} {code}"
+        );
+    }
+    let (status, code) = error_code(app.get(&run_events(run), Some(&t)).await).await;
+    assert_eq!((status, code.as_str()), (503, "overloaded"));
+    migration.rollback().await.unwrap();
+    // (A held read may itself have lost its place to one of the loop's.)
+    for h in held {
+        let status = h.await.unwrap().status().as_u16();
+        assert!(status == 200 || status == 503, "{status}");
+    }
+    assert_eq!(app.status(&path, &t).await, 200);
+    let mut s = app.sse(&run_events(run), &t).await;
+    s.expect("snapshot").await;
+}
+
 #[tokio::test]
 async fn a_statement_timeout_elsewhere_is_503_not_500() {
     let (app, w, t) = TestApp::seeded_with(|s| s.query_timeout_secs = 1).await;

@@ -19,13 +19,16 @@
 //! change source is down the database is known to be unreachable, and a request answers 503
 //! at once instead of queueing.
 //!
+//! Queues are bounded too: every read is made for a stream or a JSON snapshot holding a
+//! stream permit (`stream::limits`), so permits bound them first; a full queue answers 503
+//! `overloaded` at once rather than queueing without bound.
+//!
 //! In WAL mode every read is also checked against what the watcher has applied
 //! (`watch::applied`): a read that does not yet see a transaction the watcher applied before
 //! it began is run again (within the same deadline), so a decision never misses a revocation
 //! the gate already knows of, and a stream's first state never misses a change the watcher
 //! already passed over.
 
-use super::rules::AccessError;
 use crate::model::{ChangeSource, Owner, Snapshot};
 use crate::store::{self, OwnerFacts, PackForUser, RunForUser};
 use crate::watch::applied::Applied;
@@ -42,6 +45,51 @@ const MAX_BATCH: usize = 1024;
 /// Queries of one kind in flight at once. Three kinds take 9 of the default pool of 10; the
 /// watcher's re-reads and the workspace feed's reads wait for a connection at worst.
 const SLOTS_PER_KIND: usize = 3;
+
+/// Why a read gave no answer: infrastructure, never a verdict (those are
+/// [`Denied`](super::rules::Denied)). Cheap to clone: one failed batch answers every caller
+/// in it with the same cause.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The change source is disconnected: the database is known to be unreachable.
+    #[error("the database is unreachable (the change source is disconnected)")]
+    SourceDown,
+    /// The read did not finish within the deadline (queueing, connection and query).
+    #[error("the read did not finish within {0:?}")]
+    Deadline(Duration),
+    /// The read queue is full.
+    #[error("too many reads are queued")]
+    Overloaded,
+    /// The read queue is closed: the process is shutting down.
+    #[error("the read queue is closed")]
+    Closed,
+    /// The database is unreachable or refusing for now (see [`database_unavailable`]).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] Arc<sqlx::Error>),
+    /// Any other database error: a bug here or a schema runwire cannot read.
+    #[error("database error: {0}")]
+    Database(#[source] Arc<sqlx::Error>),
+}
+
+impl ReadError {
+    /// Classifies a failed read and logs it: the one place a read failure is logged (once
+    /// per query, however many callers share it).
+    fn failed(e: sqlx::Error) -> ReadError {
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            ReadError::Unavailable(Arc::new(e))
+        } else {
+            tracing::error!(error = %e, "database error");
+            ReadError::Database(Arc::new(e))
+        }
+    }
+
+    /// Whether retrying later may help (the database is down or slow, or runwire is busy),
+    /// as opposed to an error that will repeat.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, ReadError::Database(_))
+    }
+}
 
 /// How long a request waits for its read in all: queueing for a slot, acquiring a pool
 /// connection and the query. Each query connection carries a `statement_timeout` of the
@@ -75,7 +123,7 @@ pub(crate) struct Seen {
     pub snapshot: Option<Arc<Snapshot>>,
 }
 
-type Reply<T> = oneshot::Sender<Result<Read<T>, AccessError>>;
+type Reply<T> = oneshot::Sender<Result<Read<T>, ReadError>>;
 
 struct Job<T: Kind> {
     user_id: i64,
@@ -85,9 +133,9 @@ struct Job<T: Kind> {
 
 /// Handle for queueing reads; cheap to share.
 pub(crate) struct Batcher {
-    runs: mpsc::UnboundedSender<Job<RunForUser>>,
-    packs: mpsc::UnboundedSender<Job<PackForUser>>,
-    owners: mpsc::UnboundedSender<Job<OwnerFacts>>,
+    runs: mpsc::Sender<Job<RunForUser>>,
+    packs: mpsc::Sender<Job<PackForUser>>,
+    owners: mpsc::Sender<Job<OwnerFacts>>,
     db: Db,
 }
 
@@ -224,12 +272,13 @@ impl Kind for OwnerFacts {
 impl Batcher {
     /// Starts the collectors (on the current tokio runtime). `source` tells whether the
     /// database is reachable at all, and which change source runs; `applied`, what the
-    /// watcher has applied.
+    /// watcher has applied; `queue`, how many requests each kind may hold waiting.
     pub(crate) fn start(
         pool: PgPool,
         source: Arc<SourceStatus>,
         applied: Arc<Applied>,
         deadline: Deadline,
+        queue: usize,
     ) -> Batcher {
         let db = Db {
             pool,
@@ -238,9 +287,9 @@ impl Batcher {
             deadline,
         };
         Batcher {
-            runs: spawn_collector(db.clone()),
-            packs: spawn_collector(db.clone()),
-            owners: spawn_collector(db.clone()),
+            runs: spawn_collector(db.clone(), queue),
+            packs: spawn_collector(db.clone(), queue),
+            owners: spawn_collector(db.clone(), queue),
             db,
         }
     }
@@ -253,7 +302,7 @@ impl Batcher {
         &self,
         user_id: i64,
         ids: &[i64],
-    ) -> Result<Read<RunForUser>, AccessError> {
+    ) -> Result<Read<RunForUser>, ReadError> {
         self.ask(&self.runs, user_id, ids).await
     }
 
@@ -262,7 +311,7 @@ impl Batcher {
         &self,
         user_id: i64,
         tenant_ids: &[i64],
-    ) -> Result<Read<PackForUser>, AccessError> {
+    ) -> Result<Read<PackForUser>, ReadError> {
         self.ask(&self.packs, user_id, tenant_ids).await
     }
 
@@ -271,7 +320,7 @@ impl Batcher {
         &self,
         user_id: i64,
         owners: &[Owner],
-    ) -> Result<Read<OwnerFacts>, AccessError> {
+    ) -> Result<Read<OwnerFacts>, ReadError> {
         self.ask(&self.owners, user_id, owners).await
     }
 
@@ -282,7 +331,7 @@ impl Batcher {
         &self,
         user_id: i64,
         workspace_id: i64,
-    ) -> Result<store::WorkspaceView, AccessError> {
+    ) -> Result<store::WorkspaceView, ReadError> {
         let db = &self.db;
         let read = db.consistent(
             |mode| store::workspace_view(&db.pool, mode, user_id, workspace_id),
@@ -297,7 +346,7 @@ impl Batcher {
         user_id: i64,
         workspace_id: i64,
         recent_limit: i64,
-    ) -> Result<(store::FeedRead, Seen), AccessError> {
+    ) -> Result<(store::FeedRead, Seen), ReadError> {
         let db = &self.db;
         let read = db.consistent(
             |mode| store::feed_read(&db.pool, mode, user_id, workspace_id, recent_limit),
@@ -306,30 +355,41 @@ impl Batcher {
         self.bounded(read).await
     }
 
+    /// The workspace as `user_id` sees it, for dashboards (`store::workspace_info`), under
+    /// the same rules.
+    pub(crate) async fn workspace_info(
+        &self,
+        user_id: i64,
+        workspace_id: i64,
+    ) -> Result<Option<store::WorkspaceInfo>, ReadError> {
+        self.bounded(store::workspace_info(&self.db.pool, user_id, workspace_id))
+            .await
+    }
+
     /// A read under the rules every read keeps: 503 at once while the database is known to
     /// be unreachable, and the deadline.
     async fn bounded<T>(
         &self,
         read: impl std::future::Future<Output = sqlx::Result<T>>,
-    ) -> Result<T, AccessError> {
+    ) -> Result<T, ReadError> {
         if !self.db.source.is_connected() {
-            return Err(AccessError::Unavailable);
+            return Err(ReadError::SourceDown);
         }
         match tokio::time::timeout(self.db.deadline.total(), read).await {
             Ok(Ok(read)) => Ok(read),
-            Ok(Err(e)) => Err(unavailable_or_internal(&e)),
-            Err(_) => Err(AccessError::Unavailable),
+            Ok(Err(e)) => Err(ReadError::failed(e)),
+            Err(_) => Err(ReadError::Deadline(self.db.deadline.0)),
         }
     }
 
     async fn ask<T: Kind>(
         &self,
-        queue: &mpsc::UnboundedSender<Job<T>>,
+        queue: &mpsc::Sender<Job<T>>,
         user_id: i64,
         asks: &[T::Ask],
-    ) -> Result<Read<T>, AccessError> {
+    ) -> Result<Read<T>, ReadError> {
         if !self.db.source.is_connected() {
-            return Err(AccessError::Unavailable);
+            return Err(ReadError::SourceDown);
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -337,21 +397,25 @@ impl Batcher {
             asks: asks.to_vec(),
             reply,
         };
-        queue.send(job).map_err(|_| AccessError::Unavailable)?;
+        queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ReadError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => ReadError::Closed,
+        })?;
         match tokio::time::timeout(self.db.deadline.total(), answer).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => Err(AccessError::Unavailable),
+            Ok(Err(_)) => Err(ReadError::Closed),
+            Err(_) => Err(ReadError::Deadline(self.db.deadline.0)),
         }
     }
 }
 
-fn spawn_collector<T: Kind>(db: Db) -> mpsc::UnboundedSender<Job<T>> {
-    let (tx, rx) = mpsc::unbounded_channel();
+fn spawn_collector<T: Kind>(db: Db, queue: usize) -> mpsc::Sender<Job<T>> {
+    let (tx, rx) = mpsc::channel(queue.max(1));
     tokio::spawn(collect::<T>(db, rx));
     tx
 }
 
-async fn collect<T: Kind>(db: Db, mut queue: mpsc::UnboundedReceiver<Job<T>>) {
+async fn collect<T: Kind>(db: Db, mut queue: mpsc::Receiver<Job<T>>) {
     let slots = Arc::new(Semaphore::new(SLOTS_PER_KIND));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot is what lets a batch grow under load.
@@ -395,9 +459,11 @@ async fn run_batch<T: Kind>(db: &Db, jobs: Vec<Job<T>>) {
         |mode| T::fetch(db.pool.clone(), mode, users.clone(), asks.clone()),
         |rows: &Vec<T>| rows.first().and_then(T::snapshot),
     );
-    let fetched = tokio::time::timeout(db.deadline.total(), read)
-        .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+    let fetched = match tokio::time::timeout(db.deadline.total(), read).await {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(e)) => Err(ReadError::failed(e)),
+        Err(_) => Err(ReadError::Deadline(db.deadline.0)),
+    };
     match fetched {
         Ok((rows, seen)) => {
             let found: HashMap<(i64, T::Ask), T> = rows.into_iter().map(|r| (r.key(), r)).collect();
@@ -411,23 +477,11 @@ async fn run_batch<T: Kind>(db: &Db, jobs: Vec<Job<T>>) {
                 let _ = job.reply.send(Ok(Read { rows, seen }));
             }
         }
-        Err(e) => {
-            let error = unavailable_or_internal(&e);
+        Err(error) => {
             for job in jobs {
-                let _ = job.reply.send(Err(error));
+                let _ = job.reply.send(Err(error.clone()));
             }
         }
-    }
-}
-
-/// Maps a database error to what a caller can do about it (logged once per batch).
-pub(crate) fn unavailable_or_internal(e: &sqlx::Error) -> AccessError {
-    if database_unavailable(e) {
-        tracing::warn!(error = %e, "database unavailable");
-        AccessError::Unavailable
-    } else {
-        tracing::error!(error = %e, "database error");
-        AccessError::Internal
     }
 }
 
@@ -453,5 +507,66 @@ pub fn database_unavailable(e: &sqlx::Error) -> bool {
                 || code == "55P03"
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::postgres::PgPoolOptions;
+
+    /// A real Postgres whose one pool connection the test holds: every batch waits for it,
+    /// so requests pile up in the queue, which must refuse beyond its bound at once.
+    #[tokio::test]
+    async fn a_full_queue_answers_overloaded_at_once() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect(&url)
+            .await
+            .expect("the test database");
+        let held = pool.acquire().await.unwrap();
+        let batcher = Arc::new(Batcher::start(
+            pool.clone(),
+            Arc::new(SourceStatus::connected(ChangeSource::Notify)),
+            Arc::new(Applied::default()),
+            Deadline(Duration::from_secs(60)),
+            4,
+        ));
+        let asks: Vec<_> = (0..40)
+            .map(|id| {
+                let batcher = Arc::clone(&batcher);
+                tokio::spawn(async move { batcher.runs(1, &[id]).await })
+            })
+            .collect();
+        // "At once": refusals do not wait for anything, so half a second is plenty.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (mut refused, mut waiting) = (0, Vec::new());
+        for ask in asks {
+            if !ask.is_finished() {
+                waiting.push(ask);
+                continue;
+            }
+            match ask.await.unwrap() {
+                Err(ReadError::Overloaded) => refused += 1,
+                other => panic!("an answer while the database is held: {other:?}"),
+            }
+        }
+        // The queue holds 4; three batches in flight and one waiting for a slot take what
+        // they drained: at most 4 drains of 4, plus the one.
+        assert!(refused >= 40 - 17, "{refused} of 40 refused");
+        assert!(!waiting.is_empty(), "nothing was queued");
+        // The queued ones are answered once the database is free (the test database has no
+        // host tables: an error, but an answer).
+        drop(held);
+        for ask in waiting {
+            let answer = tokio::time::timeout(Duration::from_secs(30), ask).await;
+            assert!(
+                !matches!(answer, Err(_) | Ok(Ok(Err(ReadError::Overloaded)))),
+                "{answer:?}"
+            );
+        }
     }
 }

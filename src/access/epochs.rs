@@ -184,7 +184,8 @@ impl Grant {
                     roles,
                 } => {
                     // The user's facts towards the owner, as far as this workspace goes: its
-                    // runs, and the tenants it holds (the only ones with a role here).
+                    // runs, and the tenants it holds (the only ones with a role here: a run
+                    // whose tenant sits in another workspace has no role, and is refused).
                     let (in_workspace, tenant) = match *owner {
                         Owner::Run {
                             workspace: w,
@@ -195,6 +196,7 @@ impl Grant {
                     let facts = Facts {
                         workspace_member: *member && in_workspace,
                         tenant_exists: true,
+                        tenant_in_workspace: true,
                         tenant_role: tenant.and_then(|t| roles.get(&t).cloned()),
                     };
                     rules::verdict(owner, &facts).is_ok()

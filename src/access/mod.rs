@@ -19,10 +19,36 @@ use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub(crate) use batch::Batcher;
+pub(crate) use batch::{Batcher, ReadError};
 pub(crate) use epochs::{Epochs, Grant, Scope, UserAccess};
-pub(crate) use rules::{role_can_view_review_pack, AccessError};
+pub(crate) use rules::{role_can_view_review_pack, Denied};
 pub(crate) use token::{Claims, InvalidToken, Tokens};
+
+/// Why a user may not watch something: the rules refused, or the facts could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+impl AccessError {
+    /// Picks the refusal for a set of items: 404 wins over 403 so nothing leaks about items
+    /// the caller may not even know exist; an undecidable item wins over both.
+    pub fn worst(a: Option<AccessError>, b: impl Into<AccessError>) -> Option<AccessError> {
+        let b = b.into();
+        let rank = |e: &AccessError| match e {
+            AccessError::Denied(Denied::Forbidden) => 0,
+            AccessError::Denied(Denied::NotFound) => 1,
+            AccessError::Read(_) => 2,
+        };
+        Some(match a {
+            Some(a) if rank(&a) >= rank(&b) => a,
+            _ => b,
+        })
+    }
+}
 
 /// Name of the cookie that carries the token for browsers (`POST /v1/session` sets it).
 pub(crate) const COOKIE_NAME: &str = "runwire_token";
@@ -82,7 +108,7 @@ pub(crate) async fn read_items(
             .collect();
         for id in run_ids {
             let Some(r) = found.remove(id) else {
-                refusal = AccessError::worst(refusal, AccessError::NotFound);
+                refusal = AccessError::worst(refusal, Denied::NotFound);
                 continue;
             };
             match State::of_run(&r.run, read.seen.at, rates) {
@@ -90,7 +116,7 @@ pub(crate) async fn read_items(
                     Ok(()) => states.push((state.seen(&read.seen.snapshot), owner)),
                     Err(e) => refusal = AccessError::worst(refusal, e),
                 },
-                None => refusal = AccessError::worst(refusal, AccessError::NotFound),
+                None => refusal = AccessError::worst(refusal, Denied::NotFound),
             }
         }
     }
@@ -100,7 +126,7 @@ pub(crate) async fn read_items(
             read.rows.iter().map(|p| (p.tenant_id, p)).collect();
         for id in tenant_ids {
             let Some(p) = found.remove(id) else {
-                refusal = AccessError::worst(refusal, AccessError::NotFound);
+                refusal = AccessError::worst(refusal, Denied::NotFound);
                 continue;
             };
             let owner = Owner::Pack { tenant: *id };
@@ -138,9 +164,9 @@ pub(crate) async fn decide(
     let mut refusal = None;
     let mut grants = Vec::with_capacity(owners.len());
     for owner in owners {
-        let verdict = found.get(owner).map_or(Err(AccessError::NotFound), |f| {
-            rules::verdict(owner, &f.facts)
-        });
+        let verdict = found
+            .get(owner)
+            .map_or(Err(Denied::NotFound), |f| rules::verdict(owner, &f.facts));
         match verdict {
             Ok(()) => grants.push(Grant::new(user, stamp, Scope::Owner(*owner))),
             Err(e) => refusal = AccessError::worst(refusal, e),
@@ -175,7 +201,7 @@ fn workspace_grant(
     view: &store::WorkspaceView,
 ) -> Result<Grant, AccessError> {
     if !view.workspace_member {
-        return Err(AccessError::NotFound);
+        return Err(Denied::NotFound.into());
     }
     let scope = Scope::Workspace {
         workspace: workspace_id,
@@ -193,4 +219,30 @@ pub(crate) async fn decide_workspace(
     let stamp = user.now();
     let view = batcher.workspace(user.user_id, workspace_id).await?;
     workspace_grant(user, stamp, workspace_id, &view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_wins_over_forbidden_and_an_undecided_item_over_both() {
+        use Denied::*;
+        let worst = |a: Option<AccessError>, b: Denied| AccessError::worst(a, b);
+        let denied = |e: Option<AccessError>| match e {
+            Some(AccessError::Denied(d)) => Some(d),
+            _ => None,
+        };
+        assert_eq!(
+            denied(worst(Some(NotFound.into()), Forbidden)),
+            Some(NotFound)
+        );
+        assert_eq!(
+            denied(worst(Some(Forbidden.into()), NotFound)),
+            Some(NotFound)
+        );
+        assert_eq!(denied(worst(None, Forbidden)), Some(Forbidden));
+        let down = Some(AccessError::Read(ReadError::SourceDown));
+        assert!(matches!(worst(down, NotFound), Some(AccessError::Read(_))));
+    }
 }

@@ -3,42 +3,25 @@
 //! stream, a JSON snapshot, a re-check after an access change and the workspace feed's
 //! filter all come through here.
 //!
-//! * run: user not in its workspace → 404; the run has a tenant the user is not a member of
-//!   → 403; otherwise allowed (tenantless runs: any workspace member).
+//! * run: user not in its workspace → 404; the run has a tenant the user is not a member of,
+//!   or a tenant that does not sit in the run's workspace (moved to another one, or gone) →
+//!   403; otherwise allowed (tenantless runs: any workspace member). A run is its tenant's
+//!   as much as its workspace's: when the two disagree nobody is shown it — on a stream,
+//!   a set, a snapshot or the workspace feed alike — until the host moves the run too.
 //! * review pack: tenant missing, user not in the tenant's workspace, or not in the tenant →
 //!   404; a tenant role without `review_pack.view` (`readonly`) → 403.
 
 use crate::model::Owner;
 
-/// Why access was refused, or why it could not be decided.
+/// A verdict of the rules: access refused. (Why access could not be *decided* — the read
+/// failed — is a [`ReadError`](super::batch::ReadError), kept apart so a refusal never hides
+/// an outage and an outage is never mistaken for a refusal.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AccessError {
+pub enum Denied {
     #[error("not found")]
     NotFound,
     #[error("you may not watch this")]
     Forbidden,
-    #[error("the database is unavailable")]
-    Unavailable,
-    #[error("internal error")]
-    Internal,
-}
-
-impl AccessError {
-    /// Picks the refusal for a set of items: 404 wins over 403 so nothing leaks about items
-    /// the caller may not even know exist; an undecidable item wins over both.
-    pub fn worst(a: Option<AccessError>, b: AccessError) -> Option<AccessError> {
-        use AccessError::*;
-        let rank = |e: &AccessError| match e {
-            Forbidden => 0,
-            NotFound => 1,
-            Unavailable => 2,
-            Internal => 3,
-        };
-        Some(match a {
-            Some(a) if rank(&a) >= rank(&b) => a,
-            _ => b,
-        })
-    }
 }
 
 /// What the database says about one user and one owner.
@@ -48,6 +31,9 @@ pub(crate) struct Facts {
     pub workspace_member: bool,
     /// The owner's tenant exists (always true for runs, which name no tenant row).
     pub tenant_exists: bool,
+    /// A run's tenant exists and sits in the run's workspace (true for a tenantless run;
+    /// not asked of packs, whose workspace is their tenant's).
+    pub tenant_in_workspace: bool,
     /// The user's role in the owner's tenant, if any.
     pub tenant_role: Option<String>,
 }
@@ -58,21 +44,23 @@ pub(crate) fn role_can_view_review_pack(role: &str) -> bool {
 }
 
 /// The rule: may a user with these facts see an item of `owner`?
-pub(crate) fn verdict(owner: &Owner, facts: &Facts) -> Result<(), AccessError> {
+pub(crate) fn verdict(owner: &Owner, facts: &Facts) -> Result<(), Denied> {
     match owner {
         Owner::Run { tenant, .. } => {
             if !facts.workspace_member {
-                Err(AccessError::NotFound)
-            } else if tenant.is_some() && facts.tenant_role.is_none() {
-                Err(AccessError::Forbidden)
+                Err(Denied::NotFound)
+            } else if tenant.is_some()
+                && (facts.tenant_role.is_none() || !facts.tenant_in_workspace)
+            {
+                Err(Denied::Forbidden)
             } else {
                 Ok(())
             }
         }
         Owner::Pack { .. } => match facts.tenant_role.as_deref() {
-            _ if !facts.tenant_exists || !facts.workspace_member => Err(AccessError::NotFound),
-            None => Err(AccessError::NotFound),
-            Some(role) if !role_can_view_review_pack(role) => Err(AccessError::Forbidden),
+            _ if !facts.tenant_exists || !facts.workspace_member => Err(Denied::NotFound),
+            None => Err(Denied::NotFound),
+            Some(role) if !role_can_view_review_pack(role) => Err(Denied::Forbidden),
             Some(_) => Ok(()),
         },
     }
@@ -86,13 +74,14 @@ mod tests {
         Facts {
             workspace_member: member,
             tenant_exists: true,
+            tenant_in_workspace: true,
             tenant_role: role.map(str::to_owned),
         }
     }
 
     #[test]
     fn the_rules() {
-        use AccessError::*;
+        use Denied::*;
         let run = Owner::Run {
             workspace: 1,
             tenant: Some(2),
@@ -106,6 +95,13 @@ mod tests {
         assert_eq!(verdict(&run, &facts(true, None)), Err(Forbidden));
         assert_eq!(verdict(&run, &facts(true, Some("readonly"))), Ok(()));
         assert_eq!(verdict(&tenantless, &facts(true, None)), Ok(()));
+        // The run's tenant moved to another workspace: nobody, whatever their roles.
+        let moved = Facts {
+            tenant_in_workspace: false,
+            ..facts(true, Some("owner"))
+        };
+        assert_eq!(verdict(&run, &moved), Err(Forbidden));
+        assert_eq!(verdict(&tenantless, &moved), Ok(()));
         assert_eq!(
             verdict(&pack, &facts(true, Some("readonly"))),
             Err(Forbidden)
@@ -118,19 +114,5 @@ mod tests {
             ..facts(true, Some("owner"))
         };
         assert_eq!(verdict(&pack, &missing), Err(NotFound));
-    }
-
-    #[test]
-    fn not_found_wins_over_forbidden() {
-        use AccessError::*;
-        assert_eq!(
-            AccessError::worst(Some(NotFound), Forbidden),
-            Some(NotFound)
-        );
-        assert_eq!(
-            AccessError::worst(Some(Forbidden), NotFound),
-            Some(NotFound)
-        );
-        assert_eq!(AccessError::worst(None, Forbidden), Some(Forbidden));
     }
 }

@@ -1,8 +1,11 @@
 //! The one error type of the HTTP API. Every refusal is JSON:
 //! `{"error":{"code":"...","message":"..."}}`.
 
-pub(crate) use crate::access::batch::database_unavailable;
-use crate::access::AccessError;
+//!
+//! Converting into it is pure: what went wrong was logged where it happened (a failed read
+//! by the batcher, once per query), and a refusal is not an event worth a log line.
+
+use crate::access::{AccessError, Denied, ReadError};
 use crate::stream::OpenError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,10 +26,12 @@ pub enum ApiError {
     NotFound,
     #[error("too many open streams for this user")]
     TooManyStreams,
-    #[error("the server is at its stream limit")]
+    #[error("the server is at its limit (open streams or queued reads)")]
     Overloaded,
     #[error("the database is unavailable")]
     Unavailable,
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("internal error")]
     Internal,
     /// A row in the host's tables that runwire cannot decode (names the column).
@@ -47,7 +52,9 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::TooManyStreams => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::Unavailable | ApiError::Timeout(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Unreadable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unreadable"),
         }
@@ -57,10 +64,30 @@ impl ApiError {
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         match e {
-            AccessError::NotFound => ApiError::NotFound,
-            AccessError::Forbidden => ApiError::Forbidden,
-            AccessError::Unavailable => ApiError::Unavailable,
-            AccessError::Internal => ApiError::Internal,
+            AccessError::Denied(d) => d.into(),
+            AccessError::Read(e) => e.into(),
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::NotFound => ApiError::NotFound,
+            Denied::Forbidden => ApiError::Forbidden,
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Deadline(after) => ApiError::Timeout(after),
+            ReadError::Overloaded => ApiError::Overloaded,
+            ReadError::SourceDown | ReadError::Closed | ReadError::Unavailable(_) => {
+                ApiError::Unavailable
+            }
+            ReadError::Database(_) => ApiError::Internal,
         }
     }
 }
@@ -75,18 +102,6 @@ impl From<OpenError> for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        if database_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            ApiError::Unavailable
-        } else {
-            tracing::error!(error = %e, "database error");
-            ApiError::Internal
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
@@ -94,7 +109,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let retry_after = match self {
             ApiError::TooManyStreams => Some("10"),
-            ApiError::Overloaded | ApiError::Unavailable => Some("5"),
+            ApiError::Overloaded | ApiError::Unavailable | ApiError::Timeout(_) => Some("5"),
             _ => None,
         };
         if let Some(secs) = retry_after {

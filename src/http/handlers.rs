@@ -139,6 +139,8 @@ async fn item_snapshot(
     tenants: &[i64],
 ) -> Result<Response, ApiError> {
     let claims = auth?.opening(Wants::Other)?;
+    // Under the stream caps like a stream's first read: snapshots cannot flood the queues.
+    let _permit = app.streams.permit(claims.user_id)?;
     let rates = &app.streams.hub.rates;
     let states =
         access::read_items(&app.streams.batcher, rates, claims.user_id, runs, tenants).await?;
@@ -157,7 +159,11 @@ pub(super) async fn workspace_info(
 ) -> Result<Response, ApiError> {
     let workspace_id = parse_id(&raw, "workspace id")?;
     let claims = auth?.opening(Wants::Workspace(workspace_id))?;
-    let info = crate::store::workspace_info(&app.pool, claims.user_id, workspace_id)
+    let _permit = app.streams.permit(claims.user_id)?;
+    let info = app
+        .streams
+        .batcher
+        .workspace_info(claims.user_id, workspace_id)
         .await?
         .filter(|w| w.workspace_member)
         .ok_or(ApiError::NotFound)?;

@@ -20,7 +20,7 @@ use super::items::Items;
 use super::sink::Sink;
 use super::workspace::Feed;
 use super::{sse, Deadlines, StreamGuard, Streams};
-use crate::access::{AccessError, UserAccess};
+use crate::access::{AccessError, ReadError, UserAccess};
 use crate::metrics::CloseReason;
 use crate::wire;
 use bytes::Bytes;
@@ -285,7 +285,7 @@ impl Stream {
                         }
                         let give_up = pending.since + DECISION_DEADLINE;
                         let decided = if matches!(step, Step::Failed) {
-                            Err(AccessError::Unavailable)
+                            Err(AccessError::Read(ReadError::SourceDown))
                         } else {
                             // Boxed: rare, and its futures would otherwise size every
                             // stream's task.
@@ -305,10 +305,8 @@ impl Stream {
                         };
                         match decided {
                             Ok(()) => undecided = None,
-                            Err(AccessError::NotFound | AccessError::Forbidden) => {
-                                return End::Forbidden
-                            }
-                            Err(AccessError::Unavailable | AccessError::Internal) => {
+                            Err(AccessError::Denied(_)) => return End::Forbidden,
+                            Err(AccessError::Read(_)) => {
                                 let now = Instant::now();
                                 if now >= give_up {
                                     return End::Unavailable;
@@ -422,6 +420,7 @@ mod tests {
                     Arc::new(SourceStatus::default()),
                     Arc::new(Applied::default()),
                     Deadline(Duration::from_secs(1)),
+                    16,
                 )),
                 limiter: StreamLimiter::new(10, 10),
                 metrics: Arc::clone(&metrics),

@@ -51,9 +51,10 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    /// A stream slot for `user_id`, taken before any database work, so an over-limit client
-    /// costs nothing.
-    fn permit(&self, user_id: i64) -> Result<StreamPermit, OpenError> {
+    /// A place under the stream caps for `user_id`, for a stream's life or a JSON snapshot's
+    /// read, taken before any database work, so an over-limit client costs nothing. Every
+    /// read made for a client is made under one, so the caps bound the read queues too.
+    pub(crate) fn permit(&self, user_id: i64) -> Result<StreamPermit, OpenError> {
         self.limiter.acquire(user_id).inspect_err(|_| {
             self.metrics.streams_rejected.inc();
         })
@@ -61,7 +62,7 @@ impl Streams {
 }
 
 /// Why a stream could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenError {
     #[error(transparent)]
     Access(#[from] AccessError),

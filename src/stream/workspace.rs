@@ -29,7 +29,7 @@ pub(crate) struct Feed {
     grant: Grant,
     rx: WorkspaceSubscription,
     resynced: watch::Receiver<u64>,
-    /// Run and pack changes received and not yet looked at.
+    /// Run and pack changes received and not yet looked at; at most [`MAX_PENDING`].
     queue: VecDeque<Arc<State>>,
     snapshot_due: bool,
     /// What the last snapshot's read saw (WAL mode): changes it included are not news.
@@ -38,6 +38,11 @@ pub(crate) struct Feed {
     /// re-reads send nothing and an item that goes out of sight is noticed.
     sent: Shown,
 }
+
+/// Most received changes a feed holds while it cannot look at them (a decision it is
+/// waiting for, a database that does not answer). Beyond, it forgets them and sends a fresh
+/// snapshot instead, as it does when it falls behind the broadcast.
+const MAX_PENDING: usize = 256;
 
 /// Most finished runs a snapshot carries.
 const RECENTLY_FINISHED: usize = 50;
@@ -158,10 +163,8 @@ impl Feed {
             if self.snapshot_due {
                 let body = match self.snapshot(streams, user).await {
                     Ok(body) => body,
-                    Err(AccessError::NotFound | AccessError::Forbidden) => {
-                        return Step::End(End::Forbidden)
-                    }
-                    Err(AccessError::Unavailable | AccessError::Internal) => return Step::Failed,
+                    Err(AccessError::Denied(_)) => return Step::End(End::Forbidden),
+                    Err(AccessError::Read(_)) => return Step::Failed,
                 };
                 if !self.grant.current() {
                     continue; // decide first, then read again
@@ -275,6 +278,12 @@ impl Feed {
     pub(super) async fn changed(&mut self) -> bool {
         tokio::select! {
             r = self.rx.recv() => match r {
+                // A snapshot read after this change includes it.
+                Ok(_) if self.snapshot_due => {}
+                Ok(_) if self.queue.len() >= MAX_PENDING => {
+                    self.queue.clear();
+                    self.snapshot_due = true;
+                }
                 Ok(run) => self.queue.push_back(run),
                 Err(RecvError::Lagged(_)) => self.snapshot_due = true,
                 Err(RecvError::Closed) => return false,

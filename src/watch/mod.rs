@@ -115,6 +115,15 @@ impl SourceStatus {
         self.session.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// A source connected to backend 1, for tests of what reads it.
+    #[cfg(test)]
+    pub(crate) fn connected(source: ChangeSource) -> Self {
+        let status = SourceStatus::default();
+        status.set_source(source);
+        status.set(Some(1));
+        status
+    }
+
     fn set_lag(&self, lag: Duration, bytes: u64) {
         let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
         self.lag_micros.store(micros, Ordering::Relaxed);
