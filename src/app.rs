@@ -258,6 +258,7 @@ pub struct Running {
 impl Server {
     /// Builds the application and binds `settings.bind`; migrations are the caller's.
     pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Server> {
+        settings.validate()?;
         let secret = settings
             .jwt_secret
             .clone()

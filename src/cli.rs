@@ -12,6 +12,7 @@ use anyhow::Context;
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => {
+            settings.validate()?;
             telemetry::init(settings.log_format);
             serve(settings).await
         }
@@ -43,6 +44,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(settings) => {
+            settings.validate()?;
             telemetry::init(settings.log_format);
             crate::demo::run(settings).await
         }
