@@ -58,9 +58,24 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListene
 
 /// Postgres connection options from a URL, named `runwire` in `pg_stat_activity`.
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    Ok(PgConnectOptions::from_str(url)
-        .context("DATABASE_URL is not a valid Postgres URL")?
-        .application_name("runwire"))
+    Ok(postgres_url(url, "DATABASE_URL")?.application_name("runwire"))
+}
+
+/// Parses the Postgres URL in `var`. Another scheme is refused here, at once: the parser
+/// would otherwise take `mysql://x` for a Postgres on host `x` and start-up would retry it
+/// forever. The URL itself is never repeated (it may carry a password).
+fn postgres_url(url: &str, var: &str) -> anyhow::Result<PgConnectOptions> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some(s) if s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql") => {
+            PgConnectOptions::from_str(url)
+                .with_context(|| format!("{var} is not a valid Postgres URL"))
+        }
+        Some(other) => anyhow::bail!(
+            "{var} must be a Postgres URL (postgres://user@host/database), not a {other}:// URL"
+        ),
+        None => anyhow::bail!("{var} must be a Postgres URL (postgres://user@host/database)"),
+    }
 }
 
 /// The query pool's options. Every query has a deadline: each connection carries
@@ -276,8 +291,7 @@ impl Server {
         // The change source's connection: --listener-database-url, else the pool's database.
         let database = match settings.listener_database_url.as_deref() {
             Some(url) if !url.is_empty() => SourceDatabase {
-                options: PgConnectOptions::from_str(url)
-                    .context("RUNWIRE_LISTENER_DATABASE_URL is not a valid Postgres URL")?
+                options: postgres_url(url, "RUNWIRE_LISTENER_DATABASE_URL")?
                     .application_name("runwire-listener"),
             },
             _ => SourceDatabase {

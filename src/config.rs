@@ -35,10 +35,11 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection URL. Without it: if a PostgreSQL answers on 127.0.0.1:5432 (user
-    /// postgres, no password), runwire uses the database `runwire` there, creating it if
-    /// missing; otherwise it starts a private PostgreSQL under ./.runwire/pg (needs
-    /// PostgreSQL's binaries installed) and stops it on exit.
+    /// Postgres connection URL (postgres://user@host/database); `serve` and `migrate` refuse
+    /// to start without one. `demo` without it: if a PostgreSQL answers on 127.0.0.1:5432
+    /// (user postgres, no password), the database `runwire` there, created if missing;
+    /// otherwise a private PostgreSQL under ./.runwire/pg (needs PostgreSQL's binaries
+    /// installed), stopped on exit.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }

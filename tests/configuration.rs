@@ -182,3 +182,48 @@ async fn a_value_out_of_range_is_refused_in_one_line_naming_the_flag_and_the_ran
         assert!(out.contains(flag) && out.contains(range), "{arg}: {out}");
     }
 }
+
+/// `serve` without a database URL refuses at once instead of serving some local database;
+/// a URL of another database is refused at once instead of retried forever as a host name.
+#[tokio::test]
+async fn serve_refuses_a_missing_or_non_postgres_database_url_at_once() {
+    let serve = ["serve", "--bind", "127.0.0.1:0"];
+    for env in [vec![], vec![("DATABASE_URL", "")]] {
+        let mut env = env;
+        env.push(strong_secret());
+        let (ok, out) = runwire(&serve, &env).exit().await;
+        assert!(!ok, "{env:?}: {out}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            out.starts_with("runwire: serve needs a database: set DATABASE_URL"),
+            "{out}"
+        );
+        assert!(out.contains("runwire demo"), "{out}");
+    }
+    for (var, url) in [
+        ("DATABASE_URL", "mysql://x"),
+        ("DATABASE_URL", "mysql://root:hunter2@db.example.com/app"),
+        ("DATABASE_URL", "db.example.com"),
+        ("RUNWIRE_LISTENER_DATABASE_URL", "mysql://x"),
+    ] {
+        let mut env = vec![strong_secret(), (var, url)];
+        if var != "DATABASE_URL" {
+            env.push(("DATABASE_URL", "postgres://127.0.0.1:1/x"));
+        }
+        let (ok, out) = runwire(&serve, &env).exit().await;
+        assert!(!ok, "{url}: {out}");
+        assert_eq!(out.lines().count(), 1, "{url}: {out}");
+        assert!(
+            out.contains(var) && out.contains("postgres://"),
+            "{url}: {out}"
+        );
+        assert!(
+            !out.contains("hunter2"),
+            "a password is never printed: {out}"
+        );
+    }
+    // `migrate` has the same rule: it prepares the database `serve` will use.
+    let (ok, out) = runwire(&["migrate"], &[]).exit().await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("DATABASE_URL"), "{out}");
+}
