@@ -124,7 +124,7 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const proc = start(runwireBinary(), ["serve", ...args], {
-    // Its log (warnings and worse) goes to stdout: keep it in the test output.
+    // Its log (warnings and worse) goes to stderr: keep it in the test output.
     stdio: ["ignore", "inherit", "inherit"],
     env: {
       ...process.env,

@@ -227,3 +227,31 @@ async fn serve_refuses_a_missing_or_non_postgres_database_url_at_once() {
     assert!(!ok, "{out}");
     assert!(out.contains("DATABASE_URL"), "{out}");
 }
+
+/// Logs go to stderr (stdout is for what a command prints: a token, the demo's URL), and
+/// without colour codes when stderr is not a terminal (a file, a pipe, journald).
+#[tokio::test]
+async fn logs_go_to_stderr_without_colour_when_it_is_not_a_terminal() {
+    for format in ["text", "json"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_runwire"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--database-fail-fast"])
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")
+            .env("RUNWIRE_JWT_SECRET", SECRET)
+            .env("RUNWIRE_LOG_FORMAT", format)
+            .env("RUST_LOG", "info")
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(stdout, "", "{format}: nothing on stdout");
+        assert!(stderr.contains("runwire listening"), "{format}: {stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{format}: no ANSI codes: {stderr}"
+        );
+    }
+}
