@@ -255,6 +255,7 @@ impl AppState {
 /// A built, bound server that is not yet running.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     state: AppState,
     watcher: Watcher,
     limits: ConnectionLimits,
@@ -263,8 +264,11 @@ pub struct Server {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own (`--metrics-bind`).
+    pub metrics_addr: Option<SocketAddr>,
     pub(crate) state: AppState,
     serve: JoinHandle<()>,
+    serve_metrics: Option<JoinHandle<()>>,
     /// The watcher, until [`Running::start_watcher`] starts it.
     watcher: Option<Watcher>,
     watching: Option<JoinHandle<()>>,
@@ -327,6 +331,13 @@ impl Server {
         };
         let listener =
             listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let metrics_listener = match settings.metrics_bind {
+            Some(addr) => Some(
+                listen(addr)
+                    .with_context(|| format!("cannot listen on {addr} (--metrics-bind)"))?,
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let deadline = Deadline(settings.query_timeout());
         let streams = Arc::new(Streams {
@@ -357,6 +368,7 @@ impl Server {
         });
         Ok(Server {
             listener,
+            metrics_listener,
             state,
             watcher,
             limits,
@@ -394,10 +406,31 @@ impl Server {
             shutdown,
         ));
         tracing::info!(%addr, max_connections = self.limits.max_connections, "runwire listening");
+        // Scrapes are few and short: axum's own server is enough here, without the front's
+        // limits (the address is meant to be reachable by Prometheus only).
+        let metrics_addr = self
+            .metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
+        let serve_metrics = self.metrics_listener.map(|listener| {
+            tracing::info!(addr = ?metrics_addr, "metrics listening");
+            let app = http::metrics_router(self.state.clone());
+            let stop = self.state.shutdown.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::warn!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         Running {
             addr,
+            metrics_addr,
             state: self.state,
             serve,
+            serve_metrics,
             watcher: Some(self.watcher),
             watching: None,
         }
@@ -442,6 +475,9 @@ impl Running {
         self.state.shutdown.cancel();
         let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = self.serve.await;
+            if let Some(serve_metrics) = self.serve_metrics {
+                let _ = serve_metrics.await;
+            }
             if let Some(watching) = self.watching {
                 let _ = watching.await;
             }

@@ -128,6 +128,11 @@ pub struct Settings {
     /// origin may frame it.
     #[arg(long, env = "RUNWIRE_EMBED_ORIGINS", value_delimiter = ',')]
     pub embed_origins: Vec<String>,
+    /// Serve `/metrics` on this address only (a listener of its own: loopback, or an
+    /// interface only Prometheus reaches); `--bind` then answers `/metrics` with 404. Without
+    /// it `/metrics` is on `--bind`, open to whoever reaches that.
+    #[arg(long, env = "RUNWIRE_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Label the operations metrics (`runwire_runs_active`, …) by workspace too: one series
     /// per workspace, type and status, so only for a bounded number of workspaces.
     #[arg(long, env = "RUNWIRE_METRICS_WORKSPACE_LABEL", default_value_t = false)]
