@@ -35,12 +35,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(args) => {
-            check_secret(&args.jwt_secret)
-                .context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
+            let secret = args.jwt_secret.filter(|s| !s.is_empty()).context(
+                "set RUNWIRE_JWT_SECRET (or --jwt-secret) to the secret runwire serves with: \
+                 at least 32 bytes, e.g. `openssl rand -hex 32`",
+            )?;
+            check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
             println!(
                 "{}",
-                Tokens::new(args.jwt_secret.as_bytes())
-                    .issue_scoped(args.user, args.ttl, args.scope)
+                Tokens::new(secret.as_bytes()).issue_scoped(args.user, args.ttl, args.scope)
             );
             Ok(())
         }

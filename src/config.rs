@@ -30,6 +30,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Apply migrations, seed a demo workspace, start the service and a simulator, and print
     /// the dashboard URL and the secret (RUNWIRE_JWT_SECRET, random if unset).
+    // The demo always migrates its database: `--migrate` is `serve`'s.
+    #[command(mut_arg("migrate", |a| a.hide(true)))]
     Demo(Settings),
 }
 
@@ -67,8 +69,9 @@ pub struct TokenArgs {
     #[arg(long)]
     pub scope: Option<crate::access::token::TokenScope>,
     /// HS256 secret shared with the host app: at least 32 bytes (`openssl rand -hex 32`).
+    /// Required, here or in the environment variable.
     #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
 }
 
 /// A token lifetime in seconds: a plain number of seconds, or a duration such as `30d`.
@@ -167,6 +170,8 @@ pub struct Settings {
     /// waiting for it (with backoff, logging the cause of every failed attempt).
     #[arg(long, env = "RUNWIRE_DATABASE_FAIL_FAST", default_value_t = false)]
     pub database_fail_fast: bool,
+    /// Log lines on stderr as `text` (for people) or `json` (one object a line, for log
+    /// pipelines); `RUST_LOG` filters them (default `info`).
     #[arg(long, env = "RUNWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// `serve`: apply migrations at start (needs DDL rights). Without it, `serve` changes no

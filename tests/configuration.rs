@@ -255,3 +255,58 @@ async fn logs_go_to_stderr_without_colour_when_it_is_not_a_terminal() {
         );
     }
 }
+
+/// `--help` says what each command takes: `token` does not demand `--jwt-secret` (the
+/// variable suffices), `demo` does not offer `--migrate` (it always migrates), and every flag
+/// has a description.
+#[tokio::test]
+async fn help_texts_say_what_each_command_takes() {
+    let help = |args: &'static [&'static str]| async move {
+        let (ok, out) = runwire(args, &[]).exit().await;
+        assert!(ok, "{args:?}: {out}");
+        out
+    };
+    let token = help(&["token", "--help"]).await;
+    let usage = token.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert!(usage.contains("--user <USER>"), "{usage}");
+    assert!(!usage.contains("--jwt-secret"), "not required: {usage}");
+    assert!(token.contains("RUNWIRE_JWT_SECRET"), "{token}");
+
+    let demo = help(&["demo", "--help"]).await;
+    assert!(!demo.contains("--migrate"), "{demo}");
+    assert!(help(&["serve", "--help"]).await.contains("--migrate"));
+
+    for command in [
+        &["serve", "--help"][..],
+        &["demo", "--help"],
+        &["migrate", "--help"],
+    ] {
+        let text = help(command).await;
+        // In the long help a flag's description is on the lines under it; an undescribed
+        // flag goes straight to `[env: …]` / `[default: …]`.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim_start().starts_with("--") {
+                let next = lines.get(i + 1).map_or("", |l| l.trim());
+                let described = !next.is_empty() && !next.starts_with('[');
+                assert!(described, "{command:?}: no description for {line:?}");
+            }
+        }
+    }
+    let serve = help(&["serve", "--help"]).await;
+    let described = serve
+        .lines()
+        .skip_while(|l| !l.contains("--log-format"))
+        .nth(1)
+        .unwrap();
+    assert!(described.contains("json"), "{described}");
+
+    // The token command without a secret says how to make one.
+    let (ok, out) = runwire(&["token", "--user", "1"], &[]).exit().await;
+    assert!(!ok);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("RUNWIRE_JWT_SECRET") && out.contains("openssl rand -hex 32"),
+        "{out}"
+    );
+}
