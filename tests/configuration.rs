@@ -136,6 +136,24 @@ async fn no_value_of_any_flag_panics_each_is_refused_clearly_or_runs() {
             }
         }
     }
+    // `token`'s numbers: a lifetime past year 9999 is cut there, a user id is any i64.
+    for (flag, value) in huge
+        .iter()
+        .map(|v| ("--ttl", *v))
+        .chain(huge.iter().map(|v| ("--user", *v)))
+    {
+        let arg = format!("{flag}={value}");
+        let mut args = vec!["token", arg.as_str()];
+        if flag == "--ttl" {
+            args.push("--user=1");
+        }
+        let (ok, out) = runwire(&args, &[strong_secret()]).exit().await;
+        assert!(!out.contains("panicked"), "{arg}: {out}");
+        match ok {
+            true => assert_eq!(out.trim().split('.').count(), 3, "{arg}: {out}"),
+            false => assert!(out.contains(flag), "{arg}: {out}"),
+        }
+    }
     // The same ranges hold for the environment variables.
     let mut p = runwire(
         &["serve", "--bind", "127.0.0.1:0"],
