@@ -190,11 +190,11 @@ pub struct Settings {
 /// before anything is changed, so that a typo is refused rather than run, and so that adding
 /// any of these durations to an `Instant` (a keep-alive after the last write, twice the
 /// heartbeat) cannot overflow anywhere downstream.
-fn ranges(s: &Settings) -> [(&'static str, Option<u64>, u64, u64); 11] {
+fn ranges(s: &Settings) -> Vec<(&'static str, Option<u64>, u64, u64)> {
     const HOUR: u64 = 3600;
     const DAY: u64 = 24 * HOUR;
     let count = |n: usize| Some(u64::try_from(n).unwrap_or(u64::MAX));
-    [
+    vec![
         ("keepalive-secs", Some(s.keepalive_secs), 1, HOUR),
         ("heartbeat-secs", Some(s.heartbeat_secs), 1, HOUR),
         (
