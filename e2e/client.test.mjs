@@ -353,6 +353,32 @@ test("two users in one browser, even with one's session cookie set: no tab recei
   await context.close();
 });
 
+test("a plain EventSource page in token mode is served as its token's user, whatever session cookie the browser holds", async () => {
+  const { runA, runB } = await twoUserWorld();
+  const context = await browser.newContext();
+  const page = await runwire.page(context);
+  // Bob signed in on this browser (his cookie); then a page opens Alice's streams with her
+  // token in the URL, as EventSource must. A garbage cookie must not refuse her either.
+  await page.evaluate((t) => runwire.Runwire.startSession("", t), token(world.bob));
+  const open = (run, t) =>
+    page.evaluate(
+      ({ run, t }) =>
+        new Promise((resolve) => {
+          const es = new EventSource(`/v1/runs/${run}/events?access_token=${t}`);
+          es.addEventListener("snapshot", (e) => (es.close(), resolve(["snapshot", JSON.parse(e.data).id])));
+          es.addEventListener("end", (e) => (es.close(), resolve(["end", JSON.parse(e.data).reason])));
+          es.onerror = () => (es.close(), resolve(["error", null]));
+        }),
+      { run, t },
+    );
+  assert.deepEqual(await open(runA, token(world.alice)), ["snapshot", runA], "Alice's run, by her token");
+  assert.notEqual((await open(runB, token(world.alice)))[0], "snapshot", "not Bob's run, whose cookie is set");
+  await context.addCookies([{ name: "runwire_token", value: "garbage", url: runwire.base }]);
+  assert.deepEqual(await open(runA, token(world.alice)), ["snapshot", runA], "a garbage cookie spoils nothing");
+  await db.query("UPDATE operation_runs SET status = 'completed', outcome = 'succeeded' WHERE id = ANY($1)", [[runA, runB]]);
+  await context.close();
+});
+
 test("a refreshed token that names another user moves the tab to that user's tabs", async () => {
   const { runA, runB, shared } = await twoUserWorld();
   const context = await browser.newContext();

@@ -3,7 +3,7 @@
 
 import { spawn, execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer as createHttpServer } from "node:http";
+import { createServer as createHttpServer, request as httpRequest } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -124,7 +124,7 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const proc = start(runwireBinary(), ["serve", ...args], {
-    // Its log (warnings and worse) goes to stdout: keep it in the test output.
+    // Its log (warnings and worse) goes to stderr: keep it in the test output.
     stdio: ["ignore", "inherit", "inherit"],
     env: {
       ...process.env,
@@ -177,6 +177,40 @@ export async function startRunwire({ databaseUrl, secret, args = [], env = {} })
     },
   };
   return handle;
+}
+
+/**
+ * A reverse proxy that serves `target` under `prefix` and strips it (nginx's
+ * `location /runwire/ { proxy_pass http://runwire/; }`), streaming responses unbuffered.
+ * Anything outside the prefix gets a 404, and `outside` lists it: a page that asks the site's
+ * root for runwire's files is caught.
+ */
+export async function startPrefixProxy(target, prefix) {
+  const port = await freePort();
+  const outside = [];
+  const server = createHttpServer((req, res) => {
+    if (!req.url.startsWith(prefix + "/")) {
+      outside.push(req.url);
+      res.writeHead(404, { "content-type": "text/plain" });
+      return res.end("not under " + prefix);
+    }
+    const upstream = httpRequest(target + req.url.slice(prefix.length), { method: req.method, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode, up.headers);
+      up.pipe(res);
+    });
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  await new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
+  return {
+    base: `http://127.0.0.1:${port}${prefix}`,
+    outside,
+    stop() {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 /**

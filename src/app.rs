@@ -58,9 +58,24 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListene
 
 /// Postgres connection options from a URL, named `runwire` in `pg_stat_activity`.
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    Ok(PgConnectOptions::from_str(url)
-        .context("DATABASE_URL is not a valid Postgres URL")?
-        .application_name("runwire"))
+    Ok(postgres_url(url, "DATABASE_URL")?.application_name("runwire"))
+}
+
+/// Parses the Postgres URL in `var`. Another scheme is refused here, at once: the parser
+/// would otherwise take `mysql://x` for a Postgres on host `x` and start-up would retry it
+/// forever. The URL itself is never repeated (it may carry a password).
+fn postgres_url(url: &str, var: &str) -> anyhow::Result<PgConnectOptions> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some(s) if s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql") => {
+            PgConnectOptions::from_str(url)
+                .with_context(|| format!("{var} is not a valid Postgres URL"))
+        }
+        Some(other) => anyhow::bail!(
+            "{var} must be a Postgres URL (postgres://user@host/database), not a {other}:// URL"
+        ),
+        None => anyhow::bail!("{var} must be a Postgres URL (postgres://user@host/database)"),
+    }
 }
 
 /// The query pool's options. Every query has a deadline: each connection carries
@@ -240,6 +255,7 @@ impl AppState {
 /// A built, bound server that is not yet running.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     state: AppState,
     watcher: Watcher,
     limits: ConnectionLimits,
@@ -248,8 +264,11 @@ pub struct Server {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own (`--metrics-bind`).
+    pub metrics_addr: Option<SocketAddr>,
     pub(crate) state: AppState,
     serve: JoinHandle<()>,
+    serve_metrics: Option<JoinHandle<()>>,
     /// The watcher, until [`Running::start_watcher`] starts it.
     watcher: Option<Watcher>,
     watching: Option<JoinHandle<()>>,
@@ -258,6 +277,7 @@ pub struct Running {
 impl Server {
     /// Builds the application and binds `settings.bind`; migrations are the caller's.
     pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Server> {
+        settings.validate()?;
         let secret = settings
             .jwt_secret
             .clone()
@@ -275,8 +295,7 @@ impl Server {
         // The change source's connection: --listener-database-url, else the pool's database.
         let database = match settings.listener_database_url.as_deref() {
             Some(url) if !url.is_empty() => SourceDatabase {
-                options: PgConnectOptions::from_str(url)
-                    .context("RUNWIRE_LISTENER_DATABASE_URL is not a valid Postgres URL")?
+                options: postgres_url(url, "RUNWIRE_LISTENER_DATABASE_URL")?
                     .application_name("runwire-listener"),
             },
             _ => SourceDatabase {
@@ -312,6 +331,13 @@ impl Server {
         };
         let listener =
             listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let metrics_listener = match settings.metrics_bind {
+            Some(addr) => Some(
+                listen(addr)
+                    .with_context(|| format!("cannot listen on {addr} (--metrics-bind)"))?,
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let deadline = Deadline(settings.query_timeout());
         let streams = Arc::new(Streams {
@@ -345,6 +371,7 @@ impl Server {
         });
         Ok(Server {
             listener,
+            metrics_listener,
             state,
             watcher,
             limits,
@@ -382,10 +409,31 @@ impl Server {
             shutdown,
         ));
         tracing::info!(%addr, max_connections = self.limits.max_connections, "runwire listening");
+        // Scrapes are few and short: axum's own server is enough here, without the front's
+        // limits (the address is meant to be reachable by Prometheus only).
+        let metrics_addr = self
+            .metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
+        let serve_metrics = self.metrics_listener.map(|listener| {
+            tracing::info!(addr = ?metrics_addr, "metrics listening");
+            let app = http::metrics_router(self.state.clone());
+            let stop = self.state.shutdown.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::warn!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         Running {
             addr,
+            metrics_addr,
             state: self.state,
             serve,
+            serve_metrics,
             watcher: Some(self.watcher),
             watching: None,
         }
@@ -430,6 +478,9 @@ impl Running {
         self.state.shutdown.cancel();
         let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = self.serve.await;
+            if let Some(serve_metrics) = self.serve_metrics {
+                let _ = serve_metrics.await;
+            }
             if let Some(watching) = self.watching {
                 let _ = watching.await;
             }

@@ -30,15 +30,18 @@ pub enum Command {
     Token(TokenArgs),
     /// Apply migrations, seed a demo workspace, start the service and a simulator, and print
     /// the dashboard URL and the secret (RUNWIRE_JWT_SECRET, random if unset).
+    // The demo always migrates its database: `--migrate` is `serve`'s.
+    #[command(mut_arg("migrate", |a| a.hide(true)))]
     Demo(Settings),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection URL. Without it: if a PostgreSQL answers on 127.0.0.1:5432 (user
-    /// postgres, no password), runwire uses the database `runwire` there, creating it if
-    /// missing; otherwise it starts a private PostgreSQL under ./.runwire/pg (needs
-    /// PostgreSQL's binaries installed) and stops it on exit.
+    /// Postgres connection URL (postgres://user@host/database); `serve` and `migrate` refuse
+    /// to start without one. `demo` without it: if a PostgreSQL answers on 127.0.0.1:5432
+    /// (user postgres, no password), the database `runwire` there, created if missing;
+    /// otherwise a private PostgreSQL under ./.runwire/pg (needs PostgreSQL's binaries
+    /// installed), stopped on exit.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
@@ -66,8 +69,9 @@ pub struct TokenArgs {
     #[arg(long)]
     pub scope: Option<crate::access::token::TokenScope>,
     /// HS256 secret shared with the host app: at least 32 bytes (`openssl rand -hex 32`).
+    /// Required, here or in the environment variable.
     #[arg(long, env = "RUNWIRE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
 }
 
 /// A token lifetime in seconds: a plain number of seconds, or a duration such as `30d`.
@@ -127,6 +131,11 @@ pub struct Settings {
     /// origin may frame it.
     #[arg(long, env = "RUNWIRE_EMBED_ORIGINS", value_delimiter = ',')]
     pub embed_origins: Vec<String>,
+    /// Serve `/metrics` on this address only (a listener of its own: loopback, or an
+    /// interface only Prometheus reaches); `--bind` then answers `/metrics` with 404. Without
+    /// it `/metrics` is on `--bind`, open to whoever reaches that.
+    #[arg(long, env = "RUNWIRE_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Label the operations metrics (`runwire_runs_active`, …) by workspace too: one series
     /// per workspace, type and status, so only for a bounded number of workspaces.
     #[arg(long, env = "RUNWIRE_METRICS_WORKSPACE_LABEL", default_value_t = false)]
@@ -161,6 +170,8 @@ pub struct Settings {
     /// waiting for it (with backoff, logging the cause of every failed attempt).
     #[arg(long, env = "RUNWIRE_DATABASE_FAIL_FAST", default_value_t = false)]
     pub database_fail_fast: bool,
+    /// Log lines on stderr as `text` (for people) or `json` (one object a line, for log
+    /// pipelines); `RUST_LOG` filters them (default `info`).
     #[arg(long, env = "RUNWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// `serve`: apply migrations at start (needs DDL rights). Without it, `serve` changes no
@@ -174,7 +185,93 @@ pub struct Settings {
     pub changes: Changes,
 }
 
+/// The allowed values of the numeric flags: one row per flag (`--flag`, its value, the
+/// smallest and largest allowed), so a flag added later adds one row. Checked once at start,
+/// before anything is changed, so that a typo is refused rather than run, and so that adding
+/// any of these durations to an `Instant` (a keep-alive after the last write, twice the
+/// heartbeat) cannot overflow anywhere downstream.
+fn ranges(s: &Settings) -> Vec<(&'static str, Option<u64>, u64, u64)> {
+    const HOUR: u64 = 3600;
+    const DAY: u64 = 24 * HOUR;
+    let count = |n: usize| Some(u64::try_from(n).unwrap_or(u64::MAX));
+    vec![
+        ("keepalive-secs", Some(s.keepalive_secs), 1, HOUR),
+        ("heartbeat-secs", Some(s.heartbeat_secs), 1, HOUR),
+        (
+            "max-stream-lifetime-secs",
+            Some(s.max_stream_lifetime_secs),
+            0,
+            365 * DAY,
+        ),
+        (
+            "request-head-timeout-secs",
+            Some(s.request_head_timeout_secs),
+            1,
+            HOUR,
+        ),
+        ("idle-timeout-secs", Some(s.idle_timeout_secs), 1, DAY),
+        ("query-timeout-secs", Some(s.query_timeout_secs), 1, HOUR),
+        (
+            "db-acquire-timeout-secs",
+            Some(s.db_acquire_timeout_secs),
+            1,
+            HOUR,
+        ),
+        (
+            "max-streams-per-user",
+            count(s.max_streams_per_user),
+            1,
+            1_000_000,
+        ),
+        ("max-streams", count(s.max_streams), 1, 10_000_000),
+        (
+            "max-connections",
+            s.max_connections.and_then(count),
+            1,
+            10_000_000,
+        ),
+        ("db-pool-size", Some(u64::from(s.db_pool_size)), 1, 10_000),
+    ]
+}
+
+/// A flag's value outside its range: one line naming the flag, its variable and the range.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag} (RUNWIRE_{env}) must be between {min} and {max}{unit}, not {value}")]
+pub struct OutOfRange {
+    flag: &'static str,
+    env: String,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &'static str,
+}
+
 impl Settings {
+    /// Refuses any value outside its range (see [`ranges`]). `serve` and `demo` call it before
+    /// they touch anything, and [`crate::Server::build`] again for callers of the library.
+    pub fn validate(&self) -> Result<(), OutOfRange> {
+        for (flag, value, min, max) in ranges(self) {
+            match value {
+                Some(value) if value < min || value > max => {
+                    return Err(OutOfRange {
+                        flag,
+                        env: flag.to_uppercase().replace('-', "_"),
+                        value,
+                        min,
+                        max,
+                        unit: if flag.ends_with("-secs") {
+                            " seconds"
+                        } else {
+                            ""
+                        },
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Settings with every default, for tests and embedding. The environment is not read:
     /// a `RUNWIRE_*` variable set where tests run must not change what they test.
     pub fn defaults() -> Self {
@@ -214,6 +311,28 @@ mod tests {
         assert_eq!(parse(&["--user", "1", "--ttl", "90"]), Ok((1, 90, None)));
         assert!(parse(&["--user", "1", "--ttl", "soon"]).is_err());
         assert!(parse(&["--user", "1", "--scope", "tenant:9"]).is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_in_range_and_each_range_is_enforced() {
+        let defaults = Settings::defaults();
+        defaults.validate().expect("the defaults are valid");
+        let mut s = defaults.clone();
+        s.keepalive_secs = u64::MAX;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "--keepalive-secs (RUNWIRE_KEEPALIVE_SECS) must be between 1 and 3600 seconds"
+            ),
+            "{e}"
+        );
+        let mut s = defaults;
+        s.max_connections = Some(0);
+        let e = s.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--max-connections (RUNWIRE_MAX_CONNECTIONS) must be between 1 and 10000000, not 0"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(crate) async fn run(mut settings: Settings) -> anyhow::Result<()> {
     });
     check_secret(&secret).context("RUNWIRE_JWT_SECRET (or --jwt-secret) is too short")?;
     settings.jwt_secret = Some(secret.clone());
-    let (url, embedded) = crate::cli::database(&settings.database).await?;
+    let (url, embedded) = crate::cli::demo_database(&settings.database).await?;
     // The demo owns its database: it migrates.
     let source = prepare_database(
         &connect_options(&url)?,

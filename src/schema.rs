@@ -78,12 +78,29 @@ pub async fn migrate(conn: &mut PgConnection, changes: Changes) -> anyhow::Resul
     let what = describe(source);
     tx.execute(install)
         .await
-        .with_context(|| format!("cannot install the {what} integration"))?;
-    tx.execute(remove)
-        .await
-        .with_context(|| format!("cannot remove what the {what} integration does not need"))?;
+        .map_err(|e| failed(&format!("cannot install the {what} integration"), &e))?;
+    tx.execute(remove).await.map_err(|e| {
+        failed(
+            &format!("cannot remove what the {what} integration does not need"),
+            &e,
+        )
+    })?;
     tx.commit().await?;
     Ok(source)
+}
+
+/// A failed migration step as one line: what runwire was doing and Postgres's message, once.
+/// (sqlx's error says "error returned from database: X" and then its source, X, again.) A
+/// refusal for lack of rights says who may migrate.
+fn failed(doing: &str, e: &sqlx::Error) -> anyhow::Error {
+    match e.as_database_error() {
+        Some(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
+            "{doing}: {}; migrate as the owner of the host's tables (see docs/operations.md)",
+            db.message()
+        ),
+        Some(db) => anyhow::anyhow!("{doing}: {}", db.message()),
+        None => anyhow::anyhow!("{doing}: {e}"),
+    }
 }
 
 /// Creates the seven host tables if none exist (tests, the demo, standalone use).
@@ -134,7 +151,7 @@ pub(crate) async fn check(conn: &mut PgConnection, changes: Changes) -> anyhow::
         .context("cannot check which tables runwire may read")?;
     anyhow::ensure!(
         unreadable.is_empty(),
-        "runwire needs SELECT on {} (missing table or grant); see docs/operations.md",
+        "serve needs SELECT on {} (missing table or grant); see docs/operations.md",
         unreadable.join(", ")
     );
     let columns = column_problems(&mut *conn)

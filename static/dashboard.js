@@ -1,5 +1,6 @@
 /*
- * The live operations dashboard served at `/`. Open it as
+ * The live operations dashboard served at `/` (or under a proxy's prefix, `/runwire/`: every
+ * URL it uses is relative to the page). Open it as
  *   /#token=<access token>&workspace=<id>[&refresh_url=<url>]
  * (the fragment never reaches a server log). With `refresh_url`, an expired or refused token
  * is exchanged there for a new one (POST with the old token as a bearer token and the page's
@@ -15,6 +16,9 @@
   "use strict";
 
   var $ = function (id) { return document.getElementById(id); };
+  // Where runwire answers: the page's own directory, so the dashboard works behind a path
+  // prefix (a proxy's /runwire/) as well as at the root. Never a root-absolute URL.
+  var BASE = new URL(".", location.href).href.replace(/\/$/, "");
   var state = {
     workspace: null,
     tenants: new Map(), // id -> { name, role, can_view_review_pack }
@@ -288,7 +292,7 @@
           token = token && String(token).trim();
           if (!token) throw new Error("refresh_url gave no token");
           current = token;
-          return Runwire.startSession("", token).then(function () { return token; });
+          return Runwire.startSession(BASE, token).then(function () { return token; });
         });
     };
   }
@@ -296,9 +300,9 @@
   function start(token, workspaceId, refreshUrl) {
     $("connect").hidden = true;
     // Without a token, an earlier session cookie may still be valid.
-    (token ? runwire.Runwire.startSession("", token) : Promise.resolve())
+    (token ? runwire.Runwire.startSession(BASE, token) : Promise.resolve())
       .then(function () {
-        return fetch("/v1/workspaces/" + encodeURIComponent(workspaceId), { credentials: "same-origin" });
+        return fetch(BASE + "/v1/workspaces/" + encodeURIComponent(workspaceId), { credentials: "same-origin" });
       })
       .then(function (r) {
         if (!r.ok) throw new Error("workspace " + r.status);
@@ -311,7 +315,7 @@
         document.title = ws.name + " · Operations · runwire";
         $("app").hidden = false;
         rw = new runwire.Runwire(Object.assign(
-          { onStateChange: function (s) { setLive(s === "open"); } },
+          { url: BASE, onStateChange: function (s) { setLive(s === "open"); } },
           refreshUrl ? { refreshToken: refresher(refreshUrl, token) } : {}
         ));
         window.runwireClient = rw;

@@ -146,3 +146,74 @@ async fn get_session_names_the_user_of_the_credentials_and_sets_nothing() {
         assert_eq!(body["error"]["code"], "unauthorized");
     }
 }
+
+/// An explicit token (`Authorization`, then `access_token`) names the caller; the session
+/// cookie only stands in when there is none. A page in token mode must not be served as
+/// whoever last logged in on the same browser, nor be refused for a stale or garbage cookie.
+#[tokio::test]
+async fn an_explicit_token_wins_over_the_session_cookie() {
+    let (app, w, _) = app().await;
+    let user_of = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["user_id"].as_i64().unwrap()
+    };
+    let readonly_cookie = format!("runwire_token={}", token(w.readonly));
+    let query = format!("/v1/session?access_token={}", token(w.member));
+
+    let by_query = app.get_with(&query, &[("cookie", &readonly_cookie)]).await;
+    assert_eq!(
+        user_of(by_query).await,
+        w.member,
+        "access_token beats the cookie"
+    );
+
+    let bearer = format!("Bearer {}", token(w.owner));
+    let by_header = app
+        .get_with(
+            &query,
+            &[("cookie", &readonly_cookie), ("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(
+        user_of(by_header).await,
+        w.owner,
+        "Authorization beats both"
+    );
+
+    // Without an explicit token the cookie still authenticates.
+    let by_cookie = app
+        .get_with("/v1/session", &[("cookie", &readonly_cookie)])
+        .await;
+    assert_eq!(user_of(by_cookie).await, w.readonly);
+
+    // A garbage or expired cookie does not spoil a valid token, on JSON and stream paths.
+    let run = create_run(app.pool(), w.workspace, None, "running").await;
+    for cookie in ["runwire_token=garbage", "runwire_token=a.b.c; theme=dark"] {
+        let session = app.get_with(&query, &[("cookie", cookie)]).await;
+        assert_eq!(user_of(session).await, w.member, "{cookie}");
+        let json = format!("/v1/runs/{run}?access_token={}", token(w.owner));
+        let resp = app.get_with(&json, &[("cookie", cookie)]).await;
+        assert_eq!(resp.status(), 200, "{cookie}");
+        let stream = format!("/v1/runs/{run}/events?access_token={}", token(w.owner));
+        let resp = app.get_with(&stream, &[("cookie", cookie)]).await;
+        assert_eq!(resp.status(), 200, "{cookie}");
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+    }
+    // A garbage cookie alone is still a 401, and so is a bad explicit token beside a good
+    // cookie: the explicit one is what the caller meant.
+    let garbage = app
+        .get_with("/v1/session", &[("cookie", "runwire_token=garbage")])
+        .await;
+    assert_eq!(garbage.status(), 401);
+    let bad_query = app
+        .get_with(
+            "/v1/session?access_token=garbage",
+            &[("cookie", &readonly_cookie)],
+        )
+        .await;
+    assert_eq!(bad_query.status(), 401);
+}

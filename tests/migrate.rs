@@ -254,3 +254,85 @@ async fn the_wal_integration_keeps_host_writes_to_tables_without_a_primary_key()
         }
     }
 }
+
+/// Every relation (table, index, sequence, view) outside the system schemas, as
+/// `schema.name (kind)`, and every non-system schema.
+async fn catalog(pool: &PgPool) -> (Vec<String>, Vec<String>) {
+    let relations = sqlx::query_scalar(
+        "SELECT n.nspname || '.' || c.relname || ' (' || c.relkind::text || ')'
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let schemas = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace
+         WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (relations, schemas)
+}
+
+/// Exactly what `migrate` adds to a host's database (the seven tables made by the host), in
+/// each mode, as docs/operations.md lists it: no table in the host's schema, no bookkeeping
+/// (no `_sqlx_migrations`) anywhere; WAL mode adds no relation at all, NOTIFY mode its own
+/// schema with its access log, and two indexes on the host's tables.
+#[tokio::test]
+async fn migrate_adds_to_a_host_database_exactly_what_the_docs_list() {
+    for changes in [Changes::Wal, Changes::Notify] {
+        let db = TestDb::empty().await;
+        let mut conn = db.pool.acquire().await.unwrap();
+        runwire::create_host_tables(&mut conn).await.unwrap();
+        drop(conn);
+        let (before, schemas_before) = catalog(&db.pool).await;
+        migrate(&db, changes).await.unwrap();
+        // Twice: every file is idempotent, and a second run adds nothing either.
+        migrate(&db, changes).await.unwrap();
+        let (after, schemas_after) = catalog(&db.pool).await;
+        let added: Vec<&String> = after.iter().filter(|r| !before.contains(r)).collect();
+        let removed: Vec<&String> = before.iter().filter(|r| !after.contains(r)).collect();
+        assert!(removed.is_empty(), "{changes:?} removed {removed:?}");
+        assert!(
+            !after.iter().any(|r| r.contains("_sqlx_migrations")),
+            "{changes:?}: {after:?}"
+        );
+        assert!(
+            !added
+                .iter()
+                .any(|r| r.starts_with("public.") && r.ends_with("(r)")),
+            "{changes:?} created a table in the host's schema: {added:?}"
+        );
+        match changes {
+            Changes::Wal => {
+                assert!(added.is_empty(), "WAL mode adds no relation: {added:?}");
+                assert_eq!(schemas_after, schemas_before);
+            }
+            _ => {
+                let mut expected = vec![
+                    "public.operation_runs_workspace_active (i)",
+                    "public.review_packs_tenant_latest (i)",
+                    "runwire.access_changes (r)",
+                ];
+                let mut got: Vec<&str> = added
+                    .iter()
+                    .map(|r| r.as_str())
+                    // The access log's own key and sequence.
+                    .filter(|r| !r.starts_with("runwire.access_changes_"))
+                    .collect();
+                expected.sort();
+                got.sort();
+                assert_eq!(got, expected);
+                let new_schemas: Vec<&String> = schemas_after
+                    .iter()
+                    .filter(|s| !schemas_before.contains(s))
+                    .collect();
+                assert_eq!(new_schemas, ["runwire"]);
+            }
+        }
+        db.drop_db().await;
+    }
+}

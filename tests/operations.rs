@@ -476,3 +476,37 @@ async fn a_prometheus_scrapes_runwire_and_sees_the_operations() {
         .await;
     }
 }
+
+/// `--metrics-bind`: `/metrics` on a listener of its own (one only Prometheus reaches), and
+/// no longer on the public one; that listener serves nothing else.
+#[tokio::test]
+async fn metrics_bind_moves_metrics_to_a_listener_of_its_own() {
+    let app = TestApp::configured(|s| s.metrics_bind = Some("127.0.0.1:0".parse().unwrap())).await;
+    let private = app.running.metrics_addr.expect("a metrics listener");
+    assert_ne!(private, app.addr);
+    let metrics = Client::to(private);
+    let scrape = metrics.get("/metrics", None).await;
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape
+        .text()
+        .await
+        .unwrap()
+        .contains("runwire_streams_open"));
+    for path in ["/metrics", "/metrics/"] {
+        assert_eq!(app.get(path, None).await.status(), 404, "{path} on --bind");
+    }
+    for path in ["/healthz", "/v1/session", "/", "/runwire.js"] {
+        assert_eq!(
+            metrics.get(path, None).await.status(),
+            404,
+            "{path} on --metrics-bind"
+        );
+    }
+    // The public listener goes on serving everything else.
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+
+    // Without the flag, /metrics stays where it was.
+    let plain = TestApp::spawn().await;
+    assert!(plain.running.metrics_addr.is_none());
+    assert_eq!(plain.get("/metrics", None).await.status(), 200);
+}

@@ -289,12 +289,41 @@ async fn serve_names_a_table_it_may_not_read() {
         .await
         .unwrap();
     let err = refused(serve(&database_url(&db, &role), free_port(), &[])).await;
-    assert!(
-        err.trim_end().ends_with(
-            "runwire needs SELECT on review_packs (missing table or grant); see docs/operations.md"
-        ),
+    assert_eq!(
+        err.trim_end().lines().last().unwrap(),
+        "runwire: serve needs SELECT on review_packs (missing table or grant); see docs/operations.md",
         "{err}"
     );
+    drop_role(db, &role).await;
+}
+
+/// `migrate` (and `serve --migrate`) as a role that may only read: one line that says what
+/// failed and Postgres's cause once, and what to do.
+#[tokio::test]
+async fn migrating_as_a_read_only_role_names_its_cause_once() {
+    let db = TestDb::new().await;
+    let role = select_only_role(&db).await;
+    let url = database_url(&db, &role);
+    let migrate = common::binary::runwire(&["migrate"], &[("DATABASE_URL", &url)]);
+    let serve = common::binary::runwire(
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--migrate",
+            "--database-fail-fast",
+        ],
+        &[("DATABASE_URL", &url), common::binary::strong_secret()],
+    );
+    for p in [migrate, serve] {
+        let (ok, out) = p.exit().await;
+        assert!(!ok, "{out}");
+        let last = out.lines().last().unwrap();
+        assert!(last.starts_with("runwire: cannot install the "), "{out}");
+        assert_eq!(last.matches("permission denied").count(), 1, "{last}");
+        assert!(!last.contains("error returned from database"), "{last}");
+        assert!(last.contains("the owner of the host's tables"), "{last}");
+    }
     drop_role(db, &role).await;
 }
 

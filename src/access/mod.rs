@@ -53,12 +53,22 @@ impl AccessError {
 /// Name of the cookie that carries the token for browsers (`POST /v1/session` sets it).
 pub(crate) const COOKIE_NAME: &str = "runwire_token";
 
-/// The raw token of a request: `Authorization: Bearer`, then the cookie, then `access_token`
-/// in the query (EventSource cannot send headers). An `Authorization` header of another
-/// scheme (Basic, added by a proxy in front) is not ours and hides nothing.
+/// The raw token of a request: an explicit one first — `Authorization: Bearer`, then
+/// `access_token` in the query (EventSource cannot send headers) — and only without either the
+/// session cookie. The cookie is ambient: it names whoever last signed in on this browser, so
+/// it must not decide for a page that says whom it is, nor spoil its token when it is stale.
+/// An `Authorization` header of another scheme (Basic, added by a proxy in front) is not ours
+/// and hides nothing.
 pub(crate) fn token_from_parts(parts: &Parts) -> Option<String> {
     if let Some(token) = bearer(&parts.headers) {
         return Some(token.to_owned());
+    }
+    if let Some(token) = parts.uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, v)| k == "access_token" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    }) {
+        return Some(token);
     }
     for header in parts.headers.get_all(COOKIE) {
         let Ok(header) = header.to_str() else {
@@ -72,10 +82,7 @@ pub(crate) fn token_from_parts(parts: &Parts) -> Option<String> {
             }
         }
     }
-    let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.into_owned())
+    None
 }
 
 /// The token of an `Authorization: Bearer` header (the first such header, if several).

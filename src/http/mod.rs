@@ -48,17 +48,25 @@ pub(crate) fn is_stream_route(method: &Method, path: &str) -> bool {
     method == Method::GET && TABLE.at(path).is_ok()
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API; `/metrics` too unless it has a listener of its own
+/// (`--metrics-bind`, [`metrics_router`]).
 pub(crate) fn router(state: AppState) -> Router {
     let cors = cors(&state.settings.allowed_origins);
-    let router = Router::new()
+    let metrics_here = state.settings.metrics_bind.is_none();
+    let mut router = Router::new()
         .route(RUN_EVENTS, get(handlers::run_events))
         .route("/v1/runs/{run_id}", get(handlers::run_snapshot))
         .route(PACK_EVENTS, get(handlers::pack_events))
-        .route("/v1/tenants/{tenant_id}/review-pack", get(handlers::pack_snapshot))
+        .route(
+            "/v1/tenants/{tenant_id}/review-pack",
+            get(handlers::pack_snapshot),
+        )
         .route(MULTI_EVENTS, get(handlers::multi_events))
         .route(WORKSPACE_EVENTS, get(handlers::workspace_events))
-        .route("/v1/workspaces/{workspace_id}", get(handlers::workspace_info))
+        .route(
+            "/v1/workspaces/{workspace_id}",
+            get(handlers::workspace_info),
+        )
         .route(
             "/v1/session",
             get(handlers::session)
@@ -67,9 +75,12 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
         .merge(assets::routes())
-        .merge(embed::routes())
+        .merge(embed::routes());
+    if metrics_here {
+        router = router.route("/metrics", get(handlers::metrics));
+    }
+    let router = router
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
@@ -89,6 +100,16 @@ pub(crate) fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// The `--metrics-bind` listener's routes: `/metrics` and nothing else.
+pub(crate) fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .with_state(state)
+        .layer(axum::middleware::map_response(json_errors))
 }
 
 /// Every refusal is JSON (`{"error":{"code","message"}}`), axum's own included: a path that

@@ -139,7 +139,8 @@ pub(crate) struct Deadlines {
     pub lifetime_ends: Option<Instant>,
 }
 
-/// Further out than any stream lives; keeps far-future token expiries from overflowing.
+/// Further out than any stream lives; keeps far-future token expiries and lifetimes from
+/// overflowing.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Deadlines {
@@ -149,7 +150,8 @@ impl Deadlines {
         let token_expires = now + left;
         let lifetime_ends = (max_lifetime_secs > 0).then(|| {
             let secs = max_lifetime_secs as f64 * rand::thread_rng().gen_range(0.9..1.1);
-            now + Duration::from_secs_f64(secs)
+            // Ranges are checked at start; saturate anyway rather than panic on an `Instant`.
+            now + Duration::try_from_secs_f64(secs).map_or(FAR_FUTURE, |d| d.min(FAR_FUTURE))
         });
         Deadlines {
             token_expires,

@@ -127,7 +127,7 @@ impl Notify {
     ) -> Stop {
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return Stop::Shutdown,
-            r = tokio::time::timeout(w.heartbeat * 2, self.connect(w, first)) => {
+            r = tokio::time::timeout(w.heartbeat.saturating_mul(2), self.connect(w, first)) => {
                 r.unwrap_or(Err(sqlx::Error::PoolTimedOut))
             }
         };

@@ -237,7 +237,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) async fn session(w: &Watcher, shutdown: &CancellationToken, first: &mut bool) -> Stop {
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return Stop::Shutdown,
-        r = tokio::time::timeout(OPEN_TIMEOUT.max(w.heartbeat * 2), Session::open(w, first)) => {
+        r = tokio::time::timeout(OPEN_TIMEOUT.max(w.heartbeat.saturating_mul(2)), Session::open(w, first)) => {
             r.unwrap_or_else(|_| Err("opening a replication session timed out".to_string()))
         }
     };
