@@ -76,12 +76,17 @@ pub struct TokenArgs {
 
 /// A token lifetime in seconds: a plain number of seconds, or a duration such as `30d`.
 fn parse_ttl(s: &str) -> Result<u64, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(secs);
+    let secs = match s.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => humantime::parse_duration(s)
+            .map(|d| d.as_secs())
+            .map_err(|e| format!("{e}: give seconds (3600) or a duration (90m, 12h, 30d)"))?,
+    };
+    // A token that expires as it is made is never what was meant.
+    if secs == 0 {
+        return Err("a token must live at least one second".into());
     }
-    humantime::parse_duration(s)
-        .map(|d| d.as_secs())
-        .map_err(|e| format!("{e}: give seconds (3600) or a duration (90m, 12h, 30d)"))
+    Ok(secs)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -154,6 +154,14 @@ async fn no_value_of_any_flag_panics_each_is_refused_clearly_or_runs() {
             false => assert!(out.contains(flag), "{arg}: {out}"),
         }
     }
+    // A token that would expire as it is made is refused.
+    let (ok, out) = runwire(&["token", "--ttl=0", "--user=1"], &[strong_secret()])
+        .exit()
+        .await;
+    assert!(
+        !ok && out.contains("--ttl") && out.contains("at least one second"),
+        "{out}"
+    );
     // The same ranges hold for the environment variables.
     let mut p = runwire(
         &["serve", "--bind", "127.0.0.1:0"],
