@@ -38,8 +38,14 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 const UNAUTHENTICATED: u8 = 0;
 const AUTHENTICATED: u8 = 1;
-/// Evicted or out of time: the connection is being closed.
+/// Out of time: the connection is being closed.
 const CLOSING: u8 = 2;
+/// Evicted for a new connection: being closed, and still counted in `Table::evicting`.
+const EVICTED: u8 = 3;
+/// Evicted connections whose sockets may still be open, beyond the cap, at most (well
+/// inside the file descriptors the default cap leaves free). Admitting does not wait for
+/// each victim's task to close its socket, so accepting keeps pace with a flood.
+const MAX_EVICTING: usize = 16;
 
 /// The connection cap's slots and who holds them.
 pub(crate) struct Admission {
@@ -47,11 +53,16 @@ pub(crate) struct Admission {
     auth_timeout: Duration,
     table: Mutex<Table>,
     metrics: Arc<Metrics>,
+    /// Notified whenever an evicted connection has closed.
+    evicted_gone: Notify,
 }
 
 #[derive(Default)]
 struct Table {
+    /// Open connections, evicted ones that have not closed yet included.
     open: usize,
+    /// Evicted connections that have not closed yet.
+    evicting: usize,
     next_id: u64,
     /// Unauthenticated connections, oldest (lowest id) first, with when each is out of time.
     probation: BTreeMap<u64, (Instant, Arc<Connection>)>,
@@ -92,7 +103,7 @@ impl Table {
             let id = *self.by_peer.get(&peer)?.first()?;
             let conn = self.remove(id, peer)?;
             // Lost a race with its authentication: look further.
-            if conn.close() {
+            if conn.close(EVICTED) {
                 return Some(conn);
             }
         }
@@ -101,11 +112,12 @@ impl Table {
 
 /// What became of a new connection.
 pub(crate) enum Admitted {
-    /// It holds a slot while the [`Slot`] lives.
+    /// It holds a slot while the [`Slot`] lives (perhaps one an evicted connection is
+    /// giving up).
     Open(Slot),
-    /// The cap is full; this unauthenticated connection is being closed to make room: admit
-    /// again once it is [`Connection::gone`].
-    AfterEviction(Arc<Connection>),
+    /// Too many evicted connections have not closed yet: admit again once one has
+    /// ([`Admission::evicted_gone`]).
+    Wait,
     /// The cap is full of authenticated connections.
     Refused,
 }
@@ -117,6 +129,7 @@ impl Admission {
             auth_timeout,
             table: Mutex::new(Table::default()),
             metrics,
+            evicted_gone: Notify::new(),
         })
     }
 
@@ -128,15 +141,16 @@ impl Admission {
     /// Admits a connection from `peer`, or names the one to evict first.
     pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Admitted {
         let mut table = self.lock();
-        if table.open >= self.max {
-            return match table.victim() {
-                Some(victim) => {
-                    self.metrics.connections_evicted.inc();
-                    victim.closing.notify_one();
-                    Admitted::AfterEviction(victim)
-                }
-                None => Admitted::Refused,
+        if table.open - table.evicting >= self.max {
+            if table.evicting >= MAX_EVICTING {
+                return Admitted::Wait;
+            }
+            let Some(victim) = table.victim() else {
+                return Admitted::Refused;
             };
+            table.evicting += 1;
+            self.metrics.connections_evicted.inc();
+            victim.closing.notify_one();
         }
         table.open += 1;
         table.next_id += 1;
@@ -145,7 +159,6 @@ impl Admission {
             peer,
             state: AtomicU8::new(UNAUTHENTICATED),
             closing: Notify::new(),
-            gone: Notify::new(),
             admission: Arc::clone(self),
         });
         let due = Instant::now() + self.auth_timeout;
@@ -155,6 +168,11 @@ impl Admission {
         of_peer.insert(conn.id);
         table.reweigh(peer, before, before + 1);
         Admitted::Open(Slot(conn))
+    }
+
+    /// Resolves when an evicted connection has closed (after [`Admitted::Wait`]).
+    pub(crate) async fn evicted_gone(&self) {
+        self.evicted_gone.notified().await
     }
 
     /// Closes every connection that has not authenticated within the auth timeout.
@@ -173,7 +191,7 @@ impl Admission {
             }
         }
         for conn in out_of_time {
-            if conn.close() {
+            if conn.close(CLOSING) {
                 self.metrics.connections_auth_timeouts.inc();
                 conn.closing.notify_one();
             }
@@ -204,10 +222,8 @@ pub(crate) struct Connection {
     id: u64,
     peer: IpAddr,
     state: AtomicU8,
-    /// Notified when admission evicts it.
+    /// Notified when admission closes it.
     closing: Notify,
-    /// Notified when it has closed and its slot is free.
-    gone: Notify,
     admission: Arc<Admission>,
 }
 
@@ -234,27 +250,17 @@ impl Connection {
         self.state.load(Ordering::Acquire) == AUTHENTICATED
     }
 
-    /// Marks an unauthenticated connection as closing; false if it has authenticated.
-    fn close(&self) -> bool {
-        match self.state.compare_exchange(
-            UNAUTHENTICATED,
-            CLOSING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(state) => state == CLOSING,
-        }
+    /// Marks an unauthenticated connection as closing (`CLOSING` or `EVICTED`); false if it
+    /// has authenticated or is closing already.
+    fn close(&self, why: u8) -> bool {
+        self.state
+            .compare_exchange(UNAUTHENTICATED, why, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Resolves when admission closes this connection: evicted, or out of time.
     pub(crate) async fn closing(&self) {
         self.closing.notified().await
-    }
-
-    /// Resolves once the connection has closed and given its slot back.
-    pub(crate) async fn gone(&self) {
-        self.gone.notified().await
     }
 }
 
@@ -269,11 +275,15 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut table = self.0.admission.lock();
+        let admission = &self.0.admission;
+        let mut table = admission.lock();
         table.remove(self.0.id, self.0.peer);
         table.open -= 1;
-        drop(table);
-        self.0.gone.notify_one();
+        if self.0.state.load(Ordering::Acquire) == EVICTED {
+            table.evicting -= 1;
+            drop(table);
+            admission.evicted_gone.notify_one();
+        }
     }
 }
 
@@ -302,38 +312,52 @@ mod tests {
         }
     }
 
+    fn state(slot: &Slot) -> u8 {
+        slot.connection().state.load(Ordering::Acquire)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_the_heaviest_peers_oldest_unauthenticated_connection_goes() {
         let admission = Admission::new(4, AUTH, Arc::new(Metrics::default()));
         let flood: Vec<Slot> = (0..3).map(|_| open(&admission, 2)).collect();
         let user = open(&admission, 1);
-        let Admitted::AfterEviction(victim) = admission.admit(ip(1)) else {
-            panic!("no eviction");
-        };
-        assert!(Arc::ptr_eq(&victim, flood[0].connection()));
-        assert!(!victim.is_authenticated());
-        // Still counted until it has closed.
-        assert_eq!(admission.open(), 4);
+        // The new connection takes the slot the flood's oldest is giving up.
+        let second = open(&admission, 1);
+        assert_eq!(state(&flood[0]), EVICTED);
+        tokio::time::timeout(Duration::from_secs(1), flood[0].connection().closing())
+            .await
+            .expect("told to close");
+        // Counted until it has closed.
+        assert_eq!(admission.open(), 5);
         let mut flood = flood.into_iter();
         drop(flood.next());
-        assert_eq!(admission.open(), 3);
-        let second = open(&admission, 1);
+        assert_eq!(admission.open(), 4);
         // Authenticated connections are never evicted; the flood's are, one by one.
         user.connection().authenticated();
         second.connection().authenticated();
         let rest: Vec<Slot> = flood.collect();
-        for expected in &rest {
-            let Admitted::AfterEviction(victim) = admission.admit(ip(3)) else {
-                panic!("no eviction");
-            };
-            assert!(Arc::ptr_eq(&victim, expected.connection()));
-        }
+        // (Between peers with as many, the higher address goes first: 127.0.0.2 here.)
+        let newer: Vec<Slot> = rest.iter().map(|_| open(&admission, 1)).collect();
+        assert!(rest.iter().all(|s| state(s) == EVICTED));
         drop(rest);
-        let a = open(&admission, 3);
-        let b = open(&admission, 3);
-        a.connection().authenticated();
-        b.connection().authenticated();
+        newer.iter().for_each(|s| s.connection().authenticated());
         assert!(matches!(admission.admit(ip(3)), Admitted::Refused));
+        assert_eq!(admission.open(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn evicted_connections_beyond_the_cap_are_bounded() {
+        let admission = Admission::new(1, AUTH, Arc::new(Metrics::default()));
+        let mut held = vec![open(&admission, 2)];
+        for _ in 0..MAX_EVICTING {
+            held.push(open(&admission, 2));
+        }
+        assert!(matches!(admission.admit(ip(2)), Admitted::Wait));
+        drop(held.remove(0));
+        tokio::time::timeout(Duration::from_secs(1), admission.evicted_gone())
+            .await
+            .expect("notified");
+        assert!(matches!(admission.admit(ip(2)), Admitted::Open(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -68,8 +68,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How often at most a full connection cap is logged (every refusal is counted in metrics).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long a new connection waits for the one evicted for it to close (it closes as soon
-/// as its task runs; this only bounds a pathological case).
+/// How long accepting waits, at most, when too many evicted connections have not closed yet.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 /// After shutdown, how long a connection may take to finish before it is closed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -149,10 +148,10 @@ async fn admit(admission: &Arc<Admission>, peer: IpAddr) -> Option<Slot> {
         match admission.admit(peer) {
             Admitted::Open(slot) => return Some(slot),
             Admitted::Refused => return None,
-            // Its socket closes before the new one counts, so the cap (and the process's
-            // open files) hold. Accepting waits meanwhile: microseconds, normally.
-            Admitted::AfterEviction(victim) => {
-                let _ = tokio::time::timeout(EVICTION_WAIT, victim.gone()).await;
+            // Evicted connections have not closed yet: their tasks close them as soon as
+            // they run. This bounds a pathological case.
+            Admitted::Wait => {
+                let _ = tokio::time::timeout(EVICTION_WAIT, admission.evicted_gone()).await;
             }
         }
     }
