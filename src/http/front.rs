@@ -68,8 +68,10 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How often at most a full connection cap is logged (every refusal is counted in metrics).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long accepting waits, at most, when too many evicted connections have not closed yet.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// How long accepting waits, at most, when too many evicted connections have not closed yet
+/// (then the new connection is refused): every connection behind it in the accept queue
+/// waits too, so briefly.
+const EVICTION_WAIT: Duration = Duration::from_millis(50);
 /// After shutdown, how long a connection may take to finish before it is closed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
