@@ -38,14 +38,15 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 const UNAUTHENTICATED: u8 = 0;
 const AUTHENTICATED: u8 = 1;
-/// Out of time: the connection is being closed.
+/// Out of time: the connection is being closed (counted in `Table::closing` until it is).
 const CLOSING: u8 = 2;
-/// Evicted for a new connection: being closed, and still counted in `Table::evicting`.
+/// Evicted for a new connection: likewise.
 const EVICTED: u8 = 3;
-/// Evicted connections whose sockets may still be open, beyond the cap, at most (well
-/// inside the file descriptors the default cap leaves free). Admitting does not wait for
-/// each victim's task to close its socket, so accepting keeps pace with a flood.
-const MAX_EVICTING: usize = 16;
+/// Connections beyond the cap at most, while as many that are closing have not closed yet
+/// (well inside the file descriptors the default cap leaves free). Admitting does not wait
+/// for each closing connection's task to close its socket, so accepting keeps pace with a
+/// flood.
+const MAX_BEYOND_CAP: usize = 32;
 
 /// The connection cap's slots and who holds them.
 pub(crate) struct Admission {
@@ -53,16 +54,17 @@ pub(crate) struct Admission {
     auth_timeout: Duration,
     table: Mutex<Table>,
     metrics: Arc<Metrics>,
-    /// Notified whenever an evicted connection has closed.
-    evicted_gone: Notify,
+    /// Notified whenever a closing connection has closed.
+    closed: Notify,
 }
 
 #[derive(Default)]
 struct Table {
-    /// Open connections, evicted ones that have not closed yet included.
+    /// Open connections, closing ones included.
     open: usize,
-    /// Evicted connections that have not closed yet.
-    evicting: usize,
+    /// Connections evicted or out of time that have not closed yet. `open - closing` never
+    /// exceeds the cap.
+    closing: usize,
     next_id: u64,
     /// Unauthenticated connections, oldest (lowest id) first, with when each is out of time.
     probation: BTreeMap<u64, (Instant, Arc<Connection>)>,
@@ -115,8 +117,8 @@ pub(crate) enum Admitted {
     /// It holds a slot while the [`Slot`] lives (perhaps one an evicted connection is
     /// giving up).
     Open(Slot),
-    /// Too many evicted connections have not closed yet: admit again once one has
-    /// ([`Admission::evicted_gone`]).
+    /// The cap is full and connections on their way out have not closed yet: admit again
+    /// once one has ([`Admission::closed`]).
     Wait,
     /// The cap is full of authenticated connections.
     Refused,
@@ -129,7 +131,7 @@ impl Admission {
             auth_timeout,
             table: Mutex::new(Table::default()),
             metrics,
-            evicted_gone: Notify::new(),
+            closed: Notify::new(),
         })
     }
 
@@ -141,14 +143,17 @@ impl Admission {
     /// Admits a connection from `peer`, or names the one to evict first.
     pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Admitted {
         let mut table = self.lock();
-        if table.open - table.evicting >= self.max {
-            if table.evicting >= MAX_EVICTING {
-                return Admitted::Wait;
-            }
+        if table.open >= self.max + MAX_BEYOND_CAP {
+            return Admitted::Wait; // (then `closing` > 0: `open - closing` <= max)
+        }
+        if table.open - table.closing >= self.max {
             let Some(victim) = table.victim() else {
-                return Admitted::Refused;
+                return match table.closing {
+                    0 => Admitted::Refused,
+                    _ => Admitted::Wait,
+                };
             };
-            table.evicting += 1;
+            table.closing += 1;
             self.metrics.connections_evicted.inc();
             victim.closing.notify_one();
         }
@@ -170,28 +175,24 @@ impl Admission {
         Admitted::Open(Slot(conn))
     }
 
-    /// Resolves when an evicted connection has closed (after [`Admitted::Wait`]).
-    pub(crate) async fn evicted_gone(&self) {
-        self.evicted_gone.notified().await
+    /// Resolves when a closing connection has closed (after [`Admitted::Wait`]).
+    pub(crate) async fn closed(&self) {
+        self.closed.notified().await
     }
 
     /// Closes every connection that has not authenticated within the auth timeout.
     pub(crate) fn sweep(&self, now: Instant) {
-        let mut out_of_time = Vec::new();
-        {
-            let mut table = self.lock();
-            while let Some((&id, (due, conn))) = table.probation.first_key_value() {
-                if *due > now {
-                    break;
-                }
-                let peer = conn.peer;
-                if let Some(conn) = table.remove(id, peer) {
-                    out_of_time.push(conn);
-                }
+        let mut table = self.lock();
+        while let Some((&id, (due, conn))) = table.probation.first_key_value() {
+            if *due > now {
+                break;
             }
-        }
-        for conn in out_of_time {
+            let peer = conn.peer;
+            let Some(conn) = table.remove(id, peer) else {
+                continue;
+            };
             if conn.close(CLOSING) {
+                table.closing += 1;
                 self.metrics.connections_auth_timeouts.inc();
                 conn.closing.notify_one();
             }
@@ -279,10 +280,10 @@ impl Drop for Slot {
         let mut table = admission.lock();
         table.remove(self.0.id, self.0.peer);
         table.open -= 1;
-        if self.0.state.load(Ordering::Acquire) == EVICTED {
-            table.evicting -= 1;
+        if matches!(self.0.state.load(Ordering::Acquire), CLOSING | EVICTED) {
+            table.closing -= 1;
             drop(table);
-            admission.evicted_gone.notify_one();
+            admission.closed.notify_one();
         }
     }
 }
@@ -346,18 +347,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn evicted_connections_beyond_the_cap_are_bounded() {
+    async fn connections_beyond_the_cap_are_bounded() {
         let admission = Admission::new(1, AUTH, Arc::new(Metrics::default()));
         let mut held = vec![open(&admission, 2)];
-        for _ in 0..MAX_EVICTING {
+        for _ in 0..MAX_BEYOND_CAP {
             held.push(open(&admission, 2));
         }
         assert!(matches!(admission.admit(ip(2)), Admitted::Wait));
         drop(held.remove(0));
-        tokio::time::timeout(Duration::from_secs(1), admission.evicted_gone())
+        tokio::time::timeout(Duration::from_secs(1), admission.closed())
             .await
             .expect("notified");
         assert!(matches!(admission.admit(ip(2)), Admitted::Open(_)));
+    }
+
+    /// Connections out of time that have not closed yet make room like evicted ones; with
+    /// none on probation and none closing, a new connection is refused.
+    #[tokio::test(start_paused = true)]
+    async fn connections_out_of_time_make_room_while_they_close() {
+        let admission = Admission::new(2, AUTH, Arc::new(Metrics::default()));
+        let a = open(&admission, 2);
+        let b = open(&admission, 2);
+        admission.sweep(Instant::now() + AUTH);
+        assert_eq!(state(&a), CLOSING);
+        // Nobody left on probation, but two are on their way out.
+        let c = open(&admission, 1);
+        let d = open(&admission, 1);
+        c.connection().authenticated();
+        d.connection().authenticated();
+        assert!(matches!(admission.admit(ip(1)), Admitted::Wait));
+        drop((a, b));
+        assert_eq!(admission.open(), 2);
+        assert!(matches!(admission.admit(ip(1)), Admitted::Refused));
     }
 
     #[tokio::test(start_paused = true)]

@@ -68,8 +68,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How often at most a full connection cap is logged (every refusal is counted in metrics).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long accepting waits, at most, when too many evicted connections have not closed yet
-/// (then the new connection is refused): every connection behind it in the accept queue
+/// How long accepting waits, at most, when the connections on their way out have not closed
+/// yet (then the new connection is refused): every connection behind it in the accept queue
 /// waits too, so briefly.
 const EVICTION_WAIT: Duration = Duration::from_millis(50);
 /// After shutdown, how long a connection may take to finish before it is closed.
@@ -150,10 +150,10 @@ async fn admit(admission: &Arc<Admission>, peer: IpAddr) -> Option<Slot> {
         match admission.admit(peer) {
             Admitted::Open(slot) => return Some(slot),
             Admitted::Refused => return None,
-            // Evicted connections have not closed yet: their tasks close them as soon as
-            // they run. This bounds a pathological case.
+            // Connections on their way out have not closed yet: their tasks close them as
+            // soon as they run.
             Admitted::Wait => {
-                let _ = tokio::time::timeout(EVICTION_WAIT, admission.evicted_gone()).await;
+                let _ = tokio::time::timeout(EVICTION_WAIT, admission.closed()).await;
             }
         }
     }
