@@ -328,6 +328,8 @@ impl Server {
             max_connections,
             head_timeout: Duration::from_secs(settings.request_head_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(settings.idle_timeout_secs.max(1)),
+            auth_timeout: Duration::from_secs(settings.auth_timeout_secs.max(1)),
+            write_timeout: Duration::from_secs(settings.write_timeout_secs.max(1)),
         };
         let listener =
             listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
@@ -356,6 +358,7 @@ impl Server {
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
             keepalive: Duration::from_secs(settings.keepalive_secs.max(1)),
+            write_timeout: limits.write_timeout,
             max_lifetime_secs: settings.max_stream_lifetime_secs,
         });
         let state = AppState::new(Inner {

@@ -91,6 +91,17 @@ async fn answered_connection(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A kept-alive connection that has had one authenticated request answered (by hyper).
+async fn authenticated_connection(addr: SocketAddr, token: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET /v1/session HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    s
+}
+
 /// Resolves when the server closes the connection (EOF or reset), with how long it took.
 async fn closed_within(socket: &mut TcpStream, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -225,7 +236,8 @@ async fn the_item_limit_counts_ids_as_sent() {
 
 #[tokio::test]
 async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering() {
-    let (app, w, t) = TestApp::seeded().await;
+    // Held past the auth timeout, which is not what this is about.
+    let (app, w, t) = TestApp::seeded_with(|s| s.auth_timeout_secs = 3600).await;
     let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
     let addr = app.running.addr;
     // Each connection is two files in this process (both ends), under its 20,000.
@@ -272,9 +284,10 @@ async fn thousands_of_idle_connections_leave_healthz_and_new_streams_answering()
 async fn beyond_the_connection_cap_new_connections_are_closed_at_once() {
     let app = TestApp::configured(|s| s.max_connections = Some(20)).await;
     let addr = app.running.addr;
+    // Authenticated: unauthenticated ones would be evicted for the new one instead.
     let mut held = Vec::new();
     for _ in 0..20 {
-        held.push(answered_connection(addr).await);
+        held.push(authenticated_connection(addr, &token(1)).await);
     }
     // The 21st is accepted and closed without a byte.
     let mut extra = TcpStream::connect(addr).await.unwrap();
@@ -715,4 +728,304 @@ async fn start_up_with_a_wrong_password_logs_the_cause() {
     assert!(out.contains("password authentication failed"), "{out}");
     drop(pg);
     let _ = std::fs::remove_dir_all(root);
+}
+
+// ---- malformed heads ----
+
+/// httparse takes a bare LF as a line end and hyper does not: such heads used to get no
+/// answer on every path the front hands to hyper.
+#[tokio::test]
+async fn a_bare_lf_head_gets_a_json_400_on_every_path() {
+    let app = TestApp::spawn().await;
+    let t = token(1);
+    for head in [
+        "GET /healthz HTTP/1.1\nhost: x\n\n".to_string(),
+        "GET /v1/runs/1 HTTP/1.1\r\nhost: x\n\r\n".to_string(),
+        format!("GET /v1/runs/1 HTTP/1.1\nauthorization: Bearer {t}\n\n"),
+        format!("GET /v1/runs/1/events HTTP/1.1\nauthorization: Bearer {t}\n\n"),
+        "GET /v1/streams?runs=1 HTTP/1.1\r\nhost: x\r\n\n".to_string(),
+    ] {
+        let answer = raw(app.running.addr, head.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer:?}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"bad_request""#),
+            "{head:?}: {answer}"
+        );
+    }
+}
+
+// ---- write deadlines ----
+
+/// `--write-timeout-secs` in these tests.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a client that stops reading may hold beyond the write timeout.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// Open streams and open connections, as `/metrics` counts them (this request's own
+/// connection included).
+async fn open_counts(addr: SocketAddr) -> (u64, u64) {
+    let text = raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (
+        sum("runwire_streams_open{"),
+        sum("runwire_connections_open "),
+    )
+}
+
+/// Waits until `want` (streams, connections) is what `/metrics` sees; returns how long.
+async fn counts_become(addr: SocketAddr, want: (u64, u64), limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let counts = open_counts(addr).await;
+        if counts == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{counts:?} (streams, connections) open after {limit:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection with a small receive buffer that sends `request` and never reads.
+async fn never_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s
+}
+
+/// Large states written to a client that stops reading: 12 MB in all.
+const STATES: usize = 24;
+
+/// A large state: summary_counts padded to 512 KB.
+async fn large_update(app: &TestApp, run: i64, n: usize) {
+    let pad = format!("{n}{}", "x".repeat(512 * 1024));
+    set_run(
+        app.pool(),
+        run,
+        &format!(r#"summary_counts = '{{"pad": "{pad}"}}'"#),
+    )
+    .await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// The front's own stream path: events, then keep-alives only.
+    Events,
+    /// The same, ending with a terminal state: the `end` event and the terminator.
+    End,
+    /// A stream served by hyper over HTTP/1.1 (a request with a body length goes to hyper).
+    Hyper1,
+    /// A stream served by hyper over HTTP/2.
+    Hyper2,
+}
+
+/// A client opens a stream on `path` and stops reading while large states are written:
+/// its stream and its connection are gone within the write timeout and a few seconds.
+async fn stops_reading(path: Path) {
+    let (app, w, t) = TestApp::seeded_with(|s| {
+        s.write_timeout_secs = WRITE_TIMEOUT.as_secs();
+        s.keepalive_secs = 1;
+        // An HTTP/2 connection whose stream was given up goes when nothing moves on it.
+        s.idle_timeout_secs = 2;
+    })
+    .await;
+    let addr = app.running.addr;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let events = run_events(run);
+    let request = match path {
+        Path::Events | Path::End => {
+            format!("GET {events} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n\r\n")
+                .into_bytes()
+        }
+        Path::Hyper1 => format!(
+            "GET {events} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: 0\r\n\r\n"
+        )
+        .into_bytes(),
+        Path::Hyper2 => [h2::PREFACE.to_vec(), h2::get(&events, &t)].concat(),
+    };
+    let _client = never_reading(addr, &request).await;
+    counts_become(addr, (1, 2), WAIT).await;
+    // More than the kernel's buffers hold (tcp_wmem's maximum is 4 MB by default), so writes
+    // must wait for the client.
+    for n in 0..STATES {
+        large_update(&app, run, n).await;
+    }
+    if matches!(path, Path::End) {
+        set_run(app.pool(), run, SUCCEEDED).await;
+    }
+    let took = counts_become(addr, (0, 1), WRITE_TIMEOUT + SLACK + Duration::from_secs(1)).await;
+    eprintln!("{path:?}: stream and connection gone {took:?} after the last update");
+    assert!(took <= WRITE_TIMEOUT + SLACK, "{path:?}: {took:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_slot_events_then_keepalives() {
+    stops_reading(Path::Events).await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_slot_end_event() {
+    stops_reading(Path::End).await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_slot_hyper_http1() {
+    stops_reading(Path::Hyper1).await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_slot_hyper_http2() {
+    stops_reading(Path::Hyper2).await
+}
+
+/// Shutdown ends every stream at once; a client that stopped reading (with the default
+/// 30 s write timeout) must not hold it.
+#[tokio::test]
+async fn shutdown_is_not_held_by_clients_that_stop_reading() {
+    let (app, w, t) = TestApp::seeded().await;
+    let addr = app.running.addr;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let events = run_events(run);
+    let front = format!("GET {events} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n\r\n");
+    let hyper = format!(
+        "GET {events} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: 0\r\n\r\n"
+    );
+    let _a = never_reading(addr, front.as_bytes()).await;
+    let _b = never_reading(addr, hyper.as_bytes()).await;
+    counts_become(addr, (2, 3), WAIT).await;
+    for n in 0..STATES {
+        large_update(&app, run, n).await;
+    }
+    let TestApp { db, running, .. } = app;
+    let started = Instant::now();
+    running.shutdown().await;
+    let took = started.elapsed();
+    // Held, shutdown gives up after its 3 s grace; not held, it takes the connections' 1 s.
+    assert!(took < Duration::from_millis(2500), "shutdown took {took:?}");
+    drop(db);
+}
+
+// ---- authentication deadline and eviction ----
+
+/// Unauthenticated connections go at the auth timeout whatever they send: HTTP/2 PINGs, or
+/// public requests (which are served meanwhile). Authenticated ones stay.
+#[tokio::test]
+async fn unauthenticated_connections_are_closed_at_the_auth_timeout() {
+    let (app, w, t) = TestApp::seeded_with(|s| s.auth_timeout_secs = 1).await;
+    let addr = app.running.addr;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let pinging = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(h2::PREFACE).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        for n in 0.. {
+            tokio::select! {
+                r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if s.write_all(&h2::ping(n)).await.is_err() { break }
+                }
+            }
+            assert!(started.elapsed() < WAIT);
+        }
+        started.elapsed()
+    });
+    let public = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut served = 0;
+        loop {
+            if s.write_all(HEALTHZ).await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(WAIT, s.read(&mut buf)).await.unwrap() {
+                Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200") => served += 1,
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (started.elapsed(), served)
+    });
+    let mut authed = authenticated_connection(addr, &t).await;
+    let mut stream = app.watch(&run_events(run), &t).await;
+    let pinged_for = pinging.await.unwrap();
+    let (public_for, served) = public.await.unwrap();
+    for took in [pinged_for, public_for] {
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "{took:?}"
+        );
+    }
+    assert!(served >= 3, "{served} public requests served");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    authed.write_all(HEALTHZ).await.unwrap();
+    let answer = read_response(&mut authed).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    progress(app.pool(), run, 1).await;
+    stream.expect("update").await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("runwire_connections_auth_timeouts_total 2"),
+        "{metrics}"
+    );
+}
+
+/// With the cap full of unauthenticated connections from one address, a client from
+/// another gets its stream every time (the flood's oldest connections make room), and the
+/// cap holds. Repeated: eviction races with the new connection's authentication.
+#[tokio::test]
+async fn at_the_cap_unauthenticated_connections_make_room() {
+    const CAP: usize = 10;
+    const ROUNDS: usize = 25;
+    let (app, w, t) = TestApp::seeded_with(|s| s.max_connections = Some(CAP)).await;
+    let addr = app.running.addr;
+    let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
+    let mut slow = Vec::new();
+    for round in 0..ROUNDS {
+        // Twice the cap, all connected before the client: the server accepts in order, so
+        // the cap is full of them when the client comes, and at least CAP + 1 evictions.
+        let mut flood = Vec::new();
+        for _ in 0..2 * CAP {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            flood.push(socket.connect(addr).await.unwrap());
+        }
+        let started = Instant::now();
+        let mut s = app.sse(&run_events(run), &t).await;
+        s.expect("snapshot").await;
+        let took = started.elapsed();
+        if took > Duration::from_secs(1) {
+            slow.push((round, took));
+        }
+    }
+    assert!(slow.is_empty(), "slow: {slow:?}");
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let evicted = counter("runwire_connections_evicted_total ");
+    assert!(evicted >= (ROUNDS * (CAP + 1)) as u64, "{evicted} evicted");
+    assert_eq!(counter("runwire_connections_refused_total "), 0);
+    let (_, open) = open_counts(addr).await;
+    assert!(open <= CAP as u64, "{open} open");
 }

@@ -34,7 +34,10 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = token_from_parts(parts).ok_or(ApiError::Unauthorized("missing token"))?;
-        AuthUser::verify(&state.tokens, &token)
+        let user = AuthUser::verify(&state.tokens, &token)?;
+        // The connection keeps its slot from now on (see `admission`).
+        super::admission::authenticated(&parts.extensions);
+        Ok(user)
     }
 }
 

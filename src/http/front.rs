@@ -14,10 +14,13 @@
 //!
 //! Every connection is bounded ([`ConnectionLimits`], docs/operations.md "Limits"):
 //!
-//! * **a cap on open connections**, streams included. Beyond it a new connection is closed as
-//!   soon as it is accepted, without reading or writing a byte: that costs nothing, keeps the
-//!   process below its open-files limit (past which `accept` itself fails and nobody gets an
-//!   answer), and clients retry (EventSource reconnects after its `retry:` delay; load
+//! * **a cap on open connections**, streams included, that only authenticated connections
+//!   can fill ([`super::admission`]): a connection must make a request whose credentials are
+//!   accepted within the auth timeout, and at the cap a new connection evicts an
+//!   unauthenticated one. Only when every slot is authenticated is a new connection closed
+//!   as soon as it is accepted, without reading or writing a byte: that costs nothing, keeps
+//!   the process below its open-files limit (past which `accept` itself fails and nobody gets
+//!   an answer), and clients retry (EventSource reconnects after its `retry:` delay; load
 //!   balancers mark the attempt failed and try another instance). Stream caps (429/503) stay
 //!   as they are, below this one.
 //! * **a head timeout for every request**: the first head is read here under it; on
@@ -28,7 +31,12 @@
 //!   byte moves in either direction for that long fails its next read, and hyper closes it.
 //!   Streams are not subject to it: they write a keep-alive comment every few seconds and
 //!   end on their own rules (terminal state, token expiry, lifetime).
+//! * **a write deadline**: a client that takes none of the bytes written to it for that long
+//!   loses its connection. The stream path's [`Sink`] owns it for every write of a stream
+//!   (events, keep-alives, `end`, the terminator); [`HyperIo`] for whatever hyper writes.
+//! * **shutdown** gives every connection [`SHUTDOWN_GRACE`] to finish, then closes it.
 
+use super::admission::{Admission, Admitted, Connection, Slot};
 use super::sse::StreamSlot;
 use crate::metrics::Metrics;
 use crate::stream::sink::Sink;
@@ -43,13 +51,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,6 +68,12 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How often at most a full connection cap is logged (every refusal is counted in metrics).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long accepting waits, at most, when the connections on their way out have not closed
+/// yet (then the new connection is refused): every connection behind it in the accept queue
+/// waits too, so briefly.
+const EVICTION_WAIT: Duration = Duration::from_millis(50);
+/// After shutdown, how long a connection may take to finish before it is closed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// The bounds every connection lives within; see the module comment.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +85,10 @@ pub(crate) struct ConnectionLimits {
     pub head_timeout: Duration,
     /// A connection served by hyper on which no byte moves for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection on which no request was authenticated within this is closed.
+    pub auth_timeout: Duration,
+    /// A client that takes none of the bytes written to it for this long is given up.
+    pub write_timeout: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, lets open
@@ -83,7 +101,12 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = Admission::new(
+        limits.max_connections,
+        limits.auth_timeout,
+        Arc::clone(&metrics),
+    );
+    tokio::spawn(Arc::clone(&admission).run_sweeps(shutdown.clone()));
     let mut refused = Refusals::default();
     loop {
         let accepted = tokio::select! {
@@ -91,8 +114,8 @@ pub(crate) async fn serve(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((socket, _)) => {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            Ok((socket, peer)) => {
+                let Some(slot) = admit(&admission, peer.ip()).await else {
                     drop(socket);
                     metrics.connections_refused.inc();
                     refused.note(limits.max_connections);
@@ -120,19 +143,33 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
+/// A slot for a new connection from `peer`: a free one, or one an unauthenticated
+/// connection is evicted from; None if every slot is held by an authenticated connection.
+async fn admit(admission: &Arc<Admission>, peer: IpAddr) -> Option<Slot> {
+    for _ in 0..2 {
+        match admission.admit(peer) {
+            Admitted::Open(slot) => return Some(slot),
+            Admitted::Refused => return None,
+            // Connections on their way out have not closed yet: their tasks close them as
+            // soon as they run.
+            Admitted::Wait => {
+                let _ = tokio::time::timeout(EVICTION_WAIT, admission.closed()).await;
+            }
+        }
+    }
+    None
+}
+
 /// One open connection: holds its slot under the cap and counts it open while it lives.
 struct Open {
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
     metrics: Arc<Metrics>,
 }
 
 impl Open {
-    fn new(slot: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+    fn new(slot: Slot, metrics: Arc<Metrics>) -> Self {
         metrics.connections_open.inc();
-        Open {
-            _slot: slot,
-            metrics,
-        }
+        Open { slot, metrics }
     }
 }
 
@@ -167,11 +204,35 @@ impl Refusals {
     }
 }
 
+/// Serves a connection until it is done, admission closes it (evicted, or not
+/// authenticated in time), or shutdown's grace is over.
 async fn connection(
+    socket: TcpStream,
+    router: Router,
+    limits: ConnectionLimits,
+    open: Open,
+    shutdown: CancellationToken,
+) {
+    let conn = Arc::clone(open.slot.connection());
+    tokio::select! {
+        _ = serve_connection(socket, router, limits, &conn, shutdown.clone()) => {}
+        _ = conn.closing() => {}
+        _ = grace_after(&shutdown) => {}
+    }
+    drop(open);
+}
+
+async fn grace_after(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    // Boxed: created only at shutdown, so it does not size every stream's connection.
+    Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)).await
+}
+
+async fn serve_connection(
     mut socket: TcpStream,
     router: Router,
     limits: ConnectionLimits,
-    _open: Open,
+    conn: &Arc<Connection>,
     shutdown: CancellationToken,
 ) {
     let mut head = Vec::with_capacity(1024);
@@ -180,13 +241,20 @@ async fn connection(
         _ = shutdown.cancelled() => return,
     };
     match parsed {
-        Ok(Ok(Some(request))) if super::is_stream_route(request.method(), request.uri().path()) => {
+        Ok(Ok(Some(mut request)))
+            if super::is_stream_route(request.method(), request.uri().path()) =>
+        {
             drop(head);
-            let _ = stream(socket, router, request).await;
+            request.extensions_mut().insert(Arc::clone(conn));
+            let sink = Sink::new(socket, limits.write_timeout);
+            let _ = stream(sink, router, request).await;
         }
         // Boxed: hyper's connection state is large, and inline it would size this future —
         // which every open stream keeps for hours — for the hyper case.
-        Ok(Ok(_)) => Box::pin(hand_to_hyper(socket, head, router, limits, shutdown)).await,
+        Ok(Ok(_)) => {
+            let conn = Arc::clone(conn);
+            Box::pin(hand_to_hyper(socket, head, router, limits, conn, shutdown)).await
+        }
         Ok(Err(HeadError::TooLarge)) => {
             refuse(
                 socket,
@@ -268,7 +336,15 @@ pub fn parse_head(buf: &[u8]) -> Head {
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    let parsed = req.parse(buf);
+    // httparse takes a bare LF as a line end, hyper does not (it closes without an answer):
+    // such a head is refused here, with an answer, on every path.
+    if let Ok(httparse::Status::Complete(len)) = parsed {
+        if bare_lf(&buf[..len]) {
+            return Head::Malformed;
+        }
+    }
+    match parsed {
         // Bytes after the head belong to a body or a pipelined request: hyper's job.
         Ok(httparse::Status::Complete(len)) if len == buf.len() => to_request(&req),
         Ok(httparse::Status::Complete(_)) => Head::Other,
@@ -277,6 +353,13 @@ pub fn parse_head(buf: &[u8]) -> Head {
         Err(httparse::Error::TooManyHeaders) => Head::Other,
         Err(_) => Head::Malformed,
     }
+}
+
+/// Whether a line of the head ends in LF without CR.
+fn bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// Reads until the request head is complete. Returns the request if the front serves it,
@@ -343,8 +426,7 @@ fn to_request(req: &httparse::Request) -> Head {
 ///
 /// Every write goes through the connection's [`Sink`], which the driver of a single-item
 /// stream also hands to direct delivery (the watcher writing updates into the socket).
-async fn stream(socket: TcpStream, router: Router, request: Request<Body>) -> io::Result<()> {
-    let sink = Sink::new(socket);
+async fn stream(sink: Arc<Sink>, router: Router, request: Request<Body>) -> io::Result<()> {
     let Ok(response) = router.oneshot(request).await;
     let (mut parts, body) = response.into_parts();
     let driver = parts
@@ -395,9 +477,15 @@ async fn hand_to_hyper(
     read: Vec<u8>,
     router: Router,
     limits: ConnectionLimits,
+    conn: Arc<Connection>,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(HyperIo::new(read, socket, limits.idle_timeout));
+    let io = TokioIo::new(HyperIo::new(read, socket, limits));
+    // Every request carries its connection, for the auth extractor to mark.
+    let router = router.map_request(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Arc::clone(&conn));
+        request
+    });
     let service = TowerToHyperService::new(router);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -416,29 +504,36 @@ async fn hand_to_hyper(
     }
 }
 
-/// The socket as hyper sees it: the bytes the front already read come first, and once no
-/// byte has moved either way for `idle`, the next read fails (`TimedOut`) and hyper closes
-/// the connection. The timer is re-armed lazily, only when it fires, so traffic costs one
-/// clock read per read or write rather than a timer operation.
+/// The socket as hyper sees it: the bytes the front already read come first; once no byte
+/// has moved either way for the idle timeout, the next read fails (`TimedOut`); and once a
+/// write has waited for the client for the write timeout without the socket taking a byte,
+/// the write fails. Either way hyper closes the connection. The idle timer is re-armed
+/// lazily, only when it fires, so traffic costs one clock read per read or write rather
+/// than a timer operation; the write timer exists only while a write waits.
 struct HyperIo {
     prefix: Vec<u8>,
     pos: usize,
     io: TcpStream,
     idle: Duration,
+    write_timeout: Duration,
     last_active: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Armed when a write finds the socket full; dropped when the socket takes bytes again.
+    write_stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl HyperIo {
-    fn new(prefix: Vec<u8>, io: TcpStream, idle: Duration) -> Self {
+    fn new(prefix: Vec<u8>, io: TcpStream, limits: ConnectionLimits) -> Self {
         let now = Instant::now();
         HyperIo {
             prefix,
             pos: 0,
             io,
-            idle,
+            idle: limits.idle_timeout,
+            write_timeout: limits.write_timeout,
             last_active: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            write_stalled: None,
         }
     }
 
@@ -464,6 +559,29 @@ impl HyperIo {
             self.last_active = Instant::now();
         }
         poll
+    }
+
+    /// A write's outcome under the write deadline.
+    fn written(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if poll.is_ready() {
+            self.write_stalled = None;
+            return self.moved(poll);
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .write_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing within the write timeout",
+            ))),
+        }
     }
 }
 
@@ -500,7 +618,7 @@ impl AsyncWrite for HyperIo {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.moved(poll)
+        this.written(cx, poll)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -509,7 +627,7 @@ impl AsyncWrite for HyperIo {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.moved(poll)
+        this.written(cx, poll)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -2,6 +2,7 @@
 //! Handlers only authenticate, parse and hand over to [`crate::stream`]; they never talk to
 //! the listener.
 
+pub(crate) mod admission;
 mod assets;
 mod auth;
 mod embed;

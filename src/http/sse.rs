@@ -32,7 +32,8 @@ pub(crate) fn response(stream: Stream) -> Response {
     let frames = async_stream::stream! {
         if let Some(stream) = body_slot.take() {
             let (tx, mut rx) = mpsc::channel(CHANNEL_FRAMES);
-            tokio::spawn(stream.run(Out::Channel(tx)));
+            let deadline = stream.write_timeout();
+            tokio::spawn(stream.run(Out::Channel(tx, deadline)));
             while let Some(frame) = rx.recv().await {
                 yield Ok::<_, std::convert::Infallible>(frame);
             }

@@ -79,6 +79,8 @@ pub(crate) struct Metrics {
     pub db_pool_idle: Gauge,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    pub connections_evicted: Counter,
+    pub connections_auth_timeouts: Counter,
     /// Runs and packs of the host, by type and status (see `ops`).
     pub ops: Operations,
     pub change_source: Family<SourceLabel, Gauge>,
@@ -119,6 +121,8 @@ impl Metrics {
             db_pool_idle: Gauge::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            connections_evicted: Counter::default(),
+            connections_auth_timeouts: Counter::default(),
             ops,
             change_source: Family::default(),
             change_lag_seconds: Gauge::default(),
@@ -201,6 +205,16 @@ impl Metrics {
             "connections_refused",
             "Connections closed at once because --max-connections were open",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_evicted",
+            "Unauthenticated connections closed at the connection cap to admit a new one",
+            m.connections_evicted.clone(),
+        );
+        r.register(
+            "connections_auth_timeouts",
+            "Connections closed because no request on them was authenticated within --auth-timeout-secs",
+            m.connections_auth_timeouts.clone(),
         );
         r.register(
             "change_source",

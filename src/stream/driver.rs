@@ -32,8 +32,6 @@ use tokio::time::Instant;
 
 /// How long a stream may go without an access decision it needs before it gives up.
 pub(crate) const DECISION_DEADLINE: Duration = Duration::from_secs(10);
-/// How long one write may wait for a client that does not read.
-const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
@@ -41,13 +39,16 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 pub(crate) enum Out {
     /// A socket the connection front handed over; the driver writes HTTP/1.1 chunks.
     Socket(Arc<Sink>),
-    /// hyper's response body, through a channel.
-    Channel(mpsc::Sender<Bytes>),
+    /// hyper's response body, through a channel; a frame waits for room at most this long
+    /// (the write timeout: hyper stopped taking frames, e.g. an HTTP/2 client that stopped
+    /// reading holds its stream's flow-control window shut).
+    Channel(mpsc::Sender<Bytes>, Duration),
 }
 
 impl Out {
     /// Writes one SSE frame. With `seq` (single-item streams on a socket), writes only if
-    /// that state is newer than the last one written; returns whether it wrote.
+    /// that state is newer than the last one written; returns whether it wrote. Bounded by
+    /// the write deadline of where it goes (the sink's, or the channel's).
     async fn write(&self, frame: Bytes, seq: Option<u64>) -> io::Result<bool> {
         match self {
             Out::Socket(sink) => {
@@ -57,10 +58,13 @@ impl Out {
             }
             // Boxed (here and below): hyper-served streams are rare, and their channel's
             // futures would otherwise size every stream's task.
-            Out::Channel(tx) => match Box::pin(tx.send(frame)).await {
-                Ok(()) => Ok(true),
-                Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
-            },
+            Out::Channel(tx, deadline) => {
+                match Box::pin(tokio::time::timeout(*deadline, tx.send(frame))).await {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(_)) => Err(io::ErrorKind::BrokenPipe.into()),
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
         }
     }
 
@@ -68,14 +72,14 @@ impl Out {
     async fn closed(&self) {
         match self {
             Out::Socket(sink) => sink.closed().await,
-            Out::Channel(tx) => Box::pin(tx.closed()).await,
+            Out::Channel(tx, _) => Box::pin(tx.closed()).await,
         }
     }
 
     fn sink(&self) -> Option<&Arc<Sink>> {
         match self {
             Out::Socket(sink) => Some(sink),
-            Out::Channel(_) => None,
+            Out::Channel(..) => None,
         }
     }
 }
@@ -210,6 +214,11 @@ enum Wake {
 }
 
 impl Stream {
+    /// How long a write may wait for the client (for an [`Out::Channel`]).
+    pub(crate) fn write_timeout(&self) -> Duration {
+        self.streams.write_timeout
+    }
+
     /// Runs the stream to its end. The body's terminator, if any, is the caller's.
     pub(crate) async fn run(mut self, out: Out) {
         let end = self.drive(&out).await;
@@ -237,9 +246,8 @@ impl Stream {
         loop {
             // Finish what a delivery left half-written before anything else goes out.
             if let Some(sink) = out.sink() {
-                match tokio::time::timeout(WRITE_DEADLINE, sink.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return End::ClientGone,
+                if sink.flush().await.is_err() {
+                    return End::ClientGone;
                 }
             }
             // Do everything pending: decisions first, then writes, in the source's order.
@@ -250,18 +258,14 @@ impl Stream {
                     undecided = None;
                 }
                 match step {
-                    Step::Write(frame, seq) => {
-                        // A client that stops reading must not hold the stream (and its
-                        // slots, deadlines, shutdown) forever.
-                        match tokio::time::timeout(WRITE_DEADLINE, out.write(frame, seq)).await {
-                            Ok(Ok(true)) => {
-                                self.guard.sent(1);
-                                last_write = Instant::now();
-                            }
-                            Ok(Ok(false)) => {}
-                            Ok(Err(_)) | Err(_) => return End::ClientGone,
+                    Step::Write(frame, seq) => match out.write(frame, seq).await {
+                        Ok(true) => {
+                            self.guard.sent(1);
+                            last_write = Instant::now();
                         }
-                    }
+                        Ok(false) => {}
+                        Err(_) => return End::ClientGone,
+                    },
                     Step::End(end) => return end,
                     Step::Idle => {
                         if !started {
@@ -426,6 +430,7 @@ mod tests {
                 metrics: Arc::clone(&metrics),
                 shutdown: CancellationToken::new(),
                 keepalive: KEEPALIVE,
+                write_timeout: Duration::from_secs(30),
                 max_lifetime_secs: 0,
             });
             let user = streams.epochs.user(7);
@@ -455,7 +460,7 @@ mod tests {
                 source: Source::Items(Items::seeded(sub, grant)),
             };
             let (tx, frames) = mpsc::channel(16);
-            tokio::spawn(stream.run(Out::Channel(tx)));
+            tokio::spawn(stream.run(Out::Channel(tx, Duration::from_secs(30))));
             Rig {
                 streams,
                 frames,

@@ -47,6 +47,8 @@ pub(crate) struct Streams {
     /// another instance).
     pub shutdown: CancellationToken,
     pub keepalive: Duration,
+    /// How long a client may take none of a stream's bytes (see `sink`).
+    pub write_timeout: Duration,
     pub max_lifetime_secs: u64,
 }
 

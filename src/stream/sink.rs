@@ -14,6 +14,12 @@
 //! write — by the driver or a delivery — goes through the sink's lock, and a state is written
 //! only if it is newer than the last one written (`seq`, the cell's publish counter), so the
 //! two never interleave or reorder.
+//!
+//! The sink owns the stream's write deadline, the one bound on every write and flush of the
+//! connection (events, keep-alives, `end`, the HTTP terminator): once bytes are pending and
+//! the client has taken none of them for `--write-timeout-secs`, the sink is broken — the
+//! waiting write fails, and every later one fails at once — so a client that stops reading
+//! frees its stream and connection within that time, whoever writes.
 
 use crate::access::Grant;
 use crate::model::State;
@@ -21,6 +27,7 @@ use crate::stream::sse;
 use crate::watch::hub::{Direct, Offer};
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -29,6 +36,7 @@ use tokio::time::Instant;
 /// The write side of a stream's connection, shared by its task and the deliveries.
 pub(crate) struct Sink {
     socket: TcpStream,
+    write_timeout: Duration,
     state: Mutex<SinkState>,
     wake: Notify,
 }
@@ -42,17 +50,37 @@ struct SinkState {
     /// Bytes the socket did not take yet; only the stream's task writes them.
     pending: Vec<u8>,
     last_write: Instant,
+    /// While bytes are pending: when the socket last took any (or when they became pending).
+    progress: Instant,
+    /// The client took nothing within the write deadline: nothing is written any more.
+    broken: bool,
+}
+
+impl SinkState {
+    fn check(&self) -> io::Result<()> {
+        match self.broken {
+            true => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing within the write timeout",
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Sink {
-    pub(crate) fn new(socket: TcpStream) -> Arc<Self> {
+    pub(crate) fn new(socket: TcpStream, write_timeout: Duration) -> Arc<Self> {
+        let now = Instant::now();
         Arc::new(Sink {
             socket,
+            write_timeout,
             state: Mutex::new(SinkState {
                 grant: None,
                 seq: 0,
                 pending: Vec::new(),
-                last_write: Instant::now(),
+                last_write: now,
+                progress: now,
+                broken: false,
             }),
             wake: Notify::new(),
         })
@@ -95,19 +123,21 @@ impl Sink {
         self.lock().last_write
     }
 
-    /// Writes `parts` after anything still pending, waiting for the socket as needed. With
-    /// `seq`, writes only if that state is newer than the newest written; returns whether it
-    /// wrote.
+    /// Writes `parts` after anything still pending, waiting for the socket as needed (within
+    /// the write deadline). With `seq`, writes only if that state is newer than the newest
+    /// written; returns whether it wrote.
     pub(crate) async fn write(&self, parts: &[&[u8]], seq: Option<u64>) -> io::Result<bool> {
         {
             let mut state = self.lock();
+            state.check()?;
             if let Some(seq) = seq {
                 if seq <= state.seq {
                     return Ok(false);
                 }
                 state.seq = seq;
             }
-            state.last_write = Instant::now();
+            let now = Instant::now();
+            state.last_write = now;
             if state.pending.is_empty() {
                 let written = self.try_write(parts)?;
                 let mut skip = written;
@@ -116,6 +146,7 @@ impl Sink {
                     state.pending.extend_from_slice(&part[taken..]);
                     skip -= taken;
                 }
+                state.progress = now;
             } else {
                 parts
                     .iter()
@@ -126,11 +157,13 @@ impl Sink {
         Ok(true)
     }
 
-    /// Writes whatever is pending, waiting for the socket as needed.
+    /// Writes whatever is pending, waiting for the socket as needed, but not past the write
+    /// deadline.
     pub(crate) async fn flush(&self) -> io::Result<()> {
         loop {
-            {
+            let due = {
                 let mut state = self.lock();
+                state.check()?;
                 if state.pending.is_empty() {
                     return Ok(());
                 }
@@ -140,8 +173,23 @@ impl Sink {
                     state.pending = Vec::new(); // a slow moment should not keep its buffer
                     return Ok(());
                 }
+                if written > 0 {
+                    state.progress = Instant::now();
+                }
+                state.progress + self.write_timeout
+            };
+            if tokio::time::timeout_at(due, self.socket.writable())
+                .await
+                .is_err()
+            {
+                let mut state = self.lock();
+                // Someone else's write may have made progress meanwhile: look again.
+                if Instant::now() >= state.progress + self.write_timeout {
+                    state.broken = true;
+                    state.grant = None;
+                    state.check()?;
+                }
             }
-            self.socket.writable().await?;
         }
     }
 
@@ -171,6 +219,9 @@ impl Direct for Sink {
             // The driver is writing: it looks for newer states when it is done.
             Err(TryLockError::WouldBlock) => return Offer::Wake,
         };
+        if sink.broken {
+            return Offer::Skipped;
+        }
         let Some(grant) = &sink.grant else {
             return Offer::Skipped;
         };
@@ -194,8 +245,10 @@ impl Direct for Sink {
             Ok(0) => Offer::Wake,
             Ok(n) => {
                 // Part of the frame is out: the rest must follow before anything else.
+                let now = Instant::now();
                 sink.seq = seq;
-                sink.last_write = Instant::now();
+                sink.last_write = now;
+                sink.progress = now;
                 sink.pending.extend_from_slice(&wire[n..]);
                 Offer::Wake
             }
@@ -226,7 +279,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (Sink::new(accepted.unwrap().0), client.unwrap())
+        let sink = Sink::new(accepted.unwrap().0, Duration::from_secs(30));
+        (sink, client.unwrap())
     }
 
     fn run(version: i64, tenant: Option<i64>, padding: usize) -> Arc<State> {
@@ -303,6 +357,43 @@ mod tests {
         let mut got = String::new();
         client.read_to_string(&mut got).await.unwrap();
         assert_eq!(got, "rest-of-1;frame-3;");
+    }
+
+    /// A keep-alive, an `end` or the terminator written into a socket the client stopped
+    /// emptying, with nothing pending before: the write gives up at the deadline, and every
+    /// later one at once.
+    #[tokio::test]
+    async fn every_write_gives_up_at_the_write_deadline() {
+        let (sink, _client) = pair().await;
+        let sink = {
+            let socket = Arc::try_unwrap(sink).ok().unwrap().into_socket();
+            Sink::new(socket, Duration::from_millis(300))
+        };
+        // Fill the socket with whole frames only, as the deliveries do.
+        let frame = vec![b'x'; 16 * 1024];
+        let mut filled = 0;
+        loop {
+            match sink.try_write(&[&frame]).unwrap() {
+                0 => break,
+                n => filled += n,
+            }
+            assert!(filled < 64 << 20, "the socket never filled");
+        }
+        assert!(sink.lock().pending.is_empty());
+        let started = Instant::now();
+        let keepalive = tokio::time::timeout(Duration::from_secs(5), sink.write(&[b":\n"], None))
+            .await
+            .expect("the write gave up by itself");
+        assert_eq!(keepalive.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        let started = Instant::now();
+        assert!(sink.write(&[b"0\r\n\r\n"], None).await.is_err());
+        assert!(sink.flush().await.is_err());
+        assert!(started.elapsed() < Duration::from_millis(50));
     }
 
     #[tokio::test]

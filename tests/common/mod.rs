@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub mod binary;
+pub mod h2;
 pub mod laravel;
 pub mod proxy;
 
