@@ -167,13 +167,11 @@ pub struct Settings {
     /// Seconds a connection has to make a request whose credentials are accepted; until
     /// then it is closed at this deadline (public paths are served meanwhile), and at the
     /// connection cap it may be evicted for a new connection.
-    #[arg(long, env = "RUNWIRE_AUTH_TIMEOUT_SECS", default_value_t = 5,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "RUNWIRE_AUTH_TIMEOUT_SECS", default_value_t = 5)]
     pub auth_timeout_secs: u64,
     /// Seconds a client may take none of the bytes written to it before its connection
     /// (or its stream, on HTTP/2) is given up.
-    #[arg(long, env = "RUNWIRE_WRITE_TIMEOUT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "RUNWIRE_WRITE_TIMEOUT_SECS", default_value_t = 30)]
     pub write_timeout_secs: u64,
     /// Longest a request waits for its database read, queueing included; also the
     /// `statement_timeout` of every query connection. Beyond: 503 `database_unavailable`.
@@ -226,6 +224,8 @@ fn ranges(s: &Settings) -> Vec<(&'static str, Option<u64>, u64, u64)> {
             HOUR,
         ),
         ("idle-timeout-secs", Some(s.idle_timeout_secs), 1, DAY),
+        ("auth-timeout-secs", Some(s.auth_timeout_secs), 1, HOUR),
+        ("write-timeout-secs", Some(s.write_timeout_secs), 1, HOUR),
         ("query-timeout-secs", Some(s.query_timeout_secs), 1, HOUR),
         (
             "db-acquire-timeout-secs",

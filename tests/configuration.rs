@@ -104,6 +104,8 @@ async fn no_value_of_any_flag_panics_each_is_refused_clearly_or_runs() {
         "max-stream-lifetime-secs",
         "request-head-timeout-secs",
         "idle-timeout-secs",
+        "auth-timeout-secs",
+        "write-timeout-secs",
         "query-timeout-secs",
         "db-acquire-timeout-secs",
         "max-streams-per-user",

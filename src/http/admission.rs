@@ -6,8 +6,9 @@
 //! handle every request carries in its extensions, on the front's stream path and on
 //! hyper's alike). Until then it is on probation:
 //!
-//! * it is closed once `--auth-timeout-secs` have passed since it was accepted, whatever
-//!   moves on it (HTTP/2 PINGs and SETTINGS keep no connection alive here), while public
+//! * it is closed once `--auth-timeout-secs` (and up to half as long again, at random, so a
+//!   flood's connections opened together do not all reconnect together) have passed since
+//!   it was accepted, whatever moves on it (HTTP/2 PINGs and SETTINGS keep no connection alive here), while public
 //!   paths (`/healthz`, the dashboard, static files) are served to it meanwhile. One sweep
 //!   a tenth of a second finds them, oldest first, so no connection carries a timer of its
 //!   own for this (a stream keeps its connection's future for hours);
@@ -166,7 +167,9 @@ impl Admission {
             closing: Notify::new(),
             admission: Arc::clone(self),
         });
-        let due = Instant::now() + self.auth_timeout;
+        // Spread over half the timeout again: connections a flood opened at once do not all
+        // run out, and reconnect, at once.
+        let due = Instant::now() + self.auth_timeout.mul_f64(1.0 + rand::random::<f64>() / 2.0);
         table.probation.insert(conn.id, (due, Arc::clone(&conn)));
         let of_peer = table.by_peer.entry(peer).or_default();
         let before = of_peer.len();
@@ -368,7 +371,8 @@ mod tests {
         let admission = Admission::new(2, AUTH, Arc::new(Metrics::default()));
         let a = open(&admission, 2);
         let b = open(&admission, 2);
-        admission.sweep(Instant::now() + AUTH);
+        // (Out of time by one and a half timeouts at the latest.)
+        admission.sweep(Instant::now() + AUTH.mul_f64(1.5));
         assert_eq!(state(&a), CLOSING);
         // Nobody left on probation, but two are on their way out.
         let c = open(&admission, 1);
@@ -392,7 +396,9 @@ mod tests {
         let late = open(&admission, 2);
         admission.sweep(Instant::now() + Duration::from_millis(1999));
         assert_eq!(metrics.connections_auth_timeouts.get(), 0);
-        admission.sweep(Instant::now() + Duration::from_secs(2));
+        // Out of time between the timeout and half as long again (spread): `early` (opened
+        // at 0) is by 7.5 s, `late` (at 3 s) not before 8 s.
+        admission.sweep(Instant::now() + Duration::from_millis(4500));
         assert_eq!(metrics.connections_auth_timeouts.get(), 1);
         // Notified, so the connection's task closes it even if it was not waiting yet.
         tokio::time::timeout(Duration::from_secs(1), early.connection().closing())
