@@ -34,8 +34,9 @@ pub(crate) struct Feed {
     snapshot_due: bool,
     /// What the last snapshot's read saw (WAL mode): changes it included are not news.
     seen: Option<Arc<crate::model::Snapshot>>,
-    /// What the client shows: active runs and review-pack cards, as last sent, so duplicate
-    /// re-reads send nothing and an item that goes out of sight is noticed.
+    /// What the client shows: active runs, the snapshot's recently finished runs and
+    /// review-pack cards, as last sent, so duplicate re-reads send nothing and an item that
+    /// goes out of sight is noticed.
     sent: Shown,
 }
 
@@ -249,8 +250,11 @@ impl Feed {
             .map(|card| Arc::new(card.seen(&seen.snapshot)))
             .filter(visible)
             .collect();
-        self.sent
-            .replace(active.iter().chain(&packs).map(|s| (s.key, Arc::clone(s))));
+        // The recently finished too: a late re-read of one of them (NOTIFY mode: the change
+        // committed before this read, its notification came after) is then seen to be the
+        // same state, not sent again as news.
+        let shown = active.iter().chain(&recent).chain(&packs);
+        self.sent.replace(shown.map(|s| (s.key, Arc::clone(s))));
         let body = Snapshot {
             kind: "workspace_runs",
             workspace_id: self.workspace_id,
