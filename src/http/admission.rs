@@ -249,8 +249,8 @@ impl Connection {
         }
     }
 
-    #[cfg(test)]
-    fn is_authenticated(&self) -> bool {
+    /// Whether credentials on this connection were accepted (before admission closed it).
+    pub(crate) fn is_authenticated(&self) -> bool {
         self.state.load(Ordering::Acquire) == AUTHENTICATED
     }
 
