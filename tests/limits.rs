@@ -984,6 +984,26 @@ async fn unauthenticated_connections_are_closed_at_the_auth_timeout() {
     );
 }
 
+/// Trading a token for the session cookie is a request with accepted credentials like any
+/// other: its connection keeps its slot past the auth timeout.
+#[tokio::test]
+async fn a_connection_that_created_a_session_stays_past_the_auth_timeout() {
+    let (app, _w, t) = TestApp::seeded_with(|s| s.auth_timeout_secs = 1).await;
+    let mut s = TcpStream::connect(app.running.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/session HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: 0\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Past the timeout with its spread (1 to 1.5 s) and a sweep's period: nothing to await,
+    // the point is that nothing happens.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(HEALTHZ).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "closed: {answer:?}");
+}
+
 /// With the cap full of unauthenticated connections from one address, a client from
 /// another gets its stream every time (the flood's oldest connections make room), and the
 /// cap holds. Repeated: eviction races with the new connection's authentication.

@@ -202,11 +202,14 @@ pub(super) async fn session(auth: Auth) -> Result<Response, ApiError> {
 pub(super) async fn create_session(
     State(app): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
     let token = access::bearer(&headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
     // A scoped token is for embedding, which needs no cookie; as a cookie it would stand in
     // for the user's own token on every page of this origin.
     let claims = AuthUser::verify(&app.tokens, token)?.opening(Wants::Other)?;
+    // Accepted credentials, as on any other path: the connection keeps its slot.
+    super::admission::authenticated(&extensions);
     let max_age = claims.exp.saturating_sub(now_secs());
     let cookie = format!(
         "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
