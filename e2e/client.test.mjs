@@ -103,7 +103,9 @@ test("a workspace feed relayed to a follower tab: the whole snapshot, then each 
   await follow(follower);
   await follower.waitForFunction(() => window.feed.snapshots.length >= 1);
   assert.equal(await follower.evaluate(() => !!window.rw._hub), false, "the second tab follows");
-  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 1, "one feed stream for both tabs");
+  // (runwire.js streams a feed on /v1/streams, the page's one connection.)
+  await waitFor(async () => (await multiOpen()) === 1, "one feed stream for both tabs");
+  assert.equal(await runwire.metric('runwire_streams_open{kind="workspace"}'), 0);
   const tabs = [leader, follower];
   for (const p of tabs) {
     const snapshot = await p.evaluate(() => window.feed.snapshots.at(-1));

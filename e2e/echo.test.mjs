@@ -204,6 +204,74 @@ for (const mode of ["module", "global"]) {
     await context.close();
   });
 
+  test(`${mode}: three channel kinds on one page hold one stream, each delivering .updated`, async () => {
+    // The feed's workspace (and the pack's tenant) are this test's own, so losing it at the
+    // end touches nothing else; the run is in the shared workspace.
+    const ws = Number((await db.one("INSERT INTO workspaces (name) VALUES ('One stream') RETURNING id")).id);
+    await db.query("INSERT INTO workspace_memberships VALUES ($1, $2, 'owner')", [ws, world.alice]);
+    const feedRun = Number((await db.one("INSERT INTO operation_runs (workspace_id, type, status) VALUES ($1, 'sync', 'running') RETURNING id", [ws])).id);
+    const run = await newRun();
+    const tenant = Number((await db.one("INSERT INTO tenants (workspace_id, name) VALUES ($1, 'One stream') RETURNING id", [ws])).id);
+    await db.query("INSERT INTO tenant_memberships VALUES ($1, $2, 'owner')", [tenant, world.alice]);
+    const pack = Number((await db.one("INSERT INTO review_packs (workspace_id, tenant_id, status) VALUES ($1, $2, 'generating') RETURNING id", [ws, tenant])).id);
+    const opened = () => runwire.metric('runwire_streams_opened_total{kind="multi"}');
+    const openedBefore = await opened();
+    const { context, page, errors } = await openEcho(mode);
+    await page.evaluate(
+      ({ run, tenant, ws }) => {
+        echo.private(`runs.${run}`).listen(".updated", record("run")).listen(".ended", record("run ended"));
+        echo.private(`tenants.${tenant}.review-pack`).listen(".updated", record("pack")).listen(".ended", record("pack ended"));
+        echo.private(`workspaces.${ws}.runs`).listen(".updated", record("feed")).listen(".ended", record("feed ended"));
+      },
+      { run, tenant, ws },
+    );
+    await page.waitForFunction(() => ["run", "pack", "feed"].every((w) => window.log.some(([x]) => x === w)));
+    await waitFor(async () => (await multiOpen()) === 1, "one stream");
+    await waitFor(async () => (await runwire.streamsOpen()) === 1, "one open stream in all: no feed stream of its own");
+    assert.equal((await opened()) - openedBefore, 1, "one stream opened for three channels");
+    assert.deepEqual((await heard(page, "run")).map((s) => [s.id, s.status]), [[run, "running"]]);
+    assert.deepEqual((await heard(page, "pack")).map((c) => c.pack.id), [pack]);
+    assert.deepEqual((await heard(page, "feed")).map((s) => [s.id, s.status]), [[feedRun, "running"]], "once per run in the snapshot");
+
+    // Each delivers its changes on the one stream.
+    await setRun(feedRun, `summary_counts = '{"processed": 1}'`);
+    await setRun(run, `summary_counts = '{"processed": 1}'`);
+    await db.query("UPDATE review_packs SET status = 'ready', generated_at = now() WHERE id = $1", [pack]);
+    await page.waitForFunction(() => window.log.some(([w]) => w === "pack ended"));
+    await page.waitForFunction(
+      ({ run, feedRun }) =>
+        window.log.some(([w, s]) => w === "run" && s.id === run && s.summary_counts && s.summary_counts.processed === 1) &&
+        window.log.some(([w, s]) => w === "feed" && s.id === feedRun && s.summary_counts && s.summary_counts.processed === 1),
+      { run, feedRun },
+    );
+    await page.waitForTimeout(300); // anything more would come now
+    assert.deepEqual((await heard(page, "feed")).map((s) => [s.id, s.summary_counts && s.summary_counts.processed]), [
+      [feedRun, undefined],
+      [feedRun, 1],
+    ], "once per run change");
+    assert.deepEqual((await heard(page, "pack")).map((c) => c.pack.status), ["generating", "ready"]);
+    assert.deepEqual(await heard(page, "pack ended"), [{ reason: "terminal" }]);
+    assert.equal(await runwire.streamsOpen(), 1, "still one stream");
+    assert.equal((await opened()) - openedBefore, 1, "and the same one");
+
+    // The workspace lost: the stream ends `forbidden`, the workspace channel hears it once,
+    // and the run goes on, on the page's one stream again.
+    await db.query("DELETE FROM workspace_memberships WHERE workspace_id = $1", [ws]);
+    await page.waitForFunction(() => window.log.some(([w]) => w === "feed ended"));
+    await setRun(run, `summary_counts = '{"processed": 2}'`);
+    await page.waitForFunction((run) => window.log.some(([w, s]) => w === "run" && s.id === run && s.summary_counts && s.summary_counts.processed === 2), run, { timeout: 10000 });
+    await setRun(feedRun, `summary_counts = '{"processed": 2}'`);
+    await page.waitForTimeout(300);
+    assert.deepEqual(await heard(page, "feed ended"), [{ reason: "forbidden" }], ".ended once, with the reason");
+    assert.equal((await heard(page, "feed")).length, 2, "nothing of the lost workspace after it");
+    assert.deepEqual(await heard(page, "run ended"), []);
+    await waitFor(async () => (await runwire.streamsOpen()) === 1, "one stream for the run");
+    await setRun(run, "status = 'completed'");
+    await setRun(feedRun, "status = 'completed'");
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
   test(`${mode}: a refused token calls the token function again, then errors without a storm`, async () => {
     const run = await newRun();
     const { context, page } = await openEcho(mode, { token: "not.a.token" });

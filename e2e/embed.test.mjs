@@ -171,7 +171,7 @@ test("an origin not listed in --embed-origins cannot frame the embed", async () 
   const hasView = await frame.evaluate(() => !!document.querySelector("runwire-feed")).catch(() => false);
   assert.equal(hasView, false);
   assert.ok(console.some((m) => /frame-ancestors/.test(m)), `Chromium says why: ${console.join(" | ")}`);
-  await waitFor(async () => (await runwire.metric('runwire_streams_open{kind="workspace"}')) === 0, "no feed open", 5000);
+  await waitFor(async () => (await runwire.metricSum("runwire_streams_open")) === 0, "no feed open", 5000);
   await page.close();
 });
 

@@ -62,7 +62,7 @@ pub use schema::{create_host_tables, migrate, missing_notify, Changes};
 /// Pure functions that parse what clients and Postgres send, for the fuzz targets.
 pub mod parsing {
     pub use crate::http::front::parse_head;
-    pub use crate::http::params::{parse_id, parse_item_lists, MAX_ITEMS};
+    pub use crate::http::params::{parse_id, parse_item_lists, MAX_ITEMS, MAX_WORKSPACES};
     pub use crate::stream::items::already_seen;
     pub use crate::stream::sse::event as sse_event;
     pub use crate::watch::Doorbell;

@@ -164,6 +164,11 @@ export declare class Runwire {
     items: { runs?: Array<number | string>; reviewPackTenants?: Array<number | string> },
     handlers?: Handlers<RunState | ReviewPackState>,
   ): Subscription;
+  /**
+   * The workspace feed: `onSnapshot` first and whenever runwire sends one, `onState` for each
+   * run or card change. Streamed on the page's one connection with its runs and packs (one
+   * feed per connection: a second workspace's feed gets a connection of its own).
+   */
   watchWorkspace(workspaceId: number | string, handlers?: WorkspaceHandlers): Subscription;
   /** Defers applying states (e.g. while a modal is open); calls nest. */
   hold(): void;

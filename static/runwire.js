@@ -22,8 +22,9 @@
  *   header, never in a URL.
  * - Connections as explicit state machines (idle → connecting → open → waiting → …) and the
  *   client's `readyState` (connecting, open, reconnecting, idle, failed, closed).
- * - One connection per page for every run and review-pack subscription (`/v1/streams`), one
- *   per workspace feed; and one per browser rather than per tab: tabs of one origin whose
+ * - One connection per page for every run, review-pack and workspace-feed subscription
+ *   (`/v1/streams`, which carries one feed; a second workspace's feed has a connection of its
+ *   own); and one per browser rather than per tab: tabs of one origin whose
  *   user runwire confirmed to be the same (`GET /v1/session`) elect a leader (Web Locks) that
  *   streams the union of their subscriptions and relays the states (BroadcastChannel). A tab
  *   whose refreshed token names another user moves to that user's group.
@@ -47,7 +48,7 @@ const MAX_AUTH_TRIES = 3;
 const HEALTHY_MS = 10000;
 /** A new leader waits this long for the other tabs' subscriptions before connecting. */
 const GATHER_MS = 100;
-/** Items one /v1/streams connection may carry (the server's limit); the rest wait their turn. */
+/** Ids one /v1/streams connection may carry, a feed's included (the server's limit); the rest wait their turn. */
 const MAX_ITEMS = 100;
 /** Quiet refresh listeners fire at most once per this many ms per group. */
 const REFRESH_INTERVAL_MS = 250;
@@ -345,7 +346,7 @@ class Connection {
           this.spec.onEnd(body);
           return;
         }
-        if (event.type === "snapshot") {
+        if (event.type === "snapshot" || event.type === "workspace_snapshot") {
           this.client._authWorked();
           this._set("open");
         }
@@ -394,6 +395,9 @@ class Connection {
  * ones other tabs announced) and hands each message to `deliver`, which applies it to this
  * tab and relays it to the others. Messages: `item` (a state), `itemEnd` (an item is over,
  * with its reason), `feed`, `feedEnd`, `status` (the connections' aggregate state).
+ *
+ * One connection (`items`, on /v1/streams) carries every item and one workspace feed (`feed`:
+ * runwire's limit per stream); a feed beyond that one has a connection of its own (`feeds`).
  */
 class Hub {
   constructor(client, deliver) {
@@ -403,13 +407,23 @@ class Hub {
     this.streaming = emptyKeys(); // what the item connection was opened with
     this.done = emptyKeys(); // wanted items that ended (terminal, refused, gone)
     this.states = { run: new Map(), pack: new Map() }; // latest state per wanted item
-    this.feeds = new Map(); // workspace id -> Connection
+    this.feed = null; // the workspace whose feed the shared connection carries
+    this.streamingFeed = null; // the feed the shared connection was opened with
+    this.feedShown = false; // whether that connection has sent the feed's snapshot yet
+    this.feedsDone = new Set(); // wanted feeds that ended (refused, access lost)
+    this.feeds = new Map(); // workspace id -> Connection, for feeds beyond `feed`
     this.scheduled = null;
     this.status = null; // the first plan always tells the page
     this.items = new Connection(client, {
       path: () => this._itemsPath(),
-      onEvent: (type, state) => {
-        if (type === "snapshot" || type === "update") this._itemState(state);
+      onEvent: (type, body) => {
+        if (type === "snapshot" || type === "update") this._itemState(body);
+        else if (type === "workspace_snapshot") {
+          this.feedShown = true;
+          this.deliver({ t: "feed", id: String(body.workspace_id), type: "snapshot", body });
+        } else if (type === "workspace_update") {
+          this.deliver({ t: "feed", id: String(body.workspace_id), type: "update", body: body.state });
+        }
       },
       onEnd: (body) => this._itemsEnded(body),
       onRefused: () => this._probe(null),
@@ -433,7 +447,8 @@ class Hub {
     const wanted = this._wanted().items;
     const query = [];
     const streaming = emptyKeys();
-    let room = MAX_ITEMS;
+    const feed = this.feed !== null && !this.feedsDone.has(this.feed) ? this.feed : null;
+    let room = MAX_ITEMS - (feed === null ? 0 : 1);
     KIND_NAMES.forEach((k) => {
       const ids = Array.from(wanted[k])
         .filter((id) => !this.done[k].has(id))
@@ -443,6 +458,9 @@ class Hub {
       if (ids.length) query.push(KINDS[k].param + "=" + ids.map(encodeURIComponent).join(","));
     });
     this.streaming = streaming;
+    this.streamingFeed = feed;
+    this.feedShown = false;
+    if (feed !== null) query.push("workspaces=" + encodeURIComponent(feed));
     return query.length ? "/v1/streams?" + query.join("&") : null;
   }
 
@@ -475,6 +493,13 @@ class Hub {
         if (!wanted.items[k].has(id)) this.states[k].delete(id);
       });
     });
+    this.feedsDone.forEach((id) => {
+      if (!wanted.feeds.has(id)) this.feedsDone.delete(id);
+    });
+    // The shared connection's feed: the one it carries while it is wanted, else the first
+    // wanted one (which leaves a connection of its own, if it had one).
+    const open = Array.from(wanted.feeds).filter((id) => !this.feedsDone.has(id));
+    if (!open.includes(this.feed)) this.feed = open.length ? open[0] : null;
     // Items: reconnect only to add something; a shrinking set keeps its connection.
     let missing = false;
     let any = false;
@@ -485,18 +510,20 @@ class Hub {
         if (!this.streaming[k].has(id)) missing = true;
       });
     });
-    if (!any) this.items.stop();
-    else if (missing && this.items.state !== "waiting") this.items.restart();
+    // A feed never ends on its own: one that is no longer wanted (or another) reconnects too.
+    const feedChanged = this.feed !== this.streamingFeed;
+    if (!any && this.feed === null) this.items.stop();
+    else if ((missing || feedChanged) && this.items.state !== "waiting") this.items.restart();
     else this.items.ensure();
-    // Feeds: one connection each.
+    // Other feeds: one connection each.
     this.feeds.forEach((conn, id) => {
-      if (!wanted.feeds.has(id)) {
+      if (!open.includes(id) || id === this.feed) {
         conn.stop();
         this.feeds.delete(id);
       }
     });
-    wanted.feeds.forEach((id) => {
-      if (!this.feeds.has(id)) {
+    open.forEach((id) => {
+      if (id !== this.feed && !this.feeds.has(id)) {
         const conn = this._feedConnection(id);
         this.feeds.set(id, conn);
         conn.ensure();
@@ -516,11 +543,11 @@ class Hub {
         if (reason === "token_expired") return this.client._unauthorized();
         if (reason === "unavailable") return conn.retry();
         this._dropFeed(id, conn);
-        this.deliver({ t: "feedEnd", id, reason });
+        this._feedEnded(id, reason);
       },
       onRefused: (status) => {
         this._dropFeed(id, conn);
-        this.deliver({ t: "feedEnd", id, reason: refusalReason(status) });
+        this._feedEnded(id, refusalReason(status));
       },
       onState: () => this._statusChanged(),
     });
@@ -531,6 +558,11 @@ class Hub {
     conn.stop();
     if (this.feeds.get(id) === conn) this.feeds.delete(id);
     this._statusChanged();
+  }
+
+  _feedEnded(id, reason) {
+    this.feedsDone.add(id);
+    this.deliver({ t: "feedEnd", id, reason });
   }
 
   /** The connections' aggregate, as the page sees it. */
@@ -574,11 +606,29 @@ class Hub {
     this._probe(reason);
   }
 
-  /** After a refused set: ask each item's JSON snapshot which one failed, then carry on. */
+  /**
+   * After a refused set: ask each item's JSON snapshot, and the feed's workspace, which one
+   * failed, then carry on.
+   */
   _probe(streamReason) {
     const client = this.client;
     const wanted = this._wanted().items;
     const checks = [];
+    const feed = this.streamingFeed;
+    if (feed !== null && !this.feedsDone.has(feed)) {
+      const check = client._fetch("/v1/workspaces/" + encodeURIComponent(feed), {}).then(
+        (r) => {
+          discard(r);
+          if (r.status === 400 || r.status === 403 || r.status === 404) {
+            // Lost while streaming (the stream ended `forbidden`): as the feed's own stream says it.
+            this._feedEnded(feed, streamReason === "forbidden" ? "forbidden" : refusalReason(r.status));
+          }
+          return r.status;
+        },
+        () => 0,
+      );
+      checks.push(check);
+    }
     KIND_NAMES.forEach((k) => {
       wanted[k].forEach((id) => {
         if (this.done[k].has(id)) return;
@@ -642,6 +692,8 @@ class Hub {
       });
     });
     subs.fresh.forEach((id) => {
+      // (The shared connection's feed snapshot, if still to come, serves the newcomer too.)
+      if (String(id) === this.streamingFeed && this.feedShown && this.items.state === "open") this.items.restart();
       const conn = this.feeds.get(String(id));
       if (conn && conn.state === "open") conn.restart();
     });

@@ -9,7 +9,7 @@ use crate::access::token::{now_secs, Wants};
 use crate::access::{self, COOKIE_NAME};
 use crate::metrics::StreamKind;
 use crate::stream::items::{self, Opened};
-use crate::stream::workspace;
+use crate::stream::{combined, workspace};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -87,15 +87,38 @@ pub(super) async fn multi_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let lists = parse_item_lists(uri.query())?;
-    item_stream(
-        &app,
-        auth,
-        &headers,
-        StreamKind::multi,
+    let Some(&workspace_id) = lists.workspaces.first() else {
+        // Without a feed: the item stream, byte for byte as before feeds could join it.
+        return item_stream(
+            &app,
+            auth,
+            &headers,
+            StreamKind::multi,
+            &lists.runs,
+            &lists.tenants,
+        )
+        .await;
+    };
+    // A token scoped to the workspace opens its feed here too, as long as it is all it asks.
+    let wants = match lists.runs.is_empty() && lists.tenants.is_empty() {
+        true => Wants::Workspace(workspace_id),
+        false => Wants::Other,
+    };
+    let claims = auth?.opening(wants)?;
+    let topic = format!(
+        "runs:{:?} packs:{:?} workspace:{workspace_id}",
+        lists.runs, lists.tenants
+    );
+    let stream = combined::open(
+        &app.streams,
+        claims,
+        topic,
         &lists.runs,
         &lists.tenants,
+        workspace_id,
     )
-    .await
+    .await?;
+    Ok(sse::response(stream))
 }
 
 pub(super) async fn workspace_events(

@@ -21,11 +21,17 @@ pub fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
     }
 }
 
-/// The items of a multiplexed stream: `runs=1,2,3&review_pack_tenants=7,8`.
+/// Most workspace feeds one multiplexed stream may carry: a page shows one dashboard, and
+/// one feed keeps the stream's feed events free of routing (they carry its id anyway).
+pub const MAX_WORKSPACES: usize = 1;
+
+/// The items of a multiplexed stream: `runs=1,2,3&review_pack_tenants=7,8&workspaces=3`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ItemLists {
     pub runs: Vec<i64>,
     pub tenants: Vec<i64>,
+    /// Workspace feeds, at most [`MAX_WORKSPACES`].
+    pub workspaces: Vec<i64>,
 }
 
 /// The limit counts ids as sent, duplicates included: de-duplicating 5,000 copies of one id
@@ -37,6 +43,7 @@ pub fn parse_item_lists(query: Option<&str>) -> Result<ItemLists, ApiError> {
         let (list, what) = match key.as_ref() {
             "runs" => (&mut lists.runs, "runs"),
             "review_pack_tenants" => (&mut lists.tenants, "review_pack_tenants"),
+            "workspaces" => (&mut lists.workspaces, "workspaces"),
             _ => continue,
         };
         if value.is_empty() {
@@ -55,9 +62,14 @@ pub fn parse_item_lists(query: Option<&str>) -> Result<ItemLists, ApiError> {
             }
         }
     }
-    if lists.runs.is_empty() && lists.tenants.is_empty() {
+    if lists.workspaces.len() > MAX_WORKSPACES {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_WORKSPACES} workspace per stream: open another for more"
+        )));
+    }
+    if lists.runs.is_empty() && lists.tenants.is_empty() && lists.workspaces.is_empty() {
         return Err(ApiError::bad_request(
-            "name at least one item: runs=1,2 and/or review_pack_tenants=3",
+            "name at least one item: runs=1,2, review_pack_tenants=3 and/or workspaces=4",
         ));
     }
     Ok(lists)
@@ -111,5 +123,36 @@ mod tests {
         assert!(
             parse_item_lists(Some(&format!("runs={fifty}&review_pack_tenants={fifty},8"))).is_err()
         );
+    }
+
+    #[test]
+    fn workspaces() {
+        let l = parse_item_lists(Some("workspaces=3")).unwrap();
+        assert_eq!(
+            (l.runs.len(), l.tenants.len(), l.workspaces),
+            (0, 0, vec![3])
+        );
+        let l = parse_item_lists(Some("runs=1&workspaces=3,3&review_pack_tenants=2")).unwrap();
+        assert_eq!(
+            (l.runs, l.tenants, l.workspaces),
+            (vec![1], vec![2], vec![3])
+        );
+        // Without `workspaces=` nothing changes.
+        assert!(parse_item_lists(Some("runs=1"))
+            .unwrap()
+            .workspaces
+            .is_empty());
+        for bad in [
+            "workspaces=",
+            "workspaces=0",
+            "workspaces=a",
+            "workspaces=3,4",
+            "workspaces=3&workspaces=4",
+        ] {
+            assert!(parse_item_lists(Some(bad)).is_err(), "{bad}");
+        }
+        // A workspace counts towards the cap like any id sent.
+        let hundred = vec!["7"; 100].join(",");
+        assert!(parse_item_lists(Some(&format!("runs={hundred}&workspaces=3"))).is_err());
     }
 }

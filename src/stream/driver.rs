@@ -16,6 +16,7 @@
 //! [`DECISION_DEADLINE`] without one the stream ends with `end unavailable`. Direct delivery
 //! (the watcher writing into the socket) goes through the same gate, with the same grant.
 
+use super::combined::Combined;
 use super::items::Items;
 use super::sink::Sink;
 use super::workspace::Feed;
@@ -89,6 +90,8 @@ pub(crate) enum Source {
     Items(Items),
     /// Boxed: a feed's state is large and feeds are few.
     Feed(Box<Feed>),
+    /// Items and a feed on one `/v1/streams` stream; boxed like a feed.
+    Combined(Box<Combined>),
 }
 
 /// What a source has pending.
@@ -157,6 +160,7 @@ impl Source {
             // Boxed: its snapshot read is a large future, and inline it would size every
             // stream's task (most of them item streams, idle for hours).
             Source::Feed(feed) => Box::pin(feed.step(streams, user)).await,
+            Source::Combined(combined) => Box::pin(combined.step(streams, user)).await,
         }
     }
 
@@ -169,6 +173,7 @@ impl Source {
         match self {
             Source::Items(items) => Box::pin(items.decide(streams, user)).await,
             Source::Feed(feed) => Box::pin(feed.decide(streams, user)).await,
+            Source::Combined(combined) => Box::pin(combined.decide(streams, user)).await,
         }
     }
 
@@ -177,11 +182,14 @@ impl Source {
         match self {
             Source::Items(items) => items.changed().await,
             Source::Feed(feed) => feed.changed().await,
+            // Boxed: its wait holds both parts' futures.
+            Source::Combined(combined) => Box::pin(combined.changed()).await,
         }
     }
 
     /// Called once the first frames are on a socket: the source may switch to direct
-    /// delivery.
+    /// delivery (a single item does; a combined stream's feed needs the driver for every
+    /// frame).
     fn started(&mut self, sink: &Arc<Sink>) {
         if let Source::Items(items) = self {
             items.attach(sink);

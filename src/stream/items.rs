@@ -80,40 +80,12 @@ pub(crate) async fn open(
 ) -> Result<Opened, OpenError> {
     let permit = streams.permit(claims.user_id)?;
     let user = streams.epochs.user(claims.user_id);
-    let keys = run_ids
-        .iter()
-        .map(|id| ItemKey::Run(*id))
-        .chain(tenant_ids.iter().map(|t| ItemKey::Pack { tenant: *t }));
-    let subs: Vec<ItemSubscription> = keys.map(|k| streams.hub.items.subscribe(k)).collect();
-    let stamp = user.now();
-    let rates = &streams.hub.rates;
-    let states =
-        access::read_items(&streams.batcher, rates, claims.user_id, run_ids, tenant_ids).await?;
-    let mut entries = Vec::with_capacity(subs.len());
-    for (sub, (state, owner)) in subs.into_iter().zip(states) {
-        let grant = Grant::new(&user, stamp, Scope::Owner(owner));
-        sub.channel().publish_initial(Arc::new(state));
-        entries.push(Entry {
-            sub,
-            grant,
-            sent: None,
-        });
-    }
-    let mut items = Items {
-        entries,
-        direct: None,
-    };
-    let newest: Vec<Arc<State>> = items.entries.iter_mut().map(|e| e.newest().1).collect();
+    let subs = subscribe(streams, run_ids, tenant_ids);
+    let mut items = seed(streams, &user, subs, run_ids, tenant_ids).await?;
+    let newest = items.newest();
     if newest.iter().all(|s| s.terminal) && already_seen(last_event_id, &position(&newest)) {
         return Ok(Opened::AlreadySeen);
     }
-    // The youngest item sets the pace: fresh work changes fast.
-    let now = Utc::now();
-    let retry = newest
-        .iter()
-        .map(|s| retry_ms(s.created_at, now))
-        .min()
-        .unwrap_or(10_000);
     let guard = StreamGuard::new(
         Arc::clone(&streams.metrics),
         kind,
@@ -126,9 +98,62 @@ pub(crate) async fn open(
         user,
         deadlines: Deadlines::new(claims.exp, streams.max_lifetime_secs),
         guard,
-        retry_ms: retry,
+        retry_ms: pace(&newest),
         source: Source::Items(items),
     })))
+}
+
+/// Subscribes to each item's cell: the first step of opening, before anything is read.
+pub(super) fn subscribe(
+    streams: &Streams,
+    run_ids: &[i64],
+    tenant_ids: &[i64],
+) -> Vec<ItemSubscription> {
+    let keys = run_ids
+        .iter()
+        .map(|id| ItemKey::Run(*id))
+        .chain(tenant_ids.iter().map(|t| ItemKey::Pack { tenant: *t }));
+    keys.map(|k| streams.hub.items.subscribe(k)).collect()
+}
+
+/// Reads access and state of the subscribed items in one (batched) query, seeds the cells
+/// that are still empty, and makes the read's decisions the items' first grants; or the one
+/// refusal for the whole set.
+pub(super) async fn seed(
+    streams: &Streams,
+    user: &Arc<UserAccess>,
+    subs: Vec<ItemSubscription>,
+    run_ids: &[i64],
+    tenant_ids: &[i64],
+) -> Result<Items, AccessError> {
+    let stamp = user.now();
+    let rates = &streams.hub.rates;
+    let states =
+        access::read_items(&streams.batcher, rates, user.user_id, run_ids, tenant_ids).await?;
+    let mut entries = Vec::with_capacity(subs.len());
+    for (sub, (state, owner)) in subs.into_iter().zip(states) {
+        let grant = Grant::new(user, stamp, Scope::Owner(owner));
+        sub.channel().publish_initial(Arc::new(state));
+        entries.push(Entry {
+            sub,
+            grant,
+            sent: None,
+        });
+    }
+    Ok(Items {
+        entries,
+        direct: None,
+    })
+}
+
+/// The `retry:` of a set: the youngest item sets the pace, fresh work changes fast.
+pub(super) fn pace(newest: &[Arc<State>]) -> u64 {
+    let now = Utc::now();
+    newest
+        .iter()
+        .map(|s| retry_ms(s.created_at, now))
+        .min()
+        .unwrap_or(10_000)
 }
 
 /// Whether a reconnecting client's `Last-Event-ID` is exactly the stream's current position.
@@ -175,6 +200,11 @@ impl Items {
             }],
             direct: None,
         }
+    }
+
+    /// Every item's newest state, in the order asked.
+    pub(super) fn newest(&mut self) -> Vec<Arc<State>> {
+        self.entries.iter_mut().map(|e| e.newest().1).collect()
     }
 
     fn single(&self) -> bool {

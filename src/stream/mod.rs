@@ -7,13 +7,15 @@
 //! Every stream runs in one [`driver`]: it owns the writes, the access gate, the deadlines
 //! (token expiry, lifetime, keep-alive: one timer) and shutdown. What a stream watches is its
 //! *source*: [`items`] (one run, one pack, or a set of both, ending once all are terminal) or
-//! [`workspace`] (the workspace feed, which never ends because runs finish). Sources only say
+//! [`workspace`] (the workspace feed, which never ends because runs finish), or [`combined`]
+//! (items and a feed on one `/v1/streams` stream). Sources only say
 //! what changed, whether the stream's access decisions cover it, and how it renders.
 //! [`sink`] is the driver's fast path: the watcher writes a single item's update straight
 //! into the socket, through the same gate.
 //!
 //! Streams read the hub's cells and never talk to the listener.
 
+pub(crate) mod combined;
 pub(crate) mod driver;
 pub(crate) mod items;
 pub(crate) mod limits;

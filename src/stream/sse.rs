@@ -62,6 +62,18 @@ pub(crate) fn feed_update(state: &State) -> &Bytes {
         .get_or_init(|| event("update", None, state.json.get()))
 }
 
+/// A run's or card's `update` in a workspace feed that shares a `/v1/streams` stream with
+/// item events: its own event name, and the feed's workspace, so no item watcher mistakes it
+/// for its item's. Rendered for each stream, not kept in the state as the feed's own
+/// update is: such streams are few.
+pub(crate) fn workspace_update(workspace_id: i64, state: &State) -> Frame {
+    let data = format!(
+        r#"{{"type":"workspace_update","workspace_id":{workspace_id},"state":{}}}"#,
+        state.json.get()
+    );
+    event("workspace_update", None, &data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

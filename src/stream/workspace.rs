@@ -27,6 +27,7 @@ pub(crate) struct Feed {
     workspace_id: i64,
     /// What the user may see of the workspace, and since when.
     grant: Grant,
+    framing: Framing,
     rx: WorkspaceSubscription,
     resynced: watch::Receiver<u64>,
     /// Run and pack changes received and not yet looked at; at most [`MAX_PENDING`].
@@ -120,8 +121,7 @@ pub(crate) async fn open(
     let permit = streams.permit(claims.user_id)?;
     let user = streams.epochs.user(claims.user_id);
     // Subscribe before deciding and reading, so no change falls between them.
-    let rx = streams.hub.workspaces.subscribe(workspace_id);
-    let resynced = streams.hub.resynced.subscribe();
+    let subscribed = Subscribed::new(streams, workspace_id);
     let grant = access::decide_workspace(&streams.batcher, &user, workspace_id).await?;
     let guard = StreamGuard::new(
         Arc::clone(&streams.metrics),
@@ -135,22 +135,61 @@ pub(crate) async fn open(
         user,
         deadlines: Deadlines::new(claims.exp, streams.max_lifetime_secs),
         guard,
-        retry_ms: 1000,
-        source: Source::Feed(Box::new(Feed {
+        retry_ms: FEED_RETRY_MS,
+        source: Source::Feed(Box::new(subscribed.feed(grant, Framing::Own))),
+    })
+}
+
+/// What a feed sends its client to wait before reconnecting.
+pub(super) const FEED_RETRY_MS: u64 = 1000;
+
+/// How a feed's events are named on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// Its own stream: `snapshot` and `update` (the state itself).
+    Own,
+    /// On a `/v1/streams` stream, next to item events: `workspace_snapshot` and
+    /// `workspace_update` (`{"type":"workspace_update","workspace_id":…,"state":…}`).
+    Shared,
+}
+
+/// A feed's subscriptions, taken before its access is decided and its snapshot read, so no
+/// change falls between them.
+pub(super) struct Subscribed {
+    hub: Arc<Hub>,
+    workspace_id: i64,
+    rx: WorkspaceSubscription,
+    resynced: watch::Receiver<u64>,
+}
+
+impl Subscribed {
+    pub(super) fn new(streams: &Streams, workspace_id: i64) -> Subscribed {
+        Subscribed {
+            hub: Arc::clone(&streams.hub),
             workspace_id,
+            rx: streams.hub.workspaces.subscribe(workspace_id),
+            resynced: streams.hub.resynced.subscribe(),
+        }
+    }
+
+    /// The feed, once the workspace has been decided (`grant`); its snapshot comes first.
+    pub(super) fn feed(self, grant: Grant, framing: Framing) -> Feed {
+        Feed {
+            workspace_id: self.workspace_id,
             grant,
-            rx,
-            resynced,
+            framing,
+            rx: self.rx,
+            resynced: self.resynced,
             queue: VecDeque::new(),
             snapshot_due: true,
             seen: None,
             sent: Shown {
-                hub: Arc::clone(&streams.hub),
-                workspace: workspace_id,
+                hub: self.hub,
+                workspace: self.workspace_id,
                 items: HashMap::new(),
             },
-        })),
-    })
+        }
+    }
 }
 
 impl Feed {
@@ -171,7 +210,11 @@ impl Feed {
                     continue; // decide first, then read again
                 }
                 self.snapshot_due = false;
-                return Step::Write(sse::event("snapshot", None, &body), None);
+                let name = match self.framing {
+                    Framing::Own => "snapshot",
+                    Framing::Shared => "workspace_snapshot",
+                };
+                return Step::Write(sse::event(name, None, &body), None);
             }
             let Some(item) = self.queue.pop_front() else {
                 return Step::Idle;
@@ -210,7 +253,11 @@ impl Feed {
             } else {
                 self.sent.insert(item.key, Arc::clone(&item));
             }
-            return Step::Write(sse::feed_update(&item).clone(), None);
+            let frame = match self.framing {
+                Framing::Own => sse::feed_update(&item).clone(),
+                Framing::Shared => sse::workspace_update(self.workspace_id, &item),
+            };
+            return Step::Write(frame, None);
         }
     }
 
@@ -263,6 +310,11 @@ impl Feed {
             review_packs: packs.iter().map(|p| p.json.as_ref()).collect(),
         };
         Ok(serde_json::to_string(&body).expect("snapshot serialises"))
+    }
+
+    /// Whether its decision covers what it may see now (else it asks for one).
+    pub(super) fn decided(&self) -> bool {
+        self.grant.current()
     }
 
     /// Decides afresh what the user may see; a different answer re-sends the snapshot.
