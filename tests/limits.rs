@@ -185,6 +185,19 @@ async fn every_refusal_is_json_bad_utf8_and_malformed_heads_included() {
     let answer = raw(addr, huge.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(answer.contains("application/json"), "{answer}");
+    // A complete head past the limit, its end arriving while the head's buffer has little
+    // room left: refused all the same (a read must not take more than the limit leaves).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/streams?runs=1 HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    s.write_all(&head.as_bytes()[..16_000]).await.unwrap();
+    // Nothing to await from outside: time for the server to read the first part.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&head.as_bytes()[16_000..]).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
 #[tokio::test]

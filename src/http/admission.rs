@@ -254,6 +254,11 @@ impl Connection {
         self.state.load(Ordering::Acquire) == AUTHENTICATED
     }
 
+    /// Whether admission closed it (evicted, or out of time).
+    pub(crate) fn is_closed_by_admission(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), CLOSING | EVICTED)
+    }
+
     /// Marks an unauthenticated connection as closing (`CLOSING` or `EVICTED`); false if it
     /// has authenticated or is closing already.
     fn close(&self, why: u8) -> bool {

@@ -232,11 +232,25 @@ fn connection(
         // A stream's credentials were accepted, so admission leaves its connection alone
         // from now on — unless it closed the connection just before they were: then it
         // closes here.
-        if let Some(started) = started.filter(|_| conn.is_authenticated()) {
-            tokio::select! {
-                _ = started.run() => {}
-                _ = grace_after(&shutdown) => {}
+        match started {
+            // Only a stream route that skipped authentication gets here without admission
+            // having closed the connection: a bug to see in tests, not to stream.
+            Some(_) if !conn.is_authenticated() => {
+                debug_assert!(
+                    conn.is_closed_by_admission(),
+                    "a stream without credentials"
+                )
             }
+            // Once shutdown has begun, the first phase's grace was the connection's grace:
+            // the stream would end at once anyway, without `end`.
+            Some(_) if shutdown.is_cancelled() => {}
+            Some(started) => {
+                tokio::select! {
+                    _ = started.run() => {}
+                    _ = grace_after(&shutdown) => {}
+                }
+            }
+            None => {}
         }
         drop(open);
     }
@@ -411,8 +425,13 @@ async fn read_head(
     buf: &mut Vec<u8>,
 ) -> Result<Option<Request<Body>>, HeadError> {
     loop {
+        // At most 1 KB a read, so a head is refused within 1 KB past the limit.
         buf.reserve(1024);
-        let n = socket.read_buf(buf).await.map_err(|_| HeadError::Io)?;
+        let n = (&mut *socket)
+            .take(1024)
+            .read_buf(buf)
+            .await
+            .map_err(|_| HeadError::Io)?;
         if n == 0 {
             return Err(HeadError::Io);
         }
@@ -509,7 +528,6 @@ struct Started {
 }
 
 impl Started {
-    /// Runs the stream into the socket, then ends the response and closes.
     /// Runs the stream into the socket, then ends the response and closes.
     async fn run(self: Box<Self>) {
         // Out of the box, which is freed before streaming.
@@ -725,7 +743,8 @@ mod size {
 
     #[test]
     fn an_open_streams_connection_stays_small() {
-        // What every open stream's task keeps for hours. Measured 1,600 bytes: the driver's
+        // What every open stream's task keeps for hours. Measured in the debug build (as
+        // tests are built; a compiler upgrade may move it): 1,600 bytes: the driver's
         // 1,408, the stream's socket and tail, shutdown's grace and a few handles (3,264
         // when the head's parsing, the router and admission's waits were kept beside them).
         // A budget with a little headroom, so growth is a decision, not an accident.
