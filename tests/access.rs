@@ -88,16 +88,26 @@ async fn revoke_and_mark(app: &TestApp, w: &World, run: i64) {
 async fn revoke_after(times: usize, between: impl AsyncFn(&TestApp, &World, i64)) {
     let (app, w, t) = TestApp::seeded().await;
     for _ in 0..times {
-        // The previous round's stream may have ended from a notification the killed
-        // listener still delivered (or the resync read), before its loss was noticed: a
-        // stream opened while it reconnects gets 503, so each round starts connected.
-        assert!(
-            app.running.wait_ready(WAIT).await,
-            "the listener reconnects"
-        );
         rejoin(&app, &w).await;
         let run = create_run(app.pool(), w.workspace, Some(w.tenant), "running").await;
-        let mut s = app.watch(&run_events(run), &t).await;
+        // A stream opened while the change source reconnects gets 503, and "connected" can
+        // be stale: the previous round's stream may have ended from a notification the
+        // killed backend still delivered (or the resync read) before its loss was noticed.
+        // So each round opens its stream once the source is back, retrying a 503.
+        let mut s = None;
+        for _ in 0..50 {
+            assert!(
+                app.running.wait_ready(WAIT).await,
+                "the listener reconnects"
+            );
+            let opened = app.sse(&run_events(run), &t).await;
+            if opened.status != 503 {
+                s = Some(opened);
+                break;
+            }
+        }
+        let mut s = s.expect("a stream opened within 50 tries");
+        s.expect("snapshot").await;
         between(&app, &w, run).await;
         revoke_and_mark(&app, &w, run).await;
         expect_end_without_leak(&mut s, "forbidden", None).await;

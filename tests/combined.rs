@@ -26,26 +26,6 @@ fn combined(runs: &[i64], tenants: &[i64], workspace: i64) -> String {
     format!("/v1/streams?{}", query.join("&"))
 }
 
-/// The raw start of a stream, up to and including the frame that begins with `until`.
-async fn raw_start(app: &TestApp, path: &str, t: &str, until: &str) -> String {
-    use futures_util::StreamExt;
-    let resp = app.get(path, Some(t)).await;
-    let mut body = resp.bytes_stream();
-    let mut text = String::new();
-    while !text
-        .find(until)
-        .is_some_and(|at| text[at..].contains("\n\n"))
-    {
-        let chunk = tokio::time::timeout(WAIT, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    text
-}
-
 fn feed(workspace: i64) -> String {
     format!("/v1/workspaces/{workspace}/runs/events")
 }
@@ -147,7 +127,7 @@ async fn items_and_a_feed_share_one_stream_told_apart_and_it_outlives_its_items(
     // On the wire: the feed's pace (items an hour old would say 10 s), and no `id:` of its own.
     set_run(app.pool(), a, "created_at = now() - interval '1 hour'").await;
     set_run(app.pool(), b, "created_at = now() - interval '1 hour'").await;
-    let raw = raw_start(&app, &path, &t, "event: workspace_snapshot").await;
+    let raw = app.raw_start(&path, &t, "event: workspace_snapshot").await;
     assert!(raw.starts_with("retry: 1000\n\n"), "{raw}");
     let feed_frame = &raw[raw.find("event: workspace_snapshot").unwrap()..];
     assert!(!feed_frame.contains("\nid:"), "{feed_frame}");

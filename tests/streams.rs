@@ -60,23 +60,6 @@ async fn run_streams_its_lifecycle_then_ends() {
     s.expect_end("terminal").await;
 }
 
-/// The raw start of a stream, before any SSE parsing: `retry:` must come first.
-async fn first_bytes(app: &TestApp, path: &str, t: &str) -> String {
-    use futures_util::StreamExt;
-    let resp = app.get(path, Some(t)).await;
-    let mut body = resp.bytes_stream();
-    let mut text = String::new();
-    while !text.contains("event: snapshot") {
-        let chunk = tokio::time::timeout(WAIT, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    text
-}
-
 #[tokio::test]
 async fn retry_hint_comes_first_and_follows_age() {
     let (app, w, t) = TestApp::seeded().await;
@@ -88,7 +71,7 @@ async fn retry_hint_comes_first_and_follows_age() {
             &format!("created_at = now() - interval '{age_secs} seconds'"),
         )
         .await;
-        let text = first_bytes(&app, &run_events(run), &t).await;
+        let text = app.raw_start(&run_events(run), &t, "event: snapshot").await;
         assert!(
             text.starts_with(&format!("retry: {want}\n\n")),
             "{age_secs}s: {text}"

@@ -330,6 +330,26 @@ impl Client {
             .expect("a JSON body")
     }
 
+    /// The raw start of a stream, before any SSE parsing, up to the end of the frame that
+    /// begins with `until`.
+    pub async fn raw_start(&self, path: &str, token: &str, until: &str) -> String {
+        use futures_util::StreamExt;
+        let mut body = self.get(path, Some(token)).await.bytes_stream();
+        let mut text = String::new();
+        while !text
+            .find(until)
+            .is_some_and(|at| text[at..].contains("\n\n"))
+        {
+            let chunk = tokio::time::timeout(WAIT, body.next())
+                .await
+                .expect("timed out waiting for the stream's bytes")
+                .expect("the stream ended early")
+                .expect("the stream's bytes");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        text
+    }
+
     /// The status of a GET with this token.
     pub async fn status(&self, path: &str, token: &str) -> u16 {
         self.get(path, Some(token)).await.status().as_u16()
